@@ -1,0 +1,5 @@
+import sys
+
+from pitvit.cli import main
+
+sys.exit(main())
