@@ -1,0 +1,264 @@
+"""The model contract (timm's, sized for CPU) on every registered variant, plus FACTS.md's numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pitvit
+from pitvit.models import PiTConfig, create_model, list_models, resize_pos_embed, token_grid
+from pitvit.tools.zoo import count_macs, count_params
+
+ALL = list_models()
+PAPER = [n for n in ALL if n.startswith(("pit_ti", "pit_xs", "pit_s", "pit_b"))]
+
+# FACTS.md §1, computed from the official model.
+PARAMS = {
+    "pit_ti": 4_847_272, "pit_xs": 10_618_888, "pit_s": 23_461_912, "pit_b": 73_764_840,
+    "pit_ti_distilled": 5_104_336, "pit_xs_distilled": 11_003_984, "pit_s_distilled": 24_039_056,
+    "pit_b_distilled": 74_790_096,
+}
+GMACS = {"pit_ti": 0.699, "pit_xs": 1.395, "pit_s": 2.871, "pit_b": 12.40,
+         "pit_ti_distilled": 0.705, "pit_xs_distilled": 1.407, "pit_s_distilled": 2.897,
+         "pit_b_distilled": 12.48}
+
+
+def small(name: str, **kw) -> pitvit.PiT:
+    """A registered variant at a small input (64 px for the ImageNet variants) to keep CPU tests quick."""
+    cfg = pitvit.get_model_config(name)
+    size = 64 if cfg.img_size[0] > 64 else cfg.img_size
+    return create_model(name, img_size=size, **kw)
+
+
+def inputs(model: pitvit.PiT, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.cfg.in_chans, *model.cfg.img_size, generator=g)
+
+
+def test_registry_lists_all_variants():
+    assert set(PARAMS) <= set(ALL)
+    assert {"pit_test", "pit_nano"} <= set(ALL)
+    assert list_models("pit_s*") == ["pit_s", "pit_s_distilled"]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_count_and_macs_match_facts(name):
+    model = create_model(name)
+    assert count_params(model) == PARAMS[name]
+    assert count_macs(model) / 1e9 == pytest.approx(GMACS[name], abs=0.006)
+
+
+def test_state_dict_keys_are_official():
+    sd = create_model("pit_ti").state_dict()
+    assert len(sd) == 160
+    assert sd["pos_embed"].shape == (1, 64, 27, 27)
+    assert sd["cls_token"].shape == (1, 1, 64)
+    assert sd["patch_embed.conv.weight"].shape == (64, 3, 16, 16)
+    assert sd["pools.0.conv.weight"].shape == (128, 1, 3, 3)
+    assert sd["pools.1.fc.weight"].shape == (256, 128)
+    assert "transformers.1.blocks.5.mlp.fc2.bias" in sd
+    sd = create_model("pit_b_distilled").state_dict()
+    assert len(sd) == 174 and sd["cls_token"].shape == (1, 2, 256) and "head_dist.weight" in sd
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    model = small(name)
+    if model.cfg.distilled:
+        model.set_distilled_training(True)
+    out = model(inputs(model))
+    outs = out if isinstance(out, tuple) else (out,)
+    for o in outs:
+        assert o.shape == (2, model.num_classes)
+        assert torch.isfinite(o).all()
+    sum(o.sum() for o in outs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reset_classifier_zero_equals_pre_logits(name):
+    model = small(name).eval()
+    x = inputs(model)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        model.reset_classifier(0)
+        out = model(x)
+    assert out.shape == (2, model.embed_dim)
+    torch.testing.assert_close(out, pre)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_features_match_intermediates(name):
+    model = small(name).eval()
+    x = inputs(model)
+    with torch.no_grad():
+        final, maps = model.forward_intermediates(x)
+        feats = model.forward_features(x)
+        only = model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+    torch.testing.assert_close(final, feats)
+    assert len(maps) == len(model.feature_info) == 3
+    h, w = token_grid(model.cfg.img_size, model.cfg.patch_size, model.cfg.stride)
+    for m, info in zip(maps, model.feature_info):
+        assert m.shape == (2, info["num_chs"], h, w)
+        h, w = math.ceil(h / 2), math.ceil(w / 2)  # 3x3 stride-2 conv with padding 1
+    torch.testing.assert_close(only[0], maps[1])
+
+
+def test_feature_info_reductions_are_the_real_strides():
+    # pit_ti: stem stride 8 -> 27x27 map at 224; pit_b: stem stride 7 -> 31x31 at 224.
+    for name, strides, grids in (("pit_ti", (8, 16, 32), (27, 14, 7)), ("pit_b", (7, 14, 28), (31, 16, 8))):
+        model = create_model(name).eval()
+        assert [f["reduction"] for f in model.feature_info] == list(strides)
+        with torch.no_grad():
+            maps = model.forward_intermediates(torch.zeros(1, 3, 224, 224), intermediates_only=True)
+        assert [m.shape[-1] for m in maps] == list(grids)
+
+
+def test_attention_is_sdpa_and_matches_the_formula(monkeypatch):
+    model = create_model("pit_test").eval()
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*a, **k):
+        calls.append(a[0].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    attn = model.transformers[1].blocks[0].attn
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        out = attn(x)
+        # hand-written reference: softmax(q k^T / sqrt(d)) v with 4 heads of 8
+        q, k, v = attn.qkv(x).reshape(2, 5, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        a = (q @ k.transpose(-1, -2) * 8 ** -0.5).softmax(-1)
+        ref = attn.proj((a @ v).transpose(1, 2).reshape(2, 5, 32))
+    assert calls and calls[0] == (2, 4, 5, 8)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_official_stochastic_depth_rule():
+    model = create_model("pit_ti", drop_path_rate=0.1)
+    rates = [getattr(b.drop_path, "rate", 0.0) for s in model.transformers for b in s.blocks]
+    assert rates == pytest.approx([0.1 * i / 12 for i in range(12)])  # never the full rate
+
+
+def test_official_init():
+    torch.manual_seed(0)
+    model = create_model("pit_s")
+    for name in ("pos_embed", "cls_token"):
+        p = getattr(model, name)
+        assert p.std().item() == pytest.approx(0.02, rel=0.1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            assert torch.all(m.weight == 1) and torch.all(m.bias == 0) and m.eps == 1e-6
+    # Linear layers keep PyTorch's default (kaiming-uniform) init: bounded by 1/sqrt(fan_in).
+    fc1 = model.transformers[0].blocks[0].mlp.fc1
+    assert fc1.weight.abs().max() <= 1 / math.sqrt(fc1.in_features) + 1e-6
+    assert no_decay_ok(model)
+
+
+def no_decay_ok(model) -> bool:
+    return model.no_weight_decay() == {"pos_embed", "cls_token"}
+
+
+@pytest.mark.parametrize("name", ["pit_test", "pit_ti_distilled"])
+def test_grad_checkpointing_same_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    a = small(name)
+    b = small(name)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    x = inputs(a)
+    outs = []
+    for m in (a, b):
+        m.train()
+        y = m(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    for n in outs[0][1]:
+        torch.testing.assert_close(outs[0][1][n], outs[1][1][n], rtol=1e-5, atol=1e-6)
+
+
+def test_distilled_modes():
+    model = small("pit_ti_distilled")
+    x = inputs(model)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        ev = model(x)
+        cls_logits, dist_logits = model.head(feats[:, 0]), model.head_dist(feats[:, 1])
+    torch.testing.assert_close(ev, (cls_logits + dist_logits) / 2)
+    model.train()  # training without the distilled mode: still the mean (fine-tuning without a teacher)
+    assert isinstance(model(x), torch.Tensor)
+    model.set_distilled_training(True)
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    model.eval()
+    assert isinstance(model(x), torch.Tensor)
+    with pytest.raises(ValueError, match="distilled variant"):
+        create_model("pit_test").set_distilled_training(True)
+
+
+def test_any_input_size():
+    torch.manual_seed(0)
+    model = create_model("pit_ti").eval()
+    with torch.no_grad():
+        out224 = model(torch.randn(1, 3, 224, 224))
+        for size in ((288, 288), (256, 256), (200, 320), (64, 64)):
+            assert model(torch.randn(1, 3, *size)).shape == (1, 1000)
+        x288 = torch.randn(1, 3, 288, 288)
+        on_the_fly = model(x288)
+        # Stored for 288 (the pos-embed resized once) gives what the on-the-fly resize gives.
+        model288 = create_model("pit_ti", img_size=288).eval()
+        model288.load_state_dict({**model.state_dict(), "pos_embed": resize_pos_embed(model.pos_embed, (35, 35))})
+        torch.testing.assert_close(model288(x288), on_the_fly)
+        # At the original size nothing changes.
+        torch.testing.assert_close(model(torch.zeros(1, 3, 224, 224)), model(torch.zeros(1, 3, 224, 224)))
+        assert resize_pos_embed(model.pos_embed, (27, 27)) is model.pos_embed
+    model.set_input_size(288)
+    assert model.pos_embed.shape == (1, 64, 35, 35) and model.cfg.img_size == (288, 288)
+    assert out224.shape == (1, 1000)
+
+
+def _cubic(t: float, a: float = -0.75) -> float:
+    """Keys' cubic convolution kernel with PyTorch's a = -0.75."""
+    t = abs(t)
+    if t <= 1:
+        return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
+    if t < 2:
+        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a
+    return 0.0
+
+
+def test_pos_embed_resize_is_bicubic_against_a_hand_computed_kernel():
+    # Rows are constant down the columns, so the result is the 1-d cubic convolution of each row.
+    row = torch.tensor([0.0, 1.0, 4.0, 9.0, 3.0, -2.0, 5.0, 7.0])
+    grid = row.view(1, 1, 1, 8).expand(1, 1, 8, 8).contiguous()
+    up = resize_pos_embed(grid, (8, 16))[0, 0, 3]
+    for i in range(16):
+        src = (i + 0.5) / 2 - 0.5  # align_corners=False
+        base = math.floor(src)
+        ref = sum(_cubic(src - j) * row[min(max(j, 0), 7)].item() for j in range(base - 1, base + 3))
+        assert up[i].item() == pytest.approx(ref, abs=1e-5)
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="registered models: .*pit_ti"):
+        create_model("pit_tiny")
+    with pytest.raises(TypeError, match="unknown option"):
+        create_model("pit_ti", dropout=0.1)
+    with pytest.raises(ValueError, match="smaller than the stem"):
+        create_model("pit_ti", img_size=8)
+    with pytest.raises(ValueError, match="expected input"):
+        create_model("pit_test")(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError):
+        PiTConfig(depth=(1, 2), heads=(1, 2, 3))
