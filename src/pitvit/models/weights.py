@@ -612,9 +612,10 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, **create_kwargs:
         name = name or weights.meta.get("model_name")
         info = weights.info
         if not name:
-            hint = f"model={info['variant']!r}" if info["variant"] else "model=NAME"
+            hint = (f"model={info['variant']!r}, or --model {info['variant']} on the command line"
+                    if info["variant"] else "model=NAME, or --model NAME on the command line")
             raise CheckpointError(f"{weights.source}: a {weights.container} does not say which model it holds; "
-                                  f"pass {hint} (it looks like {_describe(info)})")
+                                  f"name it ({hint}); it looks like {_describe(info)}")
         cfg = get_model_config(name)
         found: dict[str, Any] = {"num_classes": info["num_classes"], "in_chans": info["in_chans"]}
         if info["grid"]:

@@ -1,0 +1,54 @@
+"""Convert PiT weights between published formats (official, timm, Paddle, safetensors, save_pretrained).
+
+The surgery itself is :func:`pitvit.models.weights.convert_state_dict`; this module reads, checks that the
+weights build the model they claim to be, and writes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pitvit.models.weights import SAVE_FORMATS, model_from_checkpoint, read_weights, save_pretrained, save_weights
+
+__all__ = ["CONVERT_FORMATS", "convert"]
+
+# What `convert` can write: save_weights' formats, and a save_pretrained directory.
+CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
+            format: str | None = None, ema: bool = False) -> dict[str, Any]:
+    """Read PiT weights in any format and write them in another.
+
+    Args:
+        src: a checkpoint file or ``save_pretrained`` directory, in any format :func:`pitvit.load_weights` reads.
+        dst: the file (or directory, for ``"pretrained"``) to write.
+        model: the registered variant; needed unless ``src`` carries it (pitvit checkpoints, save_pretrained).
+        format: one of :data:`CONVERT_FORMATS`; default from ``dst``'s extension, and a path without an
+            extension is a ``save_pretrained`` directory.
+        ema: convert the EMA weights of a training checkpoint.
+
+    Returns:
+        ``{"src", "detected", "model", "dst", "format", "bytes"}``: what was read and what was written.
+    """
+    dst = Path(dst)
+    fmt = format or ("pretrained" if not dst.suffix else None)
+    if fmt is not None and fmt not in CONVERT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CONVERT_FORMATS)}")
+    weights = read_weights(src, ema=ema)
+    # Building the model checks that every tensor fits; classes and input size are the checkpoint's own.
+    net = model_from_checkpoint(weights, **({"model": model} if model else {}))
+    if fmt == "pretrained":
+        save_pretrained(net, dst)
+        size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())
+    else:
+        save_weights(net, dst, fmt)
+        size = dst.stat().st_size
+        fmt = fmt or _format_of(dst)
+    return {"src": str(src), "detected": weights.summary(), "model": net.model_name or "PiT", "dst": str(dst),
+            "format": fmt, "bytes": size}
+
+
+def _format_of(path: Path) -> str:
+    return {".safetensors": "safetensors", ".pdparams": "paddle"}.get(path.suffix.lower(), "official")
