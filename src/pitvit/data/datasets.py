@@ -1,0 +1,288 @@
+"""Datasets: class folders, the Paddle reproduction's list files, Fashion-MNIST; and ``build_dataset``.
+
+Every dataset checks its files when it is built, so that a wrong path fails before training starts, and
+every image dataset returns a :class:`SkippedSample` (or raises :class:`CorruptImageError` when strict) for
+an image that cannot be decoded mid-run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+
+from .errors import CorruptImageError, DatasetError, SkippedSample
+from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
+
+__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "ListDataset", "FashionMNIST", "build_dataset",
+           "detect_kind"]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+KINDS = ("auto", "imagefolder", "list", "fashion_mnist")
+SPLITS = ("train", "val", "test")
+
+_FOLDER_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
+_LIST_LAYOUT = ("ROOT/train_list.txt and ROOT/val_list.txt, one '<path relative to ROOT> <integer label>' "
+                "per line (optional ROOT/labels.txt: one class name per line, line i names label i)")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def load_image(path: str, strict: bool) -> Image.Image | SkippedSample:
+    """Decode an image fully. ``L`` and ``RGB`` images keep their mode, any other mode becomes ``RGB``.
+
+    A file that cannot be decoded gives a :class:`SkippedSample`, or :class:`CorruptImageError` when strict.
+    """
+    try:
+        with open(path, "rb") as f:  # our handle, closed here; the decoded pixels stay with the image
+            img = Image.open(f)
+            img.load()  # decode now: Image.open is lazy and a truncated file fails only here
+        return img if img.mode in ("L", "RGB") else img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        # PIL reports undecodable data as OSError (UnidentifiedImageError, "image file is truncated"),
+        # SyntaxError (some plugins) or ValueError; a file deleted mid-run is an OSError too.
+        if strict:
+            raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        return SkippedSample(path, f"{type(e).__name__}: {e}")
+
+
+class _ImageFileDataset:
+    """Shared behaviour of the datasets backed by one image file per sample."""
+
+    samples: list[tuple[str, int]]
+    classes: list[str]
+    transform: Callable[[Any], Any] | None
+    strict_images: bool
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
+        path, target = self.samples[index]
+        img = load_image(path, self.strict_images)
+        if isinstance(img, SkippedSample):
+            return img
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+class ImageFolderDataset(_ImageFileDataset):
+    """Images in class subfolders: ``root/<class>/**/<image>``; labels index the sorted class names.
+
+    Args:
+        root: the split's folder (``ROOT/train`` or ``ROOT/val``).
+        transform: applied to the PIL image.
+        classes: the class names to label with (another split's, so that labels agree across splits);
+            default: this folder's subfolders, sorted. A subfolder not in ``classes`` is an error.
+        strict_images: an undecodable image raises instead of being skipped.
+
+    Raises:
+        DatasetError: ``root`` is missing or has no class folders, a class folder holds no image, or a
+            folder is not among ``classes``.
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable[[Any], Any] | None = None, *,
+                 classes: Sequence[str] | None = None, strict_images: bool = False) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"image folder not found: {root}; expected the layout {_FOLDER_LAYOUT}")
+        found = _class_dirs(root)
+        if not found:
+            raise DatasetError(f"no class folders in {root}; expected the layout {_FOLDER_LAYOUT}")
+        classes = list(classes) if classes is not None else found
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [c for c in found if c not in index]
+        if unknown:
+            raise DatasetError(f"{root} has class folder(s) {unknown[:5]} that are not among the "
+                               f"{len(classes)} training classes")
+        samples, empty = [], []
+        for c in found:
+            files = sorted(_walk_images(root / c))
+            if not files:
+                empty.append(c)
+            samples += [(f, index[c]) for f in files]
+        if empty:
+            raise DatasetError(f"{len(empty)} class folder(s) in {root} hold no image "
+                               f"(extensions {', '.join(IMG_EXTENSIONS)}): {empty[:5]}")
+        self.root = str(root)
+        self.classes = classes
+        self.samples = samples
+        self.transform = transform
+        self.strict_images = strict_images
+
+    def __repr__(self) -> str:
+        return f"ImageFolderDataset(root={self.root!r}, classes={len(self.classes)}, n={len(self)})"
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_images(folder: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
+    return out
+
+
+class ListDataset(_ImageFileDataset):
+    """The Paddle reproduction's format: ``ROOT/{split}_list.txt``, one ``<relative path> <label>`` per line.
+
+    Labels are used as written. Class names come from ``ROOT/labels.txt`` (one name per line, line i names
+    label i) when present, otherwise they are the label numbers as strings, ``"0" .. str(max label)``, where
+    the maximum is taken over every ``*_list.txt`` in ROOT so that the splits agree.
+
+    Args:
+        root: the folder holding the list files; image paths are relative to it.
+        split: ``train``, ``val`` or ``test``.
+        transform: applied to the PIL image.
+        strict_images: an undecodable image raises instead of being skipped.
+
+    Raises:
+        DatasetError: the list file is missing or malformed, or names images that do not exist (the count
+            and the first few are given).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train",
+                 transform: Callable[[Any], Any] | None = None, *, strict_images: bool = False) -> None:
+        root = Path(root)
+        list_file = root / f"{split}_list.txt"
+        if not list_file.is_file():
+            raise DatasetError(f"list file not found: {list_file}; expected the layout {_LIST_LAYOUT}")
+        entries = _read_list(list_file)
+        if not entries:
+            raise DatasetError(f"list file {list_file} names no image")
+        samples = [(str(root / rel), label) for rel, label in entries]
+        missing = _missing_files([p for p, _ in samples])
+        if missing:
+            raise DatasetError(f"{list_file} names {len(missing)} image(s) that do not exist under {root}, "
+                               f"e.g. {[os.path.relpath(p, root) for p in missing[:5]]}")
+        max_label = max(label for _, label in entries)
+        for other in sorted(root.glob("*_list.txt")):
+            if other != list_file:
+                max_label = max([max_label] + [label for _, label in _read_list(other)])
+        labels_file = root / "labels.txt"
+        if labels_file.is_file():
+            classes = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+            if len(classes) <= max_label:
+                raise DatasetError(f"{labels_file} names {len(classes)} classes but the list files use "
+                                   f"label {max_label}")
+        else:
+            classes = [str(i) for i in range(max_label + 1)]
+        self.root = str(root)
+        self.split = split
+        self.classes = classes
+        self.samples = samples
+        self.transform = transform
+        self.strict_images = strict_images
+
+    def __repr__(self) -> str:
+        return (f"ListDataset(root={self.root!r}, split={self.split!r}, classes={len(self.classes)}, "
+                f"n={len(self)})")
+
+
+def _read_list(list_file: Path) -> list[tuple[str, int]]:
+    entries = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        parts = line.rsplit(maxsplit=1)  # paths may contain spaces; the label is the last field
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            label = int(parts[1])
+            if label < 0:
+                raise ValueError
+        except ValueError:
+            raise DatasetError(f"{list_file}:{lineno}: expected '<relative path> <label >= 0>', "
+                               f"found {line!r}") from None
+        entries.append((parts[0], label))
+    return entries
+
+
+def _missing_files(paths: list[str]) -> list[str]:
+    # one directory listing per folder instead of one stat per file: ImageNet's list has 1.28M lines
+    listing: dict[str, set[str] | None] = {}
+    missing = []
+    for p in paths:
+        d, name = os.path.split(p)
+        if d not in listing:
+            try:
+                listing[d] = set(os.listdir(d or "."))
+            except OSError:
+                listing[d] = None
+        names = listing[d]
+        if names is None or name not in names:
+            missing.append(p)
+    return missing
+
+
+def detect_kind(root: str | os.PathLike | None, split: str) -> str:
+    """The dataset kind found at ``root``: ``list``, ``fashion_mnist`` or ``imagefolder``.
+
+    ``root=None`` means Fashion-MNIST in its Debian folder.
+    """
+    if root is None:
+        return "fashion_mnist"
+    root = Path(root)
+    if (root / f"{split}_list.txt").is_file():
+        return "list"
+    if has_fashion_mnist(root):
+        return "fashion_mnist"
+    if (root / split).is_dir():
+        return "imagefolder"
+    raise DatasetError(
+        f"cannot tell which dataset is at {root} (split {split!r}): expected one of\n"
+        f"  imagefolder: {_FOLDER_LAYOUT}\n"
+        f"  list: {_LIST_LAYOUT}\n"
+        f"  fashion_mnist: ROOT/train-images-idx3-ubyte.gz and the other IDX files "
+        f"(default ROOT {DEFAULT_FASHION_MNIST_DIR})"
+        + ("" if root.exists() else f"\n({root} does not exist)"))
+
+
+def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "auto",
+                  transform: Callable[[Any], Any] | None = None, strict_images: bool = False) -> Any:
+    """Build a dataset of ``(transform(PIL image), label)`` with ``.classes`` (list of str) and ``.targets``.
+
+    Args:
+        root: the dataset folder (for ``fashion_mnist`` the folder of the IDX files; ``None`` means the
+            Debian package's folder).
+        split: ``train``, ``val`` or ``test``. For an image folder, labels of every split follow the class
+            folders of ``ROOT/train`` when it exists, so that they agree with the training labels.
+        kind: ``auto``, ``imagefolder``, ``list`` or ``fashion_mnist``; ``auto`` looks for
+            ``ROOT/{split}_list.txt``, then the IDX files, then ``ROOT/{split}/``.
+        transform: applied to each PIL image (see :func:`pitvit.data.build_transform`).
+        strict_images: an image that cannot be decoded mid-run raises :class:`CorruptImageError`
+            naming the file; by default the sample is skipped and counted by the loader.
+
+    Raises:
+        DatasetError: the layout is not found or is inconsistent; the message names the path and the
+            expected layout.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; valid: {', '.join(KINDS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if kind == "auto":
+        kind = detect_kind(root, split)
+    if kind == "fashion_mnist":
+        return FashionMNIST(root, split, transform)
+    if root is None:
+        raise DatasetError(f"dataset kind {kind!r} needs a root folder")
+    if kind == "list":
+        return ListDataset(root, split, transform, strict_images=strict_images)
+    root = Path(root)
+    classes = None
+    if split != "train" and (root / "train").is_dir():
+        classes = _class_dirs(root / "train") or None
+    return ImageFolderDataset(root / split, transform, classes=classes, strict_images=strict_images)

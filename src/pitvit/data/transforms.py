@@ -1,0 +1,182 @@
+"""The recipe's image transforms, built from timm's and torchvision's pieces.
+
+Training (DeiT's pipeline, which PiT's official recipe used, FACTS §3): RandomResizedCrop (bicubic,
+scale 0.08-1, ratio 3/4-4/3), horizontal flip 0.5, RandAugment ``rand-m9-mstd0.5-inc1``, ToTensor,
+Normalize, RandomErasing 0.25 in pixel mode. The Paddle reproduction's variant swaps RandAugment for
+AutoAugment's ``original`` policy, drops the flip and crops with scale 0.05-1. Small grayscale images (the
+Fashion-MNIST demo) get a padded random crop and a flip only.
+
+Evaluation: resize the shorter side to ``int(size / crop_pct)`` (bicubic), center crop ``size``, ToTensor,
+Normalize.
+
+The random pieces draw from python ``random``, numpy and torch's default generator; the loader seeds all
+three per sample (:class:`pitvit.data.loader.SeededDataset`), so augmentations do not depend on workers.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from PIL import Image
+from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+from torchvision import transforms as T
+
+__all__ = ["AUG_PRESETS", "resolve_aug", "build_transform", "ToMode"]
+
+# Named training augmentations; a dict passed as ``aug`` starts from ``aug.get("preset", "official")``.
+AUG_PRESETS: dict[str, dict[str, Any]] = {
+    # PiT's official recipe (DeiT's pipeline)
+    "official": dict(crop="rrc", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), padding=0, hflip=0.5,
+                     auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, re_mode="pixel", re_count=1),
+    # what the Paddle reproduction ran: AutoAugment (original policy), no flip, crop scale 0.05-1
+    "paddle": dict(crop="rrc", scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3), padding=0, hflip=0.0,
+                   auto_augment="original", re_prob=0.25, re_mode="pixel", re_count=1),
+    # small images such as Fashion-MNIST's 28 px: pad by 2, random crop back, flip
+    "small": dict(crop="pad", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), padding=2, hflip=0.5,
+                  auto_augment=None, re_prob=0.0, re_mode="pixel", re_count=1),
+    # no augmentation: the evaluation transform's geometry at training time
+    "none": dict(crop="center", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), padding=0, hflip=0.0,
+                 auto_augment=None, re_prob=0.0, re_mode="pixel", re_count=1),
+}
+_CROPS = ("rrc", "pad", "center")
+
+
+def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """The full training-augmentation settings for a preset name, a dict of overrides, or ``None``.
+
+    A dict may name its base with ``preset`` (default ``official``); every other key overrides a setting.
+    ``auto_augment`` of ``None``, ``""`` or ``"none"`` disables RandAugment/AutoAugment.
+
+    Raises:
+        ValueError: an unknown preset or key (the message lists the valid ones).
+    """
+    if aug is None:
+        aug = "official"
+    if isinstance(aug, str):
+        aug = {"preset": aug}
+    aug = dict(aug)
+    preset = aug.pop("preset", "official")
+    if preset not in AUG_PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUG_PRESETS)}")
+    out = dict(AUG_PRESETS[preset])
+    unknown = sorted(set(aug) - set(out))
+    if unknown:
+        raise ValueError(f"unknown augmentation setting(s) {unknown}; valid: {['preset'] + sorted(out)}")
+    out.update(aug)
+    if out["crop"] not in _CROPS:
+        raise ValueError(f"unknown crop {out['crop']!r}; valid: {', '.join(_CROPS)}")
+    if out["auto_augment"] in ("", "none", "None"):
+        out["auto_augment"] = None
+    out["scale"], out["ratio"] = tuple(out["scale"]), tuple(out["ratio"])
+    return out
+
+
+class ToMode:
+    """Convert a PIL image to ``mode`` (``L`` or ``RGB``) when it is in another one."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.mode!r})"
+
+
+def _size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return input_size, input_size
+    size = tuple(int(s) for s in input_size)
+    if len(size) == 3:
+        size = size[1:]
+    if len(size) != 2:
+        raise ValueError(f"input_size must be an int, (height, width) or (channels, height, width); "
+                         f"got {input_size!r}")
+    return size
+
+
+def build_transform(
+    is_train: bool,
+    *,
+    input_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    in_chans: int | None = None,
+    aug: str | Mapping[str, Any] | None = None,
+) -> T.Compose:
+    """The training or evaluation transform: PIL image in, normalized ``(in_chans, H, W)`` float tensor out.
+
+    Args:
+        is_train: the augmenting training transform, or the deterministic evaluation one.
+        input_size: output size: an int, ``(H, W)``, or ``(C, H, W)`` as in ``PretrainedCfg.input_size``.
+        mean: per-channel mean, one value per channel.
+        std: per-channel standard deviation, one value per channel.
+        interpolation: resize filter (``bicubic``, ``bilinear``, ``nearest``...).
+        crop_pct: evaluation resizes to ``int(size / crop_pct)`` before the center crop.
+        in_chans: 1 (grayscale) or 3 (RGB); images are converted to match. Default: ``input_size[0]``
+            when ``input_size`` has three entries, else ``len(mean)``.
+        aug: training augmentation: a preset name (``official``, ``paddle``, ``small``, ``none``), a
+            dict of overrides (see :func:`resolve_aug`), or ``None`` for ``official``. Ignored for eval.
+
+    Raises:
+        ValueError: inconsistent channels, sizes or augmentation settings.
+    """
+    h, w = _size_hw(input_size)
+    if in_chans is None:
+        in_chans = int(input_size[0]) if not isinstance(input_size, int) and len(input_size) == 3 else len(mean)
+    elif not isinstance(input_size, int) and len(input_size) == 3 and int(input_size[0]) != in_chans:
+        raise ValueError(f"in_chans={in_chans} disagrees with input_size={tuple(input_size)}")
+    if in_chans not in (1, 3):
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"mean and std need {in_chans} value(s) each for in_chans={in_chans}; "
+                         f"got mean={tuple(mean)}, std={tuple(std)}")
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    pil_interp = str_to_pil_interp(interpolation)
+    size = (h, w)
+    first: list[Any] = [ToMode("L" if in_chans == 1 else "RGB")]
+    normalize = [T.ToTensor(), T.Normalize(mean=torch.tensor(mean, dtype=torch.float32),
+                                           std=torch.tensor(std, dtype=torch.float32))]
+    eval_geometry = [T.Resize(int(h / crop_pct) if h == w else (int(h / crop_pct), int(w / crop_pct)),
+                              interpolation=T.InterpolationMode(interpolation)),
+                     T.CenterCrop(size)]
+    if not is_train:
+        out = T.Compose(first + eval_geometry + normalize)
+        out.uses_numpy_rng = False
+        return out
+
+    a = resolve_aug(aug)
+    if a["crop"] == "rrc":
+        geometry = [RandomResizedCropAndInterpolation(size, scale=a["scale"], ratio=a["ratio"],
+                                                      interpolation=interpolation)]
+    elif a["crop"] == "pad":
+        geometry = [T.Resize(h if h == w else size, interpolation=T.InterpolationMode(interpolation)),
+                    T.CenterCrop(size), T.RandomCrop(size, padding=a["padding"])]
+    else:
+        geometry = eval_geometry
+    if a["hflip"] > 0:
+        geometry.append(T.RandomHorizontalFlip(p=a["hflip"]))
+    color: list[Any] = []
+    if a["auto_augment"]:
+        # the hyper-parameters timm's create_transform passes: fill with the mean colour, translate by
+        # 45% of the image, resize with the recipe's filter
+        hparams = dict(translate_const=int(min(h, w) * 0.45),
+                       img_mean=tuple(min(255, round(255 * m)) for m in mean),
+                       interpolation=pil_interp)
+        name = a["auto_augment"]
+        color.append(rand_augment_transform(name, hparams) if name.startswith("rand")
+                     else auto_augment_transform(name, hparams))
+    erase = []
+    if a["re_prob"] > 0:
+        erase.append(RandomErasing(a["re_prob"], mode=a["re_mode"], max_count=a["re_count"], device="cpu"))
+    out = T.Compose(first + geometry + color + normalize + erase)
+    # timm's RandAugment picks its ops with numpy; nothing else here draws from numpy. Saving and restoring
+    # numpy's global state costs ~0.2 ms a sample, so the loader skips it when this says it may.
+    out.uses_numpy_rng = bool(a["auto_augment"]) and a["auto_augment"].startswith(("rand", "augmix"))
+    return out
