@@ -6,6 +6,7 @@ model, and the position-embedding resize is checked against ``F.interpolate``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -223,6 +224,17 @@ def test_wrapped_state_dicts(model, wrap):
     other = create_model("pit_test")
     load_weights(other, wrapped)
     assert same_tensors(other.state_dict(), sd)
+
+
+def test_timm_and_deit_training_checkpoints(model, tmp_path):
+    raw, ema = model.state_dict(), randomized(seed=1).state_dict()
+    args = argparse.Namespace(model="pit_test", lr=5e-4)
+    torch.save({"epoch": 9, "arch": "pit_test", "args": args, "state_dict": timm_keys(raw),
+                "state_dict_ema": timm_keys(ema)}, tmp_path / "timm_train.pth.tar")
+    torch.save({"model": raw, "model_ema": ema, "epoch": 9, "args": args}, tmp_path / "deit.pth")
+    for path in (tmp_path / "timm_train.pth.tar", tmp_path / "deit.pth"):
+        assert same_tensors(read_weights(path).state_dict, raw)
+        assert same_tensors(read_weights(path, ema=True).state_dict, ema)
 
 
 def test_pitvit_checkpoint_ema_flag(tmp_path):

@@ -19,6 +19,7 @@ an unpickler that can build numpy arrays and plain containers and nothing else. 
 """
 from __future__ import annotations
 
+import argparse
 import codecs
 import json
 import os
@@ -256,8 +257,13 @@ def _read_pickle(path: Path) -> Any:
 
 
 def _read_torch(path: Path) -> Any:
+    # DeiT and timm's train.py store their argparse options beside the weights; a Namespace is plain data.
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if allow is None:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with allow([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), the file holds more than "
