@@ -242,8 +242,8 @@ def test_eval_transform_hand_computed():
     expected = [(v / 255 - m) / s for v, m, s in zip((255, 128, 0), MEAN3, STD3)]
     for c in range(3):
         assert torch.allclose(x[c], torch.full((224, 224), expected[c]), atol=1e-5)
-    resize = [t for t in tf.transforms if type(t).__name__ == "Resize"][0]
-    assert resize.size == 256 and resize.interpolation.value == "bicubic"  # int(224 / 0.875)
+    geometry = [t for t in tf.transforms if type(t).__name__ == "ResizeCenterCrop"][0]
+    assert geometry.resize == 256 and geometry.interpolation.value == "bicubic"  # int(224 / 0.875)
 
 
 def test_eval_transform_geometry():
@@ -259,6 +259,38 @@ def test_eval_transform_geometry():
     assert x[0, :, 0].mean().item() * 255 == pytest.approx(41.5 / 307 * 300 * 255 / 299, abs=3)
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_normalized_tensor_matches_torchvision(mode):
+    from torchvision import transforms as T
+
+    from pitvit.data.transforms import ToNormalizedTensor
+
+    c = 1 if mode == "L" else 3
+    mean, std = MEAN3[:c], STD3[:c]
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (9, 7, 3), dtype=np.uint8)).convert(mode)
+    ref = T.Normalize(mean, std)(T.ToTensor()(img))
+    out = ToNormalizedTensor(mean, std)(img)
+    assert out.shape == (c, 9, 7) and out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.equal(out, ref)
+
+
+def test_pad_crop_flip_against_numpy_pad():
+    from pitvit.data.transforms import RandomPadCropFlip
+
+    a = np.random.default_rng(2).integers(1, 256, (28, 28), dtype=np.uint8)
+    tf = RandomPadCropFlip((28, 28), padding=2, hflip=0.5)
+    seen = set()
+    for k in range(40):
+        random.seed(k)
+        out = tf(Image.fromarray(a))
+        random.seed(k)  # the same draws, applied to an explicitly padded image
+        i, j, flip = random.randint(0, 4), random.randint(0, 4), random.random() < 0.5
+        ref = np.pad(a, 2)[i:i + 28, j:j + 28]
+        np.testing.assert_array_equal(out, ref[:, ::-1] if flip else ref)
+        seen.add((i, j, flip))
+    assert len(seen) > 10
+
+
 def test_train_transforms_shapes_and_presets():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
     for aug in ("official", "paddle", "none", {"preset": "official", "re_prob": 0.0}):
@@ -266,6 +298,9 @@ def test_train_transforms_shapes_and_presets():
         assert tf(img).shape == (3, 32, 32)
     gray = build_transform(True, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), aug="small")
     assert gray(img).shape == (1, 28, 28)
+    small_ra = build_transform(True, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,),
+                               aug={"preset": "small", "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.5})
+    assert small_ra(img).shape == (1, 28, 28)
     gray_ra = build_transform(True, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), aug="official")
     assert gray_ra(img.convert("L")).shape == (1, 28, 28)
     assert resolve_aug("paddle")["auto_augment"] == "original" and resolve_aug("paddle")["hflip"] == 0
