@@ -1,0 +1,242 @@
+"""Export a PiT model to ONNX or to a ``torch.export`` archive (``.pt2``), checked against PyTorch.
+
+The batch dimension is always dynamic. ``dynamic_hw=True`` also frees the height and width: the model
+resizes its position embedding to the token grid of the input, and the exported graph keeps that resize
+(bicubic to the same size is an exact identity, so the stored size gives the same numbers).
+
+ONNX goes through the TorchScript-based exporter (``dynamo=False``): it exists in every torch from 2.4 to
+2.14 and needs nothing beyond ``onnx``, whereas the dynamo-based exporter needs ``onnxscript``, which it
+falls back to only when the legacy exporter is gone. Each file is run once after export (onnxruntime, or
+``torch.export.load``) on random inputs and compared with the PyTorch model; a difference above the
+tolerance is an error. Preprocessing and class names travel inside the file (ONNX ``metadata_props``;
+``pitvit.json`` in the ``.pt2`` archive), so a deployment reads them from the same place.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pitvit.models import pit as _pit
+from pitvit.models import token_grid
+
+from .evaluate import load_model, preprocessing
+from .imagenet import class_names_for
+
+__all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata"]
+
+FORMATS = ("onnx", "pt2")
+DEFAULT_OPSET = 17  # the first opset with LayerNormalization; onnxruntime >= 1.14 runs it
+MAX_SIDE = 4096
+
+
+@contextlib.contextmanager
+def _always_resize_pos_embed() -> Iterator[None]:
+    """While exporting with free height/width, resize the position embedding even at the stored size.
+
+    ``resize_pos_embed`` returns the embedding untouched when the grid already matches, a Python branch on
+    the input's shape: a tracer would freeze whichever side the example input took, and ``torch.export``
+    refuses a graph that only holds for grids other than the stored one. Bicubic resizing to the same size
+    is an exact identity (every output pixel lands on a source pixel, weights 0, 1, 0, 0), so always taking
+    the resize path changes no number.
+    """
+    original = _pit.resize_pos_embed
+
+    def resize(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        out = F.interpolate(pos_embed.float(), size=tuple(grid), mode="bicubic", align_corners=False)
+        return out.to(pos_embed.dtype)
+
+    _pit.resize_pos_embed = resize
+    try:
+        yield
+    finally:
+        _pit.resize_pos_embed = original
+
+
+def _min_side(model: nn.Module) -> int:
+    """The smallest input side whose last stage still has a grid of at least 2x2.
+
+    A grid of 1 lets the exporters specialize size-1 dimensions (broadcasting), so the dynamic range
+    starts above it.
+    """
+    cfg = model.cfg
+    for side in range(cfg.patch_size, MAX_SIDE):
+        g = token_grid(side, cfg.patch_size, cfg.stride)[0]
+        for _ in range(len(cfg.depth) - 1):
+            g = (g - 1) // 2 + 1  # the 3x3, stride-2, padding-1 pooling convolution
+        if g >= 2:
+            return side
+    raise ValueError(f"no input size up to {MAX_SIDE} px gives a 2x2 last-stage grid")
+
+
+def metadata(model: nn.Module) -> dict[str, str]:
+    """Plain-string metadata stored with an export: model, preprocessing, class names."""
+    pre = preprocessing(model)
+    return {
+        "pitvit_model": str(getattr(model, "model_name", "")),
+        "pitvit_preprocessing": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()}),
+        "pitvit_class_names": json.dumps(class_names_for(model)),
+        "pitvit_model_cfg": json.dumps(model.cfg.to_dict()),
+    }
+
+
+def _example(model: nn.Module, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 0) -> torch.Tensor:
+    c, h, w = preprocessing(model)["input_size"]
+    if hw is not None:
+        h, w = hw
+    g = torch.Generator().manual_seed(seed)
+    p = next(model.parameters())
+    return torch.randn(batch, c, h, w, generator=g).to(device=p.device, dtype=p.dtype)
+
+
+def _check_sizes(model: nn.Module, dynamic_hw: bool) -> list[tuple[int, tuple[int, int] | None]]:
+    """(batch, (height, width)) pairs the check runs: another batch always, another size if free."""
+    sizes: list[tuple[int, tuple[int, int] | None]] = [(2, None), (3, None)]
+    if dynamic_hw:
+        _, h, w = preprocessing(model)["input_size"]
+        s = model.cfg.stride
+        sizes.append((1, (h + 3 * s, w + 5 * s)))  # unequal sides: a swapped H/W would show
+    return sizes
+
+
+# ---------------------------------------------------------------------------- ONNX
+def export_onnx(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = False,
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``model`` (eval mode) as ONNX with input ``images`` (N, C, H, W) and output ``logits``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    if dynamic_hw:
+        axes["images"].update({2: "height", 3: "width"})
+    kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], dynamic_axes=axes,
+                                  opset_version=opset, do_constant_folding=True)
+    legacy = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    if legacy:
+        kwargs["dynamo"] = False
+    ctx = _always_resize_pos_embed() if dynamic_hw else contextlib.nullcontext()
+    with ctx, torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level shape check; those are the model's input validation.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+    _add_onnx_metadata(out, metadata(model))
+    return out
+
+
+def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False) -> float:
+    """Largest absolute difference between onnxruntime on ``path`` and ``model`` over a few input shapes."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    model = model.eval()
+    diff = 0.0
+    for i, (batch, hw) in enumerate(_check_sizes(model, dynamic_hw)):
+        x = _example(model, batch, hw, seed=i + 1).float().cpu()
+        with torch.no_grad():
+            ref = model.float().cpu()(x)
+        got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        if got.shape != ref.shape:
+            raise RuntimeError(f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input "
+                               f"{tuple(x.shape)}")
+        diff = max(diff, (got - ref).abs().max().item())
+    return diff
+
+
+# ---------------------------------------------------------------------------- torch.export
+def export_pt2(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = False) -> Path:
+    """Write ``model`` (eval mode) as a ``torch.export`` archive (load it with ``torch.export.load``)."""
+    from torch.export import Dim
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    dims: dict[int, Any] = {0: Dim("batch", min=1, max=MAX_SIDE)}
+    if dynamic_hw:
+        lo = _min_side(model)
+        dims[2] = Dim("height", min=lo, max=MAX_SIDE)
+        dims[3] = Dim("width", min=lo, max=MAX_SIDE)
+    ctx = _always_resize_pos_embed() if dynamic_hw else contextlib.nullcontext()
+    with ctx, torch.no_grad():
+        program = torch.export.export(model, (_example(model),), dynamic_shapes=({**dims},))
+    torch.export.save(program, str(out), extra_files={"pitvit.json": json.dumps(metadata(model))})
+    return out
+
+
+def check_pt2(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False) -> float:
+    """Largest absolute difference between the loaded-back archive and ``model`` over a few shapes."""
+    extra = {"pitvit.json": ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    json.loads(extra["pitvit.json"])  # the metadata came back readable
+    loaded = program.module()
+    model = model.eval()
+    diff = 0.0
+    with torch.no_grad():
+        for i, (batch, hw) in enumerate(_check_sizes(model, dynamic_hw)):
+            x = _example(model, batch, hw, seed=i + 1)
+            got, ref = loaded(x), model(x)
+            if got.shape != ref.shape:
+                raise RuntimeError(f"pt2 output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
+            diff = max(diff, (got.float() - ref.float()).abs().max().item())
+    return diff
+
+
+# ---------------------------------------------------------------------------- entry point
+def export_model(model_name: str | None, weights: str | os.PathLike | None = None, *, format: str = "onnx",
+                 out: str | os.PathLike | None = None, dynamic_hw: bool = False, opset: int = DEFAULT_OPSET,
+                 ema: bool = False, atol: float = 1e-4) -> dict[str, Any]:
+    """Load a model, export it, run the export and compare it with PyTorch.
+
+    Args:
+        model_name: a registered variant (may be omitted for a checkpoint that names its model).
+        weights: checkpoint or ``save_pretrained`` folder; ``None`` exports the random initialization.
+        format: ``"onnx"`` or ``"pt2"``.
+        out: output file (default ``<model>.onnx`` / ``<model>.pt2`` in the working directory).
+        dynamic_hw: free height and width as well as the batch.
+        opset: ONNX opset.
+        ema: export the EMA weights of a training checkpoint.
+        atol: largest acceptable absolute difference between the export and PyTorch.
+
+    Returns:
+        ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
+
+    Raises:
+        RuntimeError: the exported model differs from PyTorch by more than ``atol``.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    model = load_model(model_name, weights, ema=ema).float().cpu()
+    name = getattr(model, "model_name", model_name) or "model"
+    out = Path(out) if out is not None else Path(f"{name}.{format}")
+    if format == "onnx":
+        path = export_onnx(model, out, dynamic_hw=dynamic_hw, opset=opset)
+        diff = check_onnx(model, path, dynamic_hw=dynamic_hw)
+    else:
+        path = export_pt2(model, out, dynamic_hw=dynamic_hw)
+        diff = check_pt2(model, path, dynamic_hw=dynamic_hw)
+    result = {"path": str(path), "format": format, "max_abs_diff": diff, "dynamic_hw": dynamic_hw,
+              "input_size": list(preprocessing(model)["input_size"])}
+    if not diff <= atol:  # also catches NaN
+        raise RuntimeError(f"{path}: the export differs from PyTorch by {diff:.3g} (tolerance {atol:g})")
+    return result
