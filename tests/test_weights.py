@@ -52,13 +52,13 @@ def image(model: pitvit.PiT, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, model.cfg.in_chans, *model.cfg.img_size, generator=torch.Generator().manual_seed(1))
 
 
-def is_linear_weight(key: str, value: torch.Tensor) -> bool:
+def is_linear_weight(key: str) -> bool:
     return bool(re.search(r"(attn\.qkv|attn\.proj|mlp\.fc[12]|pools\.\d+\.fc|head|head_dist)\.weight$", key))
 
 
 def paddle_arrays(sd: dict) -> dict:
     """What paddle.save writes for a PaddleViT PiT: float32 arrays, Linear weights [in, out], a name table."""
-    out = {k: (v.t() if is_linear_weight(k, v) else v).numpy().astype(np.float32) for k, v in sd.items()}
+    out = {k: (v.t() if is_linear_weight(k) else v).numpy().astype(np.float32) for k, v in sd.items()}
     out["StructuredToParameterName@@"] = {k: f"param_{i}" for i, k in enumerate(sd)}
     return out
 
@@ -109,7 +109,7 @@ def test_paddle_file_matches_paddle_layout(model, tmp_path):
     assert arrays.keys() == sd.keys()
     for k, v in sd.items():
         assert isinstance(arrays[k], np.ndarray) and arrays[k].dtype == np.float32
-        expected = v.t() if is_linear_weight(k, v) else v
+        expected = v.t() if is_linear_weight(k) else v
         assert np.array_equal(arrays[k], expected.numpy()), k
     # Square layers are transposed too: the key decides, not the shape.
     proj = "transformers.0.blocks.0.attn.proj.weight"
