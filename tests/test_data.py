@@ -376,6 +376,27 @@ def test_sampler_union_over_ranks(n, drop_last):
     assert len(set(k[0] for k in all_keys)) == len(all_keys)  # a permutation: no index twice
 
 
+def test_loaders_two_ranks_concatenate_to_one(tmp_path):
+    ds = fmnist_train(tmp_path)
+    one = build_loader(ds, batch_size=4, train=True, seed=5, num_workers=0)
+    ranks = [build_loader(ds, batch_size=2, train=True, seed=5, num_workers=0, rank=r, world_size=2)
+             for r in range(2)]
+    big = epoch_batches(one, 1)
+    parts = [epoch_batches(r, 1) for r in ranks]
+    assert len(big) == len(parts[0]) == len(parts[1]) == len(one) == 4
+    for step, (x, y) in enumerate(big):
+        assert torch.equal(x, torch.cat([parts[0][step][0], parts[1][step][0]]))
+        assert torch.equal(y, torch.cat([parts[0][step][1], parts[1][step][1]]))
+
+
+def test_seeded_dataset_pickles(tmp_path):
+    import pickle
+
+    seeded = SeededDataset(fmnist_train(tmp_path), seed=3)
+    copy = pickle.loads(pickle.dumps(seeded))
+    assert torch.equal(copy[(2, 4, 0)][0], seeded[(2, 4, 0)][0]) and copy.classes == seeded.classes
+
+
 def test_sampler_eval_covers_each_sample_once():
     for world in (1, 2, 3):
         seen = []
