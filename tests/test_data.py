@@ -232,6 +232,21 @@ def test_all_corrupt_batch_dropped(tmp_path):
     assert sum(len(y) for _, y in loader) == len(ds) - 3 and loader.skipped == 3
 
 
+def test_all_corrupt_batch_fatal_in_distributed_training(tmp_path):
+    root = corrupt_folder(tmp_path)
+    tf = build_transform(False, input_size=16, mean=MEAN3, std=STD3, crop_pct=1.0)
+    ds = build_dataset(root, "train", transform=tf)
+    raised = 0
+    for rank in range(2):  # with batches of one, the rank holding a corrupt file cannot skip a step
+        loader = build_loader(ds, batch_size=1, train=True, seed=0, num_workers=0, rank=rank, world_size=2)
+        try:
+            list(loader)
+        except DatasetError as e:
+            assert "unreadable" in str(e) and f"rank {rank}" in str(e)
+            raised += 1
+    assert raised >= 1
+
+
 # ---------------------------------------------------------------------------- transforms
 def test_eval_transform_hand_computed():
     # a constant image survives resize and crop unchanged; normalization is (v/255 - mean) / std

@@ -116,10 +116,12 @@ class Loader:
         skipped: images skipped in the current (or last) iteration.
         skipped_files: their paths.
         skipped_total: images skipped since the loader was built.
+        train: built for training (shuffled, seeded, lockstep across processes).
     """
 
-    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler) -> None:
+    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler, *, train: bool) -> None:
         self.loader = loader
+        self.train = train
         self.sampler = sampler
         self.dataset = loader.dataset
         self.skipped = 0
@@ -160,9 +162,9 @@ class Loader:
             if skipped:
                 self._count(skipped)
             if images is None:
-                if self.sampler.world_size > 1:
+                if self.train and self.sampler.world_size > 1:
                     # dropping the batch here would leave this rank one step behind the others and hang
-                    # the next collective operation
+                    # the next gradient all-reduce (evaluation only reduces at the end, so it may drop)
                     raise DatasetError(
                         f"every image of batch {step0 + i} of epoch {self.epoch} on rank {self.sampler.rank} "
                         f"is unreadable (e.g. {skipped[0]}); remove the corrupt files")
@@ -241,4 +243,4 @@ def build_loader(
         # global torch generator (and the per-sample seeding makes that base seed irrelevant)
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
     )
-    return Loader(loader, sampler)
+    return Loader(loader, sampler, train=train)
