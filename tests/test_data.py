@@ -326,10 +326,10 @@ def test_train_transforms_shapes_and_presets():
 
 
 # ---------------------------------------------------------------------------- seeding and workers
-def fmnist_train(tmp_path: Path):
+def fmnist_train(tmp_path: Path, preset: str = "official"):
     write_fmnist(tmp_path, n_train=16)
-    tf = build_transform(True, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,),
-                         aug={"preset": "official", "scale": (0.6, 1.0), "re_prob": 0.5})
+    aug = {"preset": "official", "scale": (0.6, 1.0), "re_prob": 0.5} if preset == "official" else preset
+    tf = build_transform(True, input_size=(1, 28, 28), mean=(0.286,), std=(0.353,), aug=aug)
     return build_dataset(tmp_path, "train", transform=tf)
 
 
@@ -338,8 +338,9 @@ def epoch_batches(loader, epoch):
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
-def test_worker_count_independence(tmp_path):
-    ds = fmnist_train(tmp_path)
+@pytest.mark.parametrize("preset", ["official", "small"])
+def test_worker_count_independence(tmp_path, preset):
+    ds = fmnist_train(tmp_path, preset)
     runs = []
     for workers in (0, 2):
         loader = build_loader(ds, batch_size=4, train=True, seed=7, num_workers=workers)
