@@ -38,3 +38,128 @@ def test_plot_cli(tmp_path, capsys):
     assert (tmp_path / "run" / "curves.png").is_file()
     assert cli(["plot", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- eval on real images
+JPEGS = Path("/work/shared/bench/jpegs")
+needs_jpegs = pytest.mark.skipif(not JPEGS.is_dir(), reason="the 20 ImageNet JPEGs are not here")
+
+
+def _jpegs() -> list[Path]:
+    return sorted(JPEGS.glob("imagenet_*.jpg"))
+
+
+def _list_dataset(root: Path, labels: list[int]) -> Path:
+    """``root/val_list.txt`` over the 20 JPEGs (linked, not copied) with the given labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for path, label in zip(_jpegs(), labels):
+        (root / path.name).symlink_to(path)
+        lines.append(f"{path.name} {label}")
+    (root / "val_list.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _reference_logits(model, pre) -> "torch.Tensor":
+    """Logits on the JPEGs preprocessed by timm's eval transform (independent of pitvit.data)."""
+    import torch
+    from PIL import Image
+    from timm.data import create_transform
+
+    tf = create_transform(input_size=tuple(pre["input_size"]), is_training=False, crop_pct=pre["crop_pct"],
+                          interpolation=pre["interpolation"], mean=tuple(pre["mean"]), std=tuple(pre["std"]))
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in _jpegs()])
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture(scope="module")
+def ti_checkpoint(tmp_path_factory):
+    """A pit_ti training checkpoint whose raw and EMA weights differ, evaluated at 160 px, bilinear, crop 1.0.
+
+    The preprocessing deliberately differs from the registry's (224, bicubic, 0.9): eval must read it from
+    the checkpoint.
+    """
+    import dataclasses
+
+    import torch
+
+    from pitvit.models import create_model
+
+    torch.manual_seed(0)
+    raw = create_model("pit_ti", img_size=160)
+    raw.pretrained_cfg = dataclasses.replace(raw.pretrained_cfg, input_size=(3, 160, 160), crop_pct=1.0,
+                                             interpolation="bilinear")
+    ema = create_model("pit_ti", img_size=160)  # another random draw: other logits
+    path = tmp_path_factory.mktemp("ckpt") / "last.pt"
+    torch.save({"format": "pitvit", "version": 1, "model_name": "pit_ti", "model_cfg": raw.cfg.to_dict(),
+                "pretrained_cfg": raw.pretrained_cfg.to_dict(), "state_dict": raw.state_dict(),
+                "ema_state_dict": ema.state_dict(), "epoch": 3}, path)
+    ema.pretrained_cfg = raw.pretrained_cfg
+    return path, raw, ema
+
+
+def _hand_metrics(logits, labels):
+    import torch
+
+    labels = torch.tensor(labels)
+    top5 = logits.topk(5, dim=1).indices
+    return {"top1": 100.0 * (top5[:, 0] == labels).sum().item() / len(labels),
+            "top5": 100.0 * (top5 == labels[:, None]).any(1).sum().item() / len(labels),
+            "loss": torch.nn.functional.cross_entropy(logits, labels).item()}
+
+
+@needs_jpegs
+@pytest.mark.parametrize("ema", [False, True])
+def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, ema):
+    from pitvit.tools.evaluate import evaluate_model, preprocessing
+
+    path, raw, ema_model = ti_checkpoint
+    model = ema_model if ema else raw
+    logits = _reference_logits(model, preprocessing(model))
+    # Labels at known ranks of the reference logits: 8 at rank 0, 6 at rank 2, 6 at rank 7, so top-1 is
+    # 40% and top-5 70% exactly when eval sees the same images through the same weights.
+    ranks = [0] * 8 + [2] * 6 + [7] * 6
+    order = logits.argsort(dim=1, descending=True)
+    labels = [int(order[i, r]) for i, r in enumerate(ranks)]
+    data = _list_dataset(tmp_path / "data", labels)
+    r = evaluate_model(None, path, data, ema=ema, batch_size=8, workers=0, device="cpu",
+                       out=tmp_path / "r.json")
+    hand = _hand_metrics(logits, labels)
+    assert (r["top1"], r["top5"], r["n"]) == (40.0, 70.0, 20) == (hand["top1"], hand["top5"], 20)
+    assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)
+    assert r["preprocessing"]["input_size"] == [3, 160, 160] and r["preprocessing"]["crop_pct"] == 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["top5"] == 70.0
+
+
+@needs_jpegs
+def test_eval_cli_imagenet_labels(tmp_path, capsys):
+    """The true ImageNet labels through the CLI; random weights, so the numbers only have to be consistent."""
+    import torch
+
+    from pitvit.models import create_model
+    from pitvit.models.weights import save_pretrained
+    from pitvit.tools.evaluate import preprocessing
+
+    torch.manual_seed(1)
+    model = create_model("pit_ti")
+    save_pretrained(model, tmp_path / "pretrained")
+    labels = [int(p.stem.split("_")[-1]) for p in _jpegs()]
+    data = _list_dataset(tmp_path / "data", labels)
+    out = tmp_path / "r.json"
+    assert cli(["eval", "--model", "pit_ti", "--weights", str(tmp_path / "pretrained"), "--data", str(data),
+                "--batch-size", "6", "--workers", "0", "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    hand = _hand_metrics(_reference_logits(model, preprocessing(model)), labels)
+    assert (r["n"], r["top1"], r["top5"]) == (20, hand["top1"], hand["top5"])
+    assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_eval_cli_errors(tmp_path, capsys):
+    assert cli(["eval", "--model", "pit_tx", "--data", str(tmp_path)]) == 2
+    assert "pit_ti" in capsys.readouterr().err
+    assert cli(["eval", "--model", "pit_test", "--weights", str(tmp_path / "w.pth"), "--data", str(tmp_path)]) == 2
+    assert "w.pth" in capsys.readouterr().err
+    assert cli(["eval", "--model", "pit_test", "--data", str(tmp_path / "nodata"), "--workers", "0"]) == 2
+    assert "nodata" in capsys.readouterr().err

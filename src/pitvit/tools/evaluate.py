@@ -48,28 +48,16 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
         path = Path(weights)
         if not path.exists():
             raise FileNotFoundError(f"weights not found: {path}")
-        from pitvit.models.weights import model_from_checkpoint
+        from pitvit.models.weights import model_from_checkpoint, read_weights
 
+        read = read_weights(path, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
-        model = model_from_checkpoint(path, ema=ema, **create_kwargs)
-        if model_name and getattr(model, "model_name", model_name) != model_name:
-            raise ValueError(f"{path} holds a {model.model_name}, not a {model_name}")
-        if getattr(model, "class_names", None) is None and path.is_file():
-            model.class_names = _checkpoint_class_names(path)
+        model = model_from_checkpoint(read, ema=ema, **create_kwargs)
+        names = read.meta.get("class_names")
+        if names and getattr(model, "class_names", None) is None:
+            model.class_names = [str(n) for n in names]
     return model.eval()
-
-
-def _checkpoint_class_names(path: Path) -> list[str] | None:
-    """``class_names`` of a pitvit checkpoint, if ``path`` is one (other formats carry none)."""
-    from pitvit.models.weights import read_checkpoint
-
-    try:
-        ckpt = read_checkpoint(path)
-    except Exception:  # a format read_checkpoint does not know: no names, the loader already read it
-        return None
-    names = ckpt.get("class_names") if isinstance(ckpt, dict) else None
-    return [str(n) for n in names] if names else None
 
 
 def preprocessing(model: nn.Module) -> dict[str, Any]:
@@ -85,3 +73,83 @@ def preprocessing(model: nn.Module) -> dict[str, Any]:
     d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
     return {"input_size": tuple(d["input_size"]), "crop_pct": float(d["crop_pct"]),
             "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
+
+
+def evaluate_model(
+    model_name: str | None,
+    weights: str | os.PathLike | None,
+    data: str | os.PathLike | None,
+    *,
+    split: str = "val",
+    kind: str = "auto",
+    ema: bool = False,
+    batch_size: int = 64,
+    workers: int = 4,
+    device: str = "auto",
+    amp: str = "none",
+    out: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
+
+    Run as is for one process, or under ``torchrun --nproc_per_node=N`` for several: each process takes
+    its share of the dataset (every image exactly once overall) and the sums are all-reduced. The
+    evaluation preprocessing is the model's own (:func:`preprocessing`), never a second copy.
+
+    Args:
+        model_name: a registered variant (may be omitted for a checkpoint that names its model).
+        weights: checkpoint file or ``save_pretrained`` folder (``None``: random initialization).
+        data: dataset root (see ``pitvit.data.build_dataset``; ``None`` is Fashion-MNIST).
+        split: which split to evaluate.
+        kind: dataset layout (``auto``, ``imagefolder``, ``list``, ``fashion_mnist``).
+        ema: evaluate the EMA weights of a training checkpoint.
+        batch_size: images per process and step.
+        workers: data-loading processes per process.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        amp: ``none``, ``bf16`` or ``fp16`` autocast.
+        out: also write the result as JSON here (rank 0 only).
+
+    Returns:
+        ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
+        skipped as unreadable, processes, preprocessing).
+    """
+    from pitvit.data import build_dataset, build_loader, build_transform
+    from pitvit.train.distributed import all_reduce_sum, cleanup_distributed, init_distributed
+    from pitvit.train.engine import evaluate
+
+    amp_dtypes = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in amp_dtypes:
+        raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(amp_dtypes)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    started_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    dist_info = init_distributed(device)
+    try:
+        model = load_model(model_name, weights, ema=ema)
+        pre = preprocessing(model)
+        transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
+        dataset = build_dataset(data, split, kind=kind, transform=transform)
+        targets = getattr(dataset, "targets", None)
+        if targets is not None and len(targets) and max(targets) >= model.num_classes:
+            raise ValueError(f"{data} ({split}) has labels up to {max(targets)}, but the model has "
+                             f"{model.num_classes} outputs")
+        loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
+                              rank=dist_info.rank, world_size=dist_info.world_size)
+        model.to(dist_info.device)
+        metrics = evaluate(model, loader, device=dist_info.device, amp_dtype=amp_dtypes[amp])
+        skipped = int(all_reduce_sum([float(loader.skipped)], dist_info.device)[0])
+        result: dict[str, Any] = {
+            "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n": metrics["n"],
+            "skipped_images": skipped, "model": getattr(model, "model_name", model_name),
+            "weights": None if weights is None else str(weights), "ema": ema,
+            "data": None if data is None else str(data), "split": split, "processes": dist_info.world_size,
+            "device": str(dist_info.device), "amp": amp,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
+        }
+        if out is not None and dist_info.is_main:
+            path = Path(out)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=1) + "\n")
+        return result
+    finally:
+        if started_group:
+            cleanup_distributed()

@@ -1,0 +1,54 @@
+"""`pitvit eval`: top-1, top-5 and loss on a labelled dataset, on 1..N processes (torchrun)."""
+from __future__ import annotations
+
+
+def add_parser(sub, formatter) -> None:
+    p = sub.add_parser(
+        "eval", formatter_class=formatter, help="top-1/top-5/loss of a model on a labelled dataset",
+        description="Evaluate a model with its own preprocessing (input size, crop_pct, interpolation,\n"
+                    "mean/std from the checkpoint or the registry). Several processes:\n"
+                    "  torchrun --nproc_per_node=N -m pitvit eval ...")
+    # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
+    # help already says what happens without the option.
+    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
+                                                  "pitvit checkpoint, which names its model)%(default).0s")
+    p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
+                                                                   "folder (default: random init)%(default).0s")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="dataset root: ROOT/SPLIT_list.txt, ROOT/SPLIT/CLASS/*.jpg or Fashion-MNIST IDX files "
+                        "(default: the Fashion-MNIST package folder)%(default).0s")
+    p.add_argument("--split", default="val", help="split to evaluate")
+    p.add_argument("--kind", default="auto", choices=("auto", "imagefolder", "list", "fashion_mnist"),
+                   help="dataset layout")
+    p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
+    p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when available")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--out", default=None, metavar="JSON", help="also write the result here%(default).0s")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import os
+    import sys
+
+    from pitvit.data import DatasetError
+    from pitvit.tools.evaluate import evaluate_model
+
+    try:
+        r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
+                           batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+                           out=args.out)
+    except DatasetError as e:
+        print(f"pitvit eval: error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        what = r["model"] + (" (EMA)" if r["ema"] else "")
+        print(f"{what} on {r['data']} [{r['split']}], {r['n']} images"
+              + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else "")
+              + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+        if args.out:
+            print(f"wrote {args.out}", file=sys.stderr)
+    return 0
