@@ -163,3 +163,73 @@ def test_eval_cli_errors(tmp_path, capsys):
     assert "w.pth" in capsys.readouterr().err
     assert cli(["eval", "--model", "pit_test", "--data", str(tmp_path / "nodata"), "--workers", "0"]) == 2
     assert "nodata" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- predict
+@pytest.fixture()
+def image_dir(tmp_path):
+    """Three real JPEGs, a truncated JPEG and a text file posing as a PNG."""
+    d = tmp_path / "images"
+    d.mkdir()
+    jpegs = _jpegs()[:3]
+    for p in jpegs:
+        (d / p.name).write_bytes(p.read_bytes())
+    (d / "zz_truncated.jpg").write_bytes(jpegs[0].read_bytes()[:600])
+    (d / "zz_text.png").write_text("not an image")
+    return d
+
+
+@needs_jpegs
+def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir):
+    import torch
+
+    from pitvit.models import create_model
+    from pitvit.models.weights import save_pretrained
+    from pitvit.tools.evaluate import load_model, preprocessing
+    from pitvit.tools.predict import expand_inputs, predict_files
+
+    torch.manual_seed(0)
+    model = create_model("pit_test")
+    model.class_names = [f"kind-{i}" for i in range(10)]
+    save_pretrained(model, tmp_path / "m")
+    loaded = load_model(None, tmp_path / "m")
+    assert loaded.class_names == model.class_names
+
+    files, problems = expand_inputs([image_dir, tmp_path / "absent.jpg"])
+    assert [p for p, _ in problems] == [str(tmp_path / "absent.jpg")]
+    preds, errors = predict_files(loaded, files, topk=3, batch_size=2)
+    assert [Path(p.path).name for p in preds] == [p.name for p in _jpegs()[:3]]
+    assert sorted(Path(p).name for p, _ in errors) == ["zz_text.png", "zz_truncated.jpg"]
+
+    ref = _reference_logits(model, preprocessing(model)).softmax(-1)[:3]
+    for pred, probs in zip(preds, ref):
+        values, indices = probs.topk(3)
+        assert [i for i, _, _ in pred.top] == indices.tolist()
+        assert [n for _, n, _ in pred.top] == [f"kind-{i}" for i in indices.tolist()]
+        assert [v for _, _, v in pred.top] == pytest.approx(values.tolist(), abs=1e-5)
+
+
+@needs_jpegs
+def test_predict_cli_formats_and_exit_status(tmp_path, image_dir, capsys):
+    import csv
+    import io
+
+    from timm.data import ImageNetInfo
+
+    args = ["predict", str(image_dir), "--model", "pit_ti", "--topk", "2"]
+    assert cli(args + ["--format", "json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    assert len(rows) == 3 and all(len(r["predictions"]) == 2 for r in rows)
+    info = ImageNetInfo()
+    for r in rows:
+        for p in r["predictions"]:
+            assert info.index_to_description(p["index"]).startswith(p["name"])
+    assert "zz_truncated.jpg" in captured.err and "zz_text.png" in captured.err
+
+    assert cli(args + ["--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 6 and table[0]["rank"] == "1"
+
+    assert cli(["predict", str(image_dir / "zz_text.png"), "--model", "pit_test"]) == 1
+    assert "zz_text.png" in capsys.readouterr().err

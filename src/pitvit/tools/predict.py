@@ -1,0 +1,166 @@
+"""Classify image files: the top-k class names and probabilities per image.
+
+Images go through the model's own evaluation preprocessing (``pitvit.data.build_transform`` with the
+model's ``pretrained_cfg``). A file that cannot be read is reported and skipped; the others still run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from .evaluate import load_model, preprocessing
+from .imagenet import class_names_for
+
+__all__ = ["Prediction", "expand_inputs", "predict_files", "predict", "format_predictions"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+FORMATS = ("table", "json", "csv")
+
+
+@dataclass
+class Prediction:
+    """The top-k of one image: ``(class index, class name, probability)``, most probable first."""
+
+    path: str
+    top: list[tuple[int, str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "predictions": [{"index": i, "name": n, "prob": p} for i, n, p in self.top]}
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given and the images found under folders (recursively, sorted).
+
+    Returns:
+        The files, and ``(path, reason)`` for inputs that do not exist or folders without images.
+    """
+    files: list[Path] = []
+    problems: list[tuple[str, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append((str(p), f"no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append((str(p), "no such file or folder"))
+    return files, problems
+
+
+def _read(path: Path, transform) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decode now: a truncated file fails here, with its name at hand
+        return transform(im)
+
+
+@torch.no_grad()
+def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
+                  device: str | torch.device = "cpu") -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Top-k predictions for image files, in the order given.
+
+    Args:
+        model: a model with ``pretrained_cfg`` (its preprocessing) and optionally ``class_names``.
+        files: image paths.
+        topk: classes per image (at most the number of classes).
+        batch_size: images per forward pass.
+        device: where the model runs.
+
+    Returns:
+        The predictions for the files that could be read, and ``(path, reason)`` for those that could not.
+    """
+    from pitvit.data import build_transform
+
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1, got {topk}")
+    names = class_names_for(model)
+    if not names:
+        raise ValueError("the model has no classifier head (num_classes=0); nothing to predict")
+    k = min(topk, len(names))
+    transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
+    model = model.eval().to(device)
+    dtype = next(model.parameters()).dtype
+    results: list[Prediction] = []
+    errors: list[tuple[str, str]] = []
+    batch: list[tuple[str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        x = torch.stack([t for _, t in batch]).to(device=device, dtype=dtype)
+        probs = model(x).float().softmax(dim=-1)
+        values, indices = probs.topk(k, dim=-1)
+        for (path, _), vs, ix in zip(batch, values.tolist(), indices.tolist()):
+            results.append(Prediction(path, [(i, names[i], v) for i, v in zip(ix, vs)]))
+        batch.clear()
+
+    for f in files:
+        try:
+            batch.append((str(f), _read(Path(f), transform)))
+        except Exception as e:  # PIL raises many types for a bad file; report it and go on
+            errors.append((str(f), f"{type(e).__name__}: {e}"))
+            continue
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return results, errors
+
+
+def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
+    """Predictions as a text table, JSON (a list of ``{path, predictions}``) or CSV (one row per class)."""
+    if fmt == "json":
+        return json.dumps([p.to_dict() for p in preds], indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "rank", "index", "name", "prob"])
+        for p in preds:
+            for rank, (i, n, v) in enumerate(p.top, 1):
+                w.writerow([p.path, rank, i, n, f"{v:.6f}"])
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    lines = []
+    for p in preds:
+        lines.append(p.path)
+        for i, n, v in p.top:
+            lines.append(f"  {100 * v:6.2f}%  {n} ({i})")
+    return "\n".join(lines)
+
+
+def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: Sequence[str | os.PathLike], *,
+            topk: int = 5, fmt: str = "table", batch_size: int = 32, device: str = "cpu", ema: bool = False,
+            out=None) -> int:
+    """Classify files and folders of images and print the top-k per image.
+
+    Unreadable or missing inputs are reported by name on stderr; the others are still classified.
+
+    Returns:
+        The exit status: 0 when at least one image was classified, 1 when none could be.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    files, problems = expand_inputs(inputs)
+    model = load_model(model_name, weights, ema=ema)
+    preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device)
+    for path, reason in problems + errors:
+        print(f"cannot read {path}: {reason}", file=sys.stderr)
+    out = out or sys.stdout
+    if preds:
+        print(format_predictions(preds, fmt), file=out)
+    return 0 if preds else 1
