@@ -1,0 +1,25 @@
+"""Training PiT: the configuration, the engine, ``fit``, checkpoints, EMA, optimizers and distillation.
+
+The recipe is DeiT's (Touvron et al., ICML 2021) as the PiT paper used it (Heo et al., ICCV 2021,
+arXiv 2103.16302); see ``configs/`` for the variants' recipes.
+"""
+from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from .distill import ClassificationLoss, DistillationLoss, build_teacher
+from .ema import ModelEma
+from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .optim import AdamP, build_optimizer, param_groups, scaled_lr
+from .sched import LRSchedule
+
+__all__ = ["Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict", "save_config",
+           "train_one_epoch", "evaluate", "NonFiniteLossError", "ModelEma", "AdamP", "build_optimizer",
+           "param_groups", "scaled_lr", "LRSchedule", "ClassificationLoss", "DistillationLoss", "build_teacher",
+           "fit", "TrainingError"]
+
+
+def __getattr__(name: str):
+    # fit pulls in the data layer; import it on first use
+    if name in ("fit", "TrainingError"):
+        import importlib
+
+        return getattr(importlib.import_module(".runner", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

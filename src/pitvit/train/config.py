@@ -1,0 +1,352 @@
+"""The training configuration: typed defaults, YAML recipes, command-line overrides.
+
+A run's configuration is resolved in three layers, later ones winning: the defaults of the dataclasses
+below, a recipe file (which may name a ``base:`` recipe it extends), and ``--set section.key=value``
+overrides. The resolved configuration is saved with every run (``RUN_DIR/config.yaml``) and in every
+checkpoint, so a run can always be reproduced from its folder.
+
+Values are checked against the declared types: ``5e-4`` in a YAML file (a string to YAML 1.1) becomes a
+float, ``0`` and ``false`` override any default, and an unknown key is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+__all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
+           "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
+           "save_config", "parse_set"]
+
+
+@dataclass
+class ModelCfg:
+    """The network. ``num_classes``/``img_size`` of ``None`` follow the dataset and the variant."""
+
+    name: str = "pit_ti"
+    num_classes: Optional[int] = None
+    img_size: Optional[int] = None
+    drop_path: float = 0.1
+    drop: float = 0.0
+    weights: str = ""  # start from these weights (fine-tuning); the head is re-initialized if classes differ
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class DataCfg:
+    """Where the images are and how they are batched (``batch_size`` is per process)."""
+
+    path: str = ""
+    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 256
+    eval_batch_size: int = 0  # 0: same as batch_size
+    num_workers: int = 8
+    input_size: Optional[int] = None  # None: the variant's pretrained_cfg
+    crop_pct: Optional[float] = None
+    interpolation: Optional[str] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    skip_corrupt: bool = True  # False: a corrupt image stops the run
+
+
+@dataclass
+class AugCfg:
+    """Training augmentation, mixing and label smoothing.
+
+    ``preset`` names the data layer's pipeline (``official``: DeiT's RandomResizedCrop + flip + RandAugment
+    + random erasing; ``paddle``; ``small`` for 28 px images; ``none``); the fields left ``None`` keep the
+    preset's value (see ``pitvit.data.AUG_PRESETS``).
+    """
+
+    preset: str = "official"
+    crop: Optional[str] = None  # rrc | pad | center
+    scale: Optional[list[float]] = None
+    ratio: Optional[list[float]] = None
+    padding: Optional[int] = None
+    hflip: Optional[float] = None
+    auto_augment: Optional[str] = None  # "none" disables it
+    re_prob: Optional[float] = None
+    re_mode: Optional[str] = None
+    re_count: Optional[int] = None
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    smoothing: float = 0.1
+    repeated_aug: bool = False
+
+
+@dataclass
+class OptimCfg:
+    """The optimizer; ``lr`` is for a global batch of ``lr_base_batch`` and is scaled linearly."""
+
+    name: str = "adamw"  # adamw | adamp
+    lr: float = 5e-4
+    lr_base_batch: int = 512  # 0: use lr as given
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    exclude_wd: bool = True  # no decay on biases, 1-d params (norms), model.no_weight_decay()
+    clip_grad: float = 0.0  # max global gradient norm; 0: off
+    accum_steps: int = 1
+
+
+@dataclass
+class SchedCfg:
+    """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr."""
+
+    name: str = "cosine"  # cosine | constant
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    warmup_prefix: bool = False  # True: the cosine starts after the warmup (PaddleViT), not at epoch 0 (timm)
+    per_step: bool = False  # update every optimizer step instead of every epoch
+
+
+@dataclass
+class TrainCfg:
+    """The run: length, seed, precision, devices, checkpoints."""
+
+    epochs: int = 300
+    seed: int = 0
+    amp: str = "bf16"  # none | bf16 | fp16 (fp16 uses a GradScaler; GPU only)
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+    output: str = ""  # the run folder; "" -> runs/<config name>
+    resume: bool = True  # continue from output/last.pt when it exists
+    eval_every: int = 1
+    best_metric: str = ""  # "": ema_top1 with EMA, else val_top1
+    max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)
+    deterministic: bool = False
+
+
+@dataclass
+class DistillCfg:
+    """DeiT-style distillation through the distillation token (needs a ``*_distilled`` model)."""
+
+    mode: str = "none"  # none | hard | soft
+    teacher: str = ""  # a timm or torchvision model name, or a checkpoint path
+    teacher_weights: str = ""  # weights for a teacher given by name
+    alpha: float = 0.5
+    tau: float = 1.0
+
+
+@dataclass
+class EmaCfg:
+    """An exponential moving average of the weights, evaluated next to the raw weights."""
+
+    enabled: bool = True
+    decay: float = 0.99996
+    warmup: bool = False  # decay ramps as (1 + n) / (10 + n), useful for short runs
+
+
+@dataclass
+class LogCfg:
+    interval: int = 50  # steps between progress lines
+    tensorboard: bool = False
+    plot: bool = True
+    progress_bar: str = "auto"  # auto (on a terminal) | on | off
+
+
+@dataclass
+class Config:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    aug: AugCfg = field(default_factory=AugCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
+    log: LogCfg = field(default_factory=LogCfg)
+    name: str = ""  # the recipe's name (its file stem unless given)
+
+
+# ---------------------------------------------------------------------------- typed conversion
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to the declared type ``tp`` or raise a ValueError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",")]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, f"{key}[]") for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _valid_keys(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += _valid_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _hints(type(obj))
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in hints:
+            valid = _valid_keys(type(obj), prefix)
+            raise ValueError(f"unknown config key {full!r}; valid keys: {', '.join(valid)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _update(getattr(obj, key), value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, tp, full))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """A :class:`Config` from a (possibly partial) nested dict; unknown keys are errors."""
+    cfg = Config()
+    _update(cfg, data)
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict (lists, numbers, strings, None) of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ValueError(f"recipe inheritance loops: {' -> '.join(str(p) for p in seen + (path,))}")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping of sections")
+    base = data.pop("base", None)
+    if base:
+        data = _deep_merge(_read_recipe(path.parent / base, seen + (path,)), data)
+    return data
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """``["optim.lr=1e-3", "ema.enabled=false"]`` -> a nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
+    """A copy of ``cfg`` with overrides applied (a nested dict, or ``key=value`` strings)."""
+    if isinstance(overrides, list):
+        overrides = parse_set(overrides)
+    return config_from_dict(_deep_merge(config_to_dict(cfg), overrides))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then the recipe at ``path`` (and its ``base:`` chain), then ``overrides``."""
+    data: dict[str, Any] = {}
+    if path:
+        data = _read_recipe(Path(path))
+        data.setdefault("name", Path(path).stem)
+    if overrides:
+        data = _deep_merge(data, parse_set(overrides) if isinstance(overrides, list) else overrides)
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that the types alone cannot express."""
+    _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
+    _choice("sched.name", cfg.sched.name, ("cosine", "constant"))
+    _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
+    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
+    _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
+    _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
+    positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
+                "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
+    for k, v in positive.items():
+        if v < 1:
+            raise ValueError(f"{k} must be >= 1, got {v}")
+    if cfg.train.epochs < 0 or cfg.sched.warmup_epochs < 0 or cfg.sched.cooldown_epochs < 0:
+        raise ValueError("train.epochs, sched.warmup_epochs and sched.cooldown_epochs must be >= 0")
+    if cfg.distill.mode != "none" and not cfg.distill.teacher:
+        raise ValueError("distill.mode is set but distill.teacher is empty (a model name or checkpoint path)")
+    if not 0.0 <= cfg.distill.alpha <= 1.0:
+        raise ValueError(f"distill.alpha must be in [0, 1], got {cfg.distill.alpha}")
+    if not 0.0 <= cfg.ema.decay < 1.0:
+        raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+    if len(cfg.optim.betas) != 2:
+        raise ValueError(f"optim.betas needs two values, got {cfg.optim.betas}")

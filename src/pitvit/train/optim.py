@@ -1,0 +1,132 @@
+"""Optimizers of the PiT recipe: AdamW (DeiT's) and AdamP (what the PiT authors used), with the weight-decay
+exclusions and the linear learning-rate scaling rule (``lr = base_lr * global_batch / 512``).
+
+AdamP: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
+ICLR 2021 (arXiv 2006.08217). When a weight's gradient is nearly orthogonal to the weight (a
+scale-invariant weight, e.g. one followed by a normalization), the radial part of the update only inflates
+the weight norm; AdamP removes it and shrinks weight decay for that weight.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AdamP", "param_groups", "scaled_lr", "build_optimizer"]
+
+
+def scaled_lr(base_lr: float, global_batch: int, base_batch: int = 512) -> float:
+    """The linear scaling rule; ``base_batch`` of 0 leaves ``base_lr`` unchanged."""
+    return base_lr * global_batch / base_batch if base_batch else base_lr
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude: bool = True) -> list[dict]:
+    """Two groups: decayed weights, and biases / 1-d params (norms) / ``model.no_weight_decay()`` undecayed.
+
+    With ``exclude=False`` every parameter is decayed (what the Paddle reproduction did).
+    """
+    skip = set(model.no_weight_decay()) if exclude and hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if exclude and (p.ndim <= 1 or name.endswith(".bias") or name in skip):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+class AdamP(torch.optim.Optimizer):
+    """Adam with decoupled weight decay and projection of scale-invariant updates.
+
+    Args:
+        params: parameters or parameter groups.
+        lr: learning rate.
+        betas: moving-average coefficients of the gradient and its square.
+        eps: added to the denominator, and used in the cosine similarity and norms.
+        weight_decay: decoupled weight decay (multiplied by ``wd_ratio`` on projected weights).
+        delta: a weight counts as scale-invariant when ``|cos(grad, weight)| < delta / sqrt(dim)``.
+        wd_ratio: weight-decay factor for scale-invariant weights.
+        nesterov: Nesterov momentum.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, delta: float = 0.1, wd_ratio: float = 0.1,
+                 nesterov: bool = False) -> None:
+        if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"invalid AdamP settings lr={lr} eps={eps} betas={betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      delta=delta, wd_ratio=wd_ratio, nesterov=nesterov))
+
+    @staticmethod
+    def _project(p: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, delta: float,
+                 eps: float) -> tuple[torch.Tensor, bool]:
+        """Remove the component of ``update`` along ``p`` if ``p`` looks scale-invariant.
+
+        Tried per output channel first, then for the whole tensor; the first view that qualifies wins.
+        """
+        shape = (-1,) + (1,) * (p.ndim - 1)
+        for rows in (p.shape[0], 1):
+            pv, gv = p.reshape(rows, -1), grad.reshape(rows, -1)
+            cos = F.cosine_similarity(gv, pv, dim=1, eps=eps).abs()
+            if cos.max() < delta / math.sqrt(pv.shape[1]):
+                unit = p / pv.norm(dim=1).add(eps).reshape(shape)
+                radial = (unit * update).reshape(rows, -1).sum(dim=1).reshape(shape)
+                return update - unit * radial, True
+        return update, False
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D401 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
+                if group["nesterov"]:
+                    update = (beta1 * m + (1 - beta1) * grad) / denom
+                else:
+                    update = m / denom
+                wd = group["weight_decay"]
+                if p.ndim > 1:
+                    update, projected = self._project(p, grad, update, group["delta"], group["eps"])
+                    if projected:
+                        wd *= group["wd_ratio"]
+                if wd:
+                    p.mul_(1 - group["lr"] * wd)
+                p.add_(update, alpha=-group["lr"] / (1 - beta1 ** t))
+        return loss
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                    exclude_wd: bool = True) -> torch.optim.Optimizer:
+    """AdamW or AdamP over :func:`param_groups` (``lr`` is the already scaled learning rate)."""
+    groups = param_groups(model, weight_decay, exclude_wd)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    if name == "adamp":
+        return AdamP(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adamw or adamp")

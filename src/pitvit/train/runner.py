@@ -1,0 +1,467 @@
+"""``fit(cfg)``: a training run composed from builders, on one process or many (torchrun).
+
+Each builder turns one section of the configuration into objects; :func:`fit` wires them together and runs
+epochs with the engine. Every epoch ends with ``last.pt`` written atomically (and ``best.pt`` when the named
+metric improves), so a run killed at any moment resumes from its folder and ends with the same weights.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from .config import Config, config_to_dict, save_config
+from .distill import ClassificationLoss, DistillationLoss, build_teacher
+from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+                          setup_logging)
+from .ema import ModelEma
+from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .metrics import MetricsLog
+from .optim import build_optimizer, scaled_lr
+from .sched import LRSchedule
+
+__all__ = ["fit", "TrainingError", "build_data", "build_model", "build_training", "run_dir_of"]
+
+log = logging.getLogger("pitvit.train")
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """The run stopped on an error it explained (a non-finite loss, nothing to resume, ...)."""
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class Data:
+    train: Any
+    val: Any
+    mixup: Any
+    classes: list[str]
+    input_size: int
+    mean: list[float]
+    std: list[float]
+    interpolation: str
+    crop_pct: float
+
+
+def _preprocessing(cfg: Config) -> dict[str, Any]:
+    """Input size and normalization: the configuration's, else the variant's ``pretrained_cfg``."""
+    from pitvit.models import get_pretrained_cfg
+
+    pc = get_pretrained_cfg(cfg.model.name)
+    return {"in_chans": pc.input_size[0],
+            "input_size": cfg.data.input_size or cfg.model.img_size or pc.input_size[-1],
+            "mean": list(cfg.data.mean or pc.mean), "std": list(cfg.data.std or pc.std),
+            "interpolation": cfg.data.interpolation or pc.interpolation,
+            "crop_pct": cfg.data.crop_pct if cfg.data.crop_pct is not None else pc.crop_pct}
+
+
+_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "smoothing", "repeated_aug")
+
+
+def _aug_dict(cfg: Config) -> dict[str, Any]:
+    """The data layer's augmentation settings: the preset plus the fields the config sets."""
+    return {k: v for k, v in asdict(cfg.aug).items() if k not in _MIX_KEYS and v is not None}
+
+
+def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = None) -> Data:
+    """Datasets, loaders and mixing from the ``data`` and ``aug`` sections.
+
+    Args:
+        datasets: ``(train, val)`` datasets to use instead of reading ``data.path`` (their items must already
+            be tensors; ``val`` may be ``None``).
+    """
+    from pitvit import data as D
+
+    pre = _preprocessing(cfg)
+    if datasets is None:
+        if not cfg.data.path and cfg.data.kind != "fashion_mnist":
+            raise ValueError("no dataset: pass --data DIR (or set data.path)")
+        common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
+        tf_train = D.build_transform(True, **common, aug=_aug_dict(cfg))
+        tf_val = D.build_transform(False, **common)
+        root = cfg.data.path or None
+        strict = not cfg.data.skip_corrupt
+        train_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_train,
+                                    strict_images=strict)
+        val_set = D.build_dataset(root, cfg.data.val_split, kind=cfg.data.kind, transform=tf_val,
+                                  strict_images=strict)
+    else:
+        train_set, val_set = datasets
+    common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
+                         world_size=info.world_size)
+    train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
+                           repeated_aug=cfg.aug.repeated_aug, **common_loader)
+    val = None
+    if val_set is not None:
+        val = D.build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
+                             drop_last=False, **common_loader)
+    a = cfg.aug
+    mixup = None
+    if a.mixup > 0 or a.cutmix > 0:
+        mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                              switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
+                              num_classes=len(train_set.classes))
+    pre.pop("in_chans")
+    return Data(train, val, mixup, list(train_set.classes), **pre)
+
+
+# ---------------------------------------------------------------------------- model and training objects
+def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
+    """The student from the ``model`` section, optionally starting from weights, in distilled-training mode
+    when distilling."""
+    from pitvit.models import create_model
+
+    m = cfg.model
+    model = create_model(m.name, num_classes=num_classes, img_size=m.img_size, drop_path_rate=m.drop_path,
+                         drop_rate=m.drop, weights=m.weights or None)
+    if m.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if cfg.distill.mode != "none":
+        model.set_distilled_training(True)
+    return model.to(device)
+
+
+@dataclass
+class Training:
+    """The objects the engine needs, built once per run."""
+
+    model: nn.Module  # unwrapped: what is saved and what the EMA follows
+    train_model: nn.Module  # possibly DDP-wrapped and compiled: what is stepped
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: Any
+    ema: ModelEma | None
+    loss_fn: nn.Module
+    amp_dtype: torch.dtype | None
+    global_batch: int
+    steps_per_epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: DistInfo) -> Training:
+    """Optimizer (with the scaled lr), schedule, precision, EMA, loss (with the teacher) and wrapping."""
+    amp_dtype = AMP_DTYPES[cfg.train.amp]
+    if amp_dtype is torch.float16 and info.device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
+    o, s = cfg.optim, cfg.sched
+    global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
+    lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
+    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd)
+    opt_steps = max(steps_per_epoch // o.accum_steps, 1)
+    schedule = LRSchedule(optimizer, lr, cfg.train.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr,
+                          s.cooldown_epochs, s.warmup_prefix, s.per_step, opt_steps, s.name)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
+    ema = ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
+    base = ClassificationLoss(smoothing=cfg.aug.smoothing)
+    loss_fn: nn.Module = base
+    if cfg.distill.mode != "none":
+        teacher = build_teacher(cfg.distill.teacher, model.num_classes, cfg.distill.teacher_weights, info.device)
+        loss_fn = DistillationLoss(base, teacher, cfg.distill.mode, cfg.distill.alpha, cfg.distill.tau, amp_dtype)
+    train_model: nn.Module = model
+    if info.distributed:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    return Training(model, train_model, optimizer, schedule, scaler, ema, loss_fn, amp_dtype, global_batch,
+                    steps_per_epoch)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def run_dir_of(cfg: Config) -> Path:
+    return Path(cfg.train.output or os.path.join("runs", cfg.name or cfg.model.name))
+
+
+def best_metric_name(cfg: Config) -> str:
+    return cfg.train.best_metric or ("ema_top1" if cfg.ema.enabled else "val_top1")
+
+
+def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, Any]:
+    state: dict[str, Any] = {"epoch": epoch, "step": step, "seed": seed}
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None and hasattr(sampler, "state_dict"):
+        state["sampler"] = sampler.state_dict()
+    return state
+
+
+def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
+                    partial: dict[str, float] | None = None) -> dict[str, Any]:
+    """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
+    next one."""
+    model = t.model
+    pretrained = model.pretrained_cfg.to_dict()
+    pretrained.update(num_classes=model.num_classes, input_size=[model.cfg.in_chans, data.input_size,
+                                                                 data.input_size],
+                      mean=data.mean, std=data.std, interpolation=data.interpolation, crop_pct=data.crop_pct)
+    ckpt = {
+        "format": "pitvit", "version": 1,
+        "model_name": model.model_name, "model_cfg": model.cfg.to_dict(), "pretrained_cfg": pretrained,
+        "class_names": list(data.classes),
+        "state_dict": model.state_dict(),
+        "epoch": epoch, "step_in_epoch": step,
+        "config": config_to_dict(cfg),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.schedule.state_dict(),
+        "rng": capture_rng(),
+        "sampler": _sampler_state(data.train, epoch, step, cfg.train.seed),
+        "best_metric": dict(best),
+    }
+    if t.ema is not None:
+        ckpt["ema_state_dict"] = t.ema.state_dict()
+        ckpt["ema_updates"] = t.ema.updates
+    if t.scaler is not None:
+        ckpt["scaler"] = t.scaler.state_dict()
+    if partial is not None:
+        ckpt["partial_epoch"] = dict(partial)
+    return ckpt
+
+
+def restore(ckpt: dict[str, Any], t: Training) -> None:
+    t.model.load_state_dict(ckpt["state_dict"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.schedule.load_state_dict(ckpt["scheduler"])
+    if t.ema is not None:
+        if "ema_state_dict" in ckpt:
+            t.ema.load_state_dict(ckpt["ema_state_dict"])
+            t.ema.updates = int(ckpt.get("ema_updates", 0))
+        else:
+            log.warning("the checkpoint has no EMA weights; the EMA restarts from the current weights")
+            t.ema.load_state_dict(ckpt["state_dict"])
+    if t.scaler is not None and "scaler" in ckpt:
+        t.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"])
+
+
+def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b and f"{prefix}{k}" not in ("train.output", "train.resume", "data.path", "data.num_workers"):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | None:
+    last = run_dir / "last.pt"
+    if not last.exists():
+        if require:
+            raise TrainingError(f"--resume: {last} does not exist")
+        return None
+    if not cfg.train.resume and not require:
+        log.warning("%s exists but train.resume is false: starting over", last)
+        return None
+    ckpt = load_checkpoint(last)
+    changes = _config_changes(ckpt.get("config", {}), config_to_dict(cfg))
+    if changes:
+        log.warning("resuming with a changed configuration: %s", "; ".join(changes))
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- the loop
+class _StopFlag:
+    """Set by SIGTERM; agreed on by every process before anyone stops."""
+
+    def __init__(self, info: DistInfo) -> None:
+        self.info, self.flag, self.calls = info, False, 0
+        self.previous = None
+
+    def install(self) -> None:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.flag = True
+
+    def __call__(self) -> bool:
+        if not self.info.distributed:
+            return self.flag
+        self.calls += 1
+        if self.calls % 10:  # agreeing costs an all-reduce: do it every 10 optimizer steps
+            return False
+        return all_reduce_sum([1.0 if self.flag else 0.0], self.info.device)[0] > 0
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    for obj in (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+            return
+
+
+def _skipped(loader: Any) -> int:
+    s = getattr(loader, "skipped", 0)
+    if isinstance(s, dict):
+        s = sum(s.values())
+    return int(s or 0)
+
+
+def _evaluate_all(t: Training, data: Data, info: DistInfo, max_steps: int) -> dict[str, float]:
+    row: dict[str, float] = {}
+    if data.val is None:
+        return row
+    res = evaluate(t.model, data.val, device=info.device, amp_dtype=t.amp_dtype, max_steps=max_steps)
+    row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"])
+    if t.ema is not None:
+        res = evaluate(t.ema.module, data.val, device=info.device, amp_dtype=t.amp_dtype, max_steps=max_steps)
+        row.update(ema_loss=res["loss"], ema_top1=res["top1"], ema_top5=res["top5"])
+    return row
+
+
+def _improved(name: str, value: float, best: dict[str, Any]) -> bool:
+    if best.get("value") is None:
+        return True
+    return value < best["value"] if name.endswith("loss") else value > best["value"]
+
+
+def _save(cfg: Config, t: Training, data: Data, info: DistInfo, run_dir: Path, *, epoch: int, step: int,
+          best: dict[str, Any], is_best: bool = False, partial: dict[str, float] | None = None) -> None:
+    if info.is_main:
+        ckpt = make_checkpoint(cfg, t, data, epoch=epoch, step=step, best=best, partial=partial)
+        atomic_save(ckpt, run_dir / "last.pt")
+        if is_best:
+            tmp = run_dir / ".best.pt.tmp"
+            shutil.copyfile(run_dir / "last.pt", tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, run_dir / "best.pt")
+    barrier()
+
+
+def _prepare(cfg: Config, require_resume: bool, datasets: Any):
+    info = init_distributed(cfg.train.device)
+    run_dir = run_dir_of(cfg)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    barrier()
+    setup_logging(info.rank, str(run_dir / "log.txt"))
+    torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    ckpt = load_resume(cfg, run_dir, require_resume)
+    if info.is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    data = build_data(cfg, info, datasets)
+    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device)
+    steps = len(data.train)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    t = build_training(cfg, model, steps, info)
+    return info, run_dir, ckpt, data, t
+
+
+def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says, in ``run_dir_of(cfg)``; resume from ``last.pt`` there when present.
+
+    Args:
+        cfg: the resolved configuration.
+        require_resume: fail when there is no ``last.pt`` to resume from (``--resume``).
+        datasets: ``(train, val)`` datasets instead of ``data.path`` (tests, notebooks).
+
+    Returns:
+        The last metrics row plus ``run_dir``, ``best`` and ``stopped``.
+
+    Raises:
+        TrainingError: the loss became non-finite (the last good checkpoint is kept), or nothing to resume.
+    """
+    info, run_dir, ckpt, data, t = _prepare(cfg, require_resume, datasets)
+    metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
+    best_name = best_metric_name(cfg)
+    best: dict[str, Any] = {"name": best_name, "value": None, "epoch": None}
+    start_epoch, start_step, partial = 0, 0, None
+    if ckpt is not None:
+        restore(ckpt, t)
+        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+        best = dict(ckpt.get("best_metric") or best)
+        partial = ckpt.get("partial_epoch")
+        log.info("resuming %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
+                 f", batch {start_step + 1}" if start_step else "")
+        if metrics is not None:
+            metrics.truncate(start_epoch)
+    total = t.schedule.total_epochs
+    log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
+             cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
+             t.schedule.base_lr, total, t.steps_per_epoch, run_dir)
+    stop = _StopFlag(info)
+    stop.install()
+    row: dict[str, Any] = {}
+    stopped = False
+    bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
+    try:
+        for epoch in range(start_epoch, total):
+            _set_epoch(data.train, epoch)
+            if not t.schedule.per_step:
+                t.schedule.set(epoch)
+            t0 = time.perf_counter()
+            try:
+                stats = train_one_epoch(
+                    t.train_model, data.train, t.optimizer, loss_fn=t.loss_fn, device=info.device, epoch=epoch,
+                    schedule=t.schedule, scaler=t.scaler, amp_dtype=t.amp_dtype, mixup=data.mixup, ema=t.ema,
+                    ema_model=t.model, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
+                    seed=cfg.train.seed, rank=info.rank, world_size=info.world_size, start_step=start_step,
+                    max_steps=cfg.train.max_steps_per_epoch, log_interval=cfg.log.interval,
+                    progress_bar=bar, verbose=info.is_main, should_stop=stop, partial=partial)
+            except NonFiniteLossError as e:
+                kept = f"{run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
+                raise TrainingError(f"{e}: stopping; the last good checkpoint is {kept}. Lower optim.lr, "
+                                    f"set optim.clip_grad, or try train.amp=none.") from e
+            start_step, partial = 0, None
+            if stats["stopped"]:
+                _save(cfg, t, data, info, run_dir, epoch=epoch, step=stats["next_step"], best=best,
+                      partial=stats["partial"])
+                log.info("stopped by SIGTERM at epoch %d, batch %d: saved %s; run the same command to resume",
+                         epoch + 1, stats["next_step"], run_dir / "last.pt")
+                stopped = True
+                break
+            row = {"epoch": epoch + 1, "lr": stats["lr"], "train_loss": stats["loss"],
+                   "train_img_s": stats["img_s"]}
+            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
+                row.update(_evaluate_all(t, data, info, cfg.train.max_steps_per_epoch))
+            row["train_loss"] = all_reduce_sum([row["train_loss"]], info.device)[0] / info.world_size
+            row["skipped_images"] = int(all_reduce_sum([_skipped(data.train)], info.device)[0])
+            row["epoch_time_s"] = time.perf_counter() - t0
+            is_best = best_name in row and _improved(best_name, row[best_name], best)
+            if is_best:
+                best = {"name": best_name, "value": row[best_name], "epoch": epoch + 1}
+            _log_epoch(row, best)
+            if metrics is not None:
+                metrics.append(row)
+            _save(cfg, t, data, info, run_dir, epoch=epoch + 1, step=0, best=best, is_best=is_best)
+    finally:
+        stop.uninstall()
+        if metrics is not None:
+            metrics.close()
+        cleanup_distributed()
+    return {**row, "run_dir": str(run_dir), "best": best, "stopped": stopped}
+
+
+def _log_epoch(row: dict[str, Any], best: dict[str, Any]) -> None:
+    parts = [f"epoch {row['epoch']}", f"train_loss {row['train_loss']:.4f}"]
+    for k in ("val_top1", "ema_top1"):
+        if k in row:
+            parts.append(f"{k} {row[k]:.2f}")
+    parts.append(f"{row['epoch_time_s']:.0f}s, {row['train_img_s']:.0f} img/s")
+    if row.get("skipped_images"):
+        parts.append(f"{row['skipped_images']} corrupt images skipped")
+    if best.get("value") is not None:
+        parts.append(f"best {best['name']} {best['value']:.2f} (epoch {best['epoch']})")
+    log.info(" | ".join(parts))
