@@ -4,11 +4,12 @@ from .models import (PiT, PiTConfig, PretrainedCfg, create_model, get_model_conf
 
 __version__ = "0.1.0"
 __all__ = ["PiT", "PiTConfig", "PretrainedCfg", "create_model", "list_models", "get_model_config",
-           "get_pretrained_cfg", "load_weights", "save_weights", "save_pretrained", "__version__"]
+           "get_pretrained_cfg", "load_weights", "save_weights", "save_pretrained", "read_checkpoint",
+           "model_from_checkpoint", "__version__"]
 
 
 def __getattr__(name: str):
-    if name in ("load_weights", "save_weights", "save_pretrained"):
+    if name in ("load_weights", "save_weights", "save_pretrained", "read_checkpoint", "model_from_checkpoint"):
         from .models import weights
 
         return getattr(weights, name)

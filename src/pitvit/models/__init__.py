@@ -8,12 +8,12 @@ from .registry import (PretrainedCfg, create_model, get_model_config, get_pretra
 
 __all__ = ["PiT", "PiTConfig", "PretrainedCfg", "create_model", "list_models", "get_model_config",
            "get_pretrained_cfg", "is_model", "register_model", "resize_pos_embed", "token_grid",
-           "load_weights", "save_weights", "save_pretrained"]
+           "load_weights", "save_weights", "save_pretrained", "read_checkpoint", "model_from_checkpoint"]
 
 
 def __getattr__(name: str):
     # The weight formats are loaded on first use, keeping `import pitvit.models` light.
-    if name in ("load_weights", "save_weights", "save_pretrained"):
+    if name in ("load_weights", "save_weights", "save_pretrained", "read_checkpoint", "model_from_checkpoint"):
         from . import weights
 
         return getattr(weights, name)
