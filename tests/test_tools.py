@@ -233,3 +233,28 @@ def test_predict_cli_formats_and_exit_status(tmp_path, image_dir, capsys):
 
     assert cli(["predict", str(image_dir / "zz_text.png"), "--model", "pit_test"]) == 1
     assert "zz_text.png" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- benchmark
+def test_benchmark_pit_ti_against_timm_and_facts():
+    from pitvit.tools.benchmark import benchmark, format_table
+
+    rows = benchmark("pit_ti", batch=1, compare="timm", device="cpu", steps=1, warmup=0, train=False)
+    ours, ref = rows
+    assert (ours["impl"], ref["impl"], ref["model"]) == ("pitvit", "timm", "pit_ti_224")
+    assert ours["params"] == ref["params"] == 4_847_272  # FACTS.md
+    assert round(ours["gmacs"], 3) == 0.699  # FACTS.md, multiply-accumulates at 224 px
+    assert ours["infer_img_s"] > 0 and ref["infer_img_s"] > 0
+    table = format_table(rows)
+    assert "pitvit/timm" in table and "0.699" in table
+
+
+def test_benchmark_cli_train_and_errors(capsys):
+    assert cli(["benchmark", "--model", "pit_test", "--batch", "2", "--steps", "1", "--warmup", "0",
+                "--device", "cpu", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["train_img_s"] > 0 and row["train_peak_mib"] >= 0 and row["img_size"] == 32
+    assert cli(["benchmark", "--model", "pit_test", "--compare", "timm"]) == 2
+    assert "timm" in capsys.readouterr().err
+    assert cli(["benchmark", "--model", "pit_x"]) == 2
+    assert "pit_xs" in capsys.readouterr().err

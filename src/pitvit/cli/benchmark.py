@@ -1,0 +1,35 @@
+"""`pitvit benchmark`: parameters, GMACs, inference/training images/s and peak memory."""
+from __future__ import annotations
+
+
+def add_parser(sub, formatter) -> None:
+    p = sub.add_parser(
+        "benchmark", formatter_class=formatter, help="parameters, GMACs, throughput and memory of a variant",
+        description="Measure a registered variant on random inputs: parameters, GMACs (multiply-accumulates\n"
+                    "per image), inference and training images/s (training: forward, cross-entropy, backward,\n"
+                    "AdamW step), and peak memory (CUDA max_memory_allocated; on a CPU the growth of the\n"
+                    "resident set). --compare timm measures timm's pit_*_224 the same way and prints ratios.")
+    p.add_argument("--model", required=True, help="registered model name")
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="square input side in px (default: the variant's evaluation size)%(default).0s")
+    p.add_argument("--compare", choices=("timm",), default=None,
+                   help="also measure timm's same architecture (default: no comparison)%(default).0s")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps before each phase")
+    p.add_argument("--no-train", dest="train", action="store_false", help="measure inference only")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import json
+
+    from pitvit.tools.benchmark import benchmark, format_table
+
+    rows = benchmark(args.model, batch=args.batch, img_size=args.img_size, compare=args.compare,
+                     device=args.device, amp=args.amp, steps=args.steps, warmup=args.warmup, train=args.train)
+    print(json.dumps(rows, indent=1) if args.format == "json" else format_table(rows))
+    return 0
