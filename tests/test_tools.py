@@ -258,3 +258,44 @@ def test_benchmark_cli_train_and_errors(capsys):
     assert "timm" in capsys.readouterr().err
     assert cli(["benchmark", "--model", "pit_x"]) == 2
     assert "pit_xs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- torch.hub
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_hub_lists_every_variant_and_loads_local_clone(tmp_path):
+    import torch
+
+    from pitvit.models import create_model, list_models
+    from pitvit.models.weights import save_weights
+
+    import importlib.util
+
+    # torch.hub.list/help take GitHub repos only; this is their rule for entry points: public callables.
+    spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
+    hub = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hub)
+    entries = sorted(f for f in dir(hub) if callable(getattr(hub, f)) and not f.startswith("_"))
+    assert entries == list_models()
+    assert "weights" in hub.pit_ti.__doc__
+    ti = torch.hub.load(str(REPO), "pit_ti", source="local")
+    assert sum(p.numel() for p in ti.parameters()) == 4_847_272  # FACTS.md
+
+    src = create_model("pit_test")
+    save_weights(src, tmp_path / "w.pth")
+    model = torch.hub.load(str(REPO), "pit_test", source="local", weights=str(tmp_path / "w.pth"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values()))
+    head = torch.hub.load(str(REPO), "pit_test", source="local", num_classes=3)
+    assert head.num_classes == 3
+
+
+def test_hubconf_depends_on_torch_only():
+    import ast
+
+    tree = ast.parse((REPO / "hubconf.py").read_text())
+    deps = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "dependencies")
+    assert ast.literal_eval(deps) == ["torch"]
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"os", "sys", "pitvit"}

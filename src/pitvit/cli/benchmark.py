@@ -9,7 +9,9 @@ def add_parser(sub, formatter) -> None:
                     "per image), inference and training images/s (training: forward, cross-entropy, backward,\n"
                     "AdamW step), and peak memory (CUDA max_memory_allocated; on a CPU the growth of the\n"
                     "resident set). --compare timm measures timm's pit_*_224 the same way and prints ratios.")
-    p.add_argument("--model", required=True, help="registered model name")
+    # "%(default).0s" prints nothing; it stops the formatter from appending a default that means nothing
+    # ("None" for a required option, "True" for a switch that turns something off).
+    p.add_argument("--model", required=True, help="registered model name (required)%(default).0s")
     p.add_argument("--batch", type=int, default=64, help="images per step")
     p.add_argument("--img-size", type=int, default=None,
                    help="square input side in px (default: the variant's evaluation size)%(default).0s")
@@ -19,7 +21,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each phase")
-    p.add_argument("--no-train", dest="train", action="store_false", help="measure inference only")
+    p.add_argument("--no-train", dest="train", action="store_false", help="measure inference only (default: inference and training)%(default).0s")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.set_defaults(func=run)
 
