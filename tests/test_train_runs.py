@@ -1,0 +1,146 @@
+"""Whole training runs in subprocesses: a run killed (SIGKILL) or stopped (SIGTERM) mid-epoch and resumed ends
+with exactly the weights of an uninterrupted run, and 2 DDP processes (gloo) match 1 process with the same
+global batch. Tiny model (pit_test) and an in-memory dataset, so each run takes seconds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = r'''
+import os, sys, time
+import torch
+from pitvit.train import load_config
+from pitvit.train.runner import fit
+
+class Toy(torch.utils.data.Dataset):
+    classes = [f"c{i}" for i in range(10)]
+    def __init__(self, n, seed, delay=0.0, noisy=False):
+        self.n, self.seed, self.delay, self.noisy = n, seed, delay, noisy
+    def __len__(self):
+        return self.n
+    def __getitem__(self, i):
+        if self.delay:
+            time.sleep(self.delay)
+        g = torch.Generator().manual_seed(self.seed * 100003 + i)
+        x = torch.randn(3, 32, 32, generator=g) * 0.5
+        x[:, 3 * (i % 10):3 * (i % 10) + 3, :] += 2.0
+        if self.noisy:  # an "augmentation" drawn from the global generator, which the loader seeds per sample
+            x = x + 0.1 * torch.randn(3, 32, 32)
+        return x, i % 10
+
+delay = float(os.environ.get("TOY_DELAY", "0"))
+noisy = os.environ.get("TOY_NOISY", "1") == "1"
+cfg = load_config(None, sys.argv[1:])
+fit(cfg, datasets=(Toy(96, 0, delay, noisy), Toy(32, 1)))
+'''
+
+COMMON = ["model.name=pit_test", "data.batch_size=16", "data.num_workers=0", "train.amp=none",
+          "optim.lr=2e-3", "optim.lr_base_batch=0", "sched.warmup_epochs=1", "log.plot=false", "log.interval=2"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def _run(script: Path, args: list[str], timeout: float = 120, **env: str) -> None:
+    r = subprocess.run([sys.executable, str(script), *args], env=_env(**env), capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def _epochs_logged(run: Path) -> int:
+    p = run / "metrics.jsonl"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def _interrupt(script: Path, args: list[str], run: Path, sig: int) -> subprocess.Popen:
+    """Start a slowed-down run, and send ``sig`` in the middle of its second epoch."""
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=_env(TOY_DELAY="0.01"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while _epochs_logged(run) < 1:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "the run did not finish its first epoch"
+        time.sleep(0.05)
+    time.sleep(0.4)  # 6 batches of 16 x 10 ms: about a third of the way into epoch 2
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 3-epoch run with mixup, cutmix, drop path, EMA and a per-step schedule."""
+    tmp = tmp_path_factory.mktemp("ref")
+    script = tmp / "train_toy.py"
+    script.write_text(SCRIPT)
+    args = COMMON + ["train.epochs=3", "model.drop_path=0.1", "aug.mixup=0.8", "aug.cutmix=1.0", "ema.decay=0.9",
+                     "sched.per_step=true"]
+    _run(script, args + [f"train.output={tmp / 'ref'}"])
+    return script, args, torch.load(tmp / "ref" / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_interrupted_run_resumes_exactly(reference, tmp_path, sig):
+    script, args, ref = reference
+    run = tmp_path / "run"
+    args = args + [f"train.output={run}"]
+    proc = _interrupt(script, args, run, sig)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+        assert (ckpt["epoch"], ckpt["step_in_epoch"]) == (1, 0)  # the last finished epoch
+    else:
+        assert proc.returncode == 0, proc.stderr.read()[-3000:]  # a clean exit ...
+        assert ckpt["epoch"] == 1 and 0 < ckpt["step_in_epoch"] < 6  # ... that saved mid-epoch
+        assert "stopped by SIGTERM" in (run / "log.txt").read_text()
+    assert not list(run.glob(".*tmp*"))  # no half-written checkpoint left behind
+    _run(script, args)  # the same command again continues the run
+    end = torch.load(run / "last.pt", weights_only=True)
+    assert end["epoch"] == 3
+    _same_state(end["state_dict"], ref["state_dict"])
+    _same_state(end["ema_state_dict"], ref["ema_state_dict"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    script = tmp_path / "train_toy.py"
+    script.write_text(SCRIPT)
+    # Adam turns float noise into full-size steps where the true gradient is zero (the key bias of attention
+    # does not change the softmax), so the two runs would differ there by ~lr; a large eps damps that noise.
+    args = COMMON + ["train.epochs=2", "model.drop_path=0", "aug.mixup=0", "aug.cutmix=0", "ema.enabled=false",
+                     "train.device=cpu", "optim.eps=1e-3"]
+    _run(script, args + [f"train.output={tmp_path / 'one'}"], TOY_NOISY="0")
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args,
+         "data.batch_size=8", f"train.output={tmp_path / 'two'}"],
+        env=_env(TOY_NOISY="0"), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
+    assert two["config"]["data"]["batch_size"] == 8 and one["epoch"] == two["epoch"] == 2
+    for k, v in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-4, atol=1e-5)
+    # the weights moved: the comparison is not between two untouched initializations
+    init = __import__("pitvit").create_model("pit_test").state_dict()
+    assert not torch.allclose(one["state_dict"]["head.weight"], init["head.weight"])
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "val_top1" in rows[0]
