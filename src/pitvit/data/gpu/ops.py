@@ -1,0 +1,342 @@
+"""The recipe's pixel operations on a batch, on any torch device, matching Pillow's arithmetic.
+
+Images travel as float32 tensors holding integer values 0..255 (what a uint8 PIL image holds) until
+:func:`normalize`; every op rounds or truncates where Pillow does, so a chain of ops stays within a level or two
+of the PIL pipeline (the tests measure it).
+
+- :func:`resample`: crop + resize (+ flip) of variable-sized images as two batched matrix products with
+  Pillow's antialiased filter weights (``ImagingResample``: horizontal pass, rounding to uint8, vertical pass),
+  chunked so that memory stays bounded whatever the image sizes.
+- RandAugment ops (timm's ``auto_augment``; Cubuk et al. 2020): ``affine`` emulates Pillow's
+  ``Image.transform(AFFINE, BICUBIC)`` (cubic a=-1 on clamped 4x4 taps, truncation, fill outside), the others
+  Pillow's ``ImageOps``/``ImageEnhance`` lookup tables and blends. Each takes per-sample arguments.
+- :func:`normalize` and :func:`erase` (Zhong et al. 2020, timm's ``RandomErasing`` boxes).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["axis_weights", "resample", "AxisPlan", "affine", "autocontrast", "equalize", "invert", "posterize",
+           "solarize", "solarize_add", "color", "contrast", "brightness", "sharpness", "OP_FUNCTIONS", "normalize",
+           "erase"]
+
+FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
+
+
+def _bicubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    # Pillow's resampling cubic (a = -0.5), Resample.c bicubic_filter
+    t = t.abs()
+    near = ((a + 2.0) * t - (a + 3.0)) * t * t + 1.0
+    far = (((t - 5.0) * t + 8.0) * t - 4.0) * a
+    return torch.where(t < 1.0, near, torch.where(t < 2.0, far, torch.zeros_like(t)))
+
+
+def _triangle(t: torch.Tensor) -> torch.Tensor:
+    t = t.abs()
+    return torch.where(t < 1.0, 1.0 - t, torch.zeros_like(t))
+
+
+_FILTERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bicubic": _bicubic, "bilinear": _triangle}
+
+
+class AxisPlan:
+    """Per-sample geometry of one axis: output pixel ``offset + j`` (``j < count``) of a ``total``-pixel
+    resampling of the input span ``[start, start + length)``, in coordinates of the (sliced) input."""
+
+    __slots__ = ("start", "length", "total", "offset")
+
+    def __init__(self, start: Sequence[float], length: Sequence[float], total: Sequence[float],
+                 offset: Sequence[float]) -> None:
+        self.start, self.length, self.total, self.offset = start, length, total, offset
+
+
+def axis_weights(start: torch.Tensor, length: torch.Tensor, total: torch.Tensor, offset: torch.Tensor, count: int,
+                 in_size: int, flip: torch.Tensor | None = None, filter: str = "bicubic") -> torch.Tensor:
+    """Pillow's antialiased resampling coefficients as a dense ``(n, count, in_size)`` float32 matrix.
+
+    As in Pillow's ``precompute_coeffs``: output pixel ``i`` is centred at ``start + (i + 0.5) * scale``
+    (``scale = length / total``), the filter is stretched by ``max(scale, 1)``, taps outside the span get no
+    weight and each row is normalized to sum 1. ``flip`` (bool, per sample) reverses the output order.
+    """
+    dev = start.device
+    f64 = torch.float64
+    start, length, total, offset = (v.to(dev, f64)[:, None, None] for v in (start, length, total, offset))
+    scale = length / total
+    fscale = scale.clamp(min=1.0)
+    j = torch.arange(count, device=dev, dtype=f64)[None, :, None]
+    center = start + (offset + j + 0.5) * scale
+    pos = torch.arange(in_size, device=dev, dtype=f64)[None, None, :] + 0.5
+    w = _FILTERS[filter]((pos - center) / fscale) * ((pos > start) & (pos < start + length))
+    w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+    if flip is not None:
+        w = torch.where(flip.to(dev)[:, None, None], w.flip(1), w)
+    return w.float()
+
+
+def _round_u8(x: torch.Tensor) -> torch.Tensor:
+    # Pillow rounds half up (fixed-point sum + half) and clips to 0..255
+    return x.add_(0.5).floor_().clamp_(0.0, 255.0)
+
+
+def _weights(p: AxisPlan, idx: list[int], count: int, in_size: int, flip, device, filter: str) -> torch.Tensor:
+    t = [torch.tensor([getattr(p, k)[i] for i in idx], dtype=torch.float64) for k in AxisPlan.__slots__]
+    fl = None if flip is None else torch.tensor([bool(flip[i]) for i in idx])
+    return axis_weights(*(v.to(device) for v in t), count, in_size, None if fl is None else fl.to(device), filter)
+
+
+def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_size: tuple[int, int], *,
+             flip: Sequence[bool] | None = None, filter: str = "bicubic", max_elements: int = 1 << 26,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """Resample each ``(C, h_i, w_i)`` uint8 (or integer-valued float) image to ``out_size`` as planned by
+    ``ys``/``xs``; returns ``(n, C, oh, ow)`` float32 holding integers 0..255.
+
+    Images are grouped by size and zero-padded within a group whose padded float copy holds at most
+    ``max_elements`` values; an image larger than that alone is processed in bands of rows (exact: the
+    horizontal pass is row-wise), so memory stays bounded however large a decoded image is.
+    """
+    n = len(images)
+    oh, ow = out_size
+    if n == 0:
+        raise ValueError("resample needs at least one image")
+    c = images[0].shape[0]
+    device = images[0].device
+    if out is None:
+        out = torch.empty(n, c, oh, ow, dtype=torch.float32, device=device)
+    order = sorted(range(n), key=lambda i: (images[i].shape[1], images[i].shape[2]))
+    group: list[int] = []
+    gh = gw = 0
+
+    def flush() -> None:
+        if group:
+            _resample_group(images, group, ys, xs, (oh, ow), flip, filter, out)
+
+    for i in order:
+        h, w = images[i].shape[1:]
+        if c * h * w > max_elements:
+            _resample_banded(images[i], i, ys, xs, (oh, ow), flip, filter, max_elements, out)
+            continue
+        nh, nw = max(gh, h), max(gw, w)
+        if group and (len(group) + 1) * c * nh * nw > max_elements:
+            flush()
+            group, nh, nw = [], h, w
+        group.append(i)
+        gh, gw = nh, nw
+    flush()
+    return out
+
+
+def _resample_group(images, idx, ys, xs, out_size, flip, filter, out) -> None:
+    oh, ow = out_size
+    c = images[idx[0]].shape[0]
+    hm = max(images[i].shape[1] for i in idx)
+    wm = max(images[i].shape[2] for i in idx)
+    device = images[idx[0]].device
+    x = torch.zeros(len(idx), c, hm, wm, dtype=torch.float32, device=device)
+    for k, i in enumerate(idx):
+        im = images[i]
+        x[k, :, :im.shape[1], :im.shape[2]].copy_(im)
+    wx = _weights(xs, idx, ow, wm, flip, device, filter)                       # (n, ow, wm)
+    wy = _weights(ys, idx, oh, hm, None, device, filter)                       # (n, oh, hm)
+    tmp = torch.bmm(x.view(len(idx), c * hm, wm), wx.transpose(1, 2))         # horizontal pass
+    tmp = _round_u8(tmp).view(len(idx), c, hm, ow)                              # Pillow keeps uint8 between passes
+    y = _round_u8(torch.matmul(wy[:, None], tmp))                              # vertical pass
+    out[torch.tensor(idx, device=device)] = y
+
+
+def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out) -> None:
+    oh, ow = out_size
+    c, h, w = im.shape
+    device = im.device
+    wx = _weights(xs, [i], ow, w, flip, device, filter)[0]                    # (ow, w)
+    wy = _weights(ys, [i], oh, h, None, device, filter)[0]                    # (oh, h)
+    tmp = torch.empty(c, h, ow, dtype=torch.float32, device=device)
+    band = max(1, max_elements // (c * w))
+    for r0 in range(0, h, band):
+        tmp[:, r0:r0 + band] = _round_u8(im[:, r0:r0 + band].float() @ wx.t())
+    out[i] = _round_u8(wy @ tmp)
+
+
+# ---------------------------------------------------------------------------------------------- RandAugment ops
+def _cubic_pillow(v1, v2, v3, v4, d):
+    # Pillow Geometry.c BICUBIC macro (cubic convolution with a = -1), in float64 like Pillow
+    p2 = v3 - v1
+    p3 = 2.0 * (v1 - v2) + v3 - v4
+    p4 = (v2 - v1) + (v4 - v3)
+    return v2 + d * (p2 + d * (p3 + d * p4))
+
+
+def affine(x: torch.Tensor, coeffs: torch.Tensor, fill: Sequence[float]) -> torch.Tensor:
+    """Pillow's ``Image.transform(size, AFFINE, coeffs, BICUBIC, fillcolor=fill)`` per sample.
+
+    ``coeffs`` ``(n, 6)`` map output pixel centres to input positions (float64, as Pillow computes them).
+    Output pixels whose source lies outside the image get ``fill``; others the a=-1 cubic of the 4x4 taps
+    (edge-clamped), truncated to an integer.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    a = coeffs.to(dev, torch.float64)
+    yy = torch.arange(h, device=dev, dtype=torch.float64).view(1, h, 1) + 0.5
+    xx = torch.arange(w, device=dev, dtype=torch.float64).view(1, 1, w) + 0.5
+    xin = a[:, 0, None, None] * xx + a[:, 1, None, None] * yy + a[:, 2, None, None]
+    yin = a[:, 3, None, None] * xx + a[:, 4, None, None] * yy + a[:, 5, None, None]
+    outside = (xin < 0) | (xin >= w) | (yin < 0) | (yin >= h)
+    xs, ys = xin - 0.5, yin - 0.5
+    x0, y0 = torch.floor(xs), torch.floor(ys)
+    dx, dy = (xs - x0)[:, None], (ys - y0)[:, None]
+    x0 = x0.long().view(n, 1, h * w)
+    y0 = y0.long().view(n, 1, h * w)
+    flat = x.reshape(n, c, h * w)
+    rows = []
+    for j in range(4):
+        yc = (y0 + (j - 1)).clamp_(0, h - 1) * w
+        taps = [flat.gather(2, (yc + (x0 + (i - 1)).clamp(0, w - 1)).expand(n, c, h * w)).double().view(n, c, h, w)
+                for i in range(4)]
+        rows.append(_cubic_pillow(*taps, dx))
+    v = _cubic_pillow(*rows, dy)
+    v = torch.where(v <= 0.0, 0.0, torch.where(v >= 255.0, 255.0, v.trunc()))
+    fillv = torch.tensor(list(fill), dtype=torch.float64, device=dev).view(1, c, 1, 1)
+    return torch.where(outside[:, None], fillv, v).float()
+
+
+def autocontrast(x: torch.Tensor, arg: torch.Tensor | None = None) -> torch.Tensor:
+    """``ImageOps.autocontrast`` (no cutoff): per channel, stretch [min, max] to [0, 255] by a truncating LUT."""
+    xd = x.double()
+    lo = xd.amin((2, 3), keepdim=True)
+    hi = xd.amax((2, 3), keepdim=True)
+    scale = 255.0 / (hi - lo).clamp(min=1.0)
+    y = (xd * scale + (-lo * scale)).trunc().clamp(0.0, 255.0)
+    return torch.where(hi > lo, y, xd).float()
+
+
+def equalize(x: torch.Tensor, arg: torch.Tensor | None = None) -> torch.Tensor:
+    """``ImageOps.equalize``: per channel, the histogram-equalizing LUT Pillow builds."""
+    n, c = x.shape[:2]
+    v = x.long().reshape(n * c, -1)
+    hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, v, torch.ones_like(v))
+    nonzero = hist > 0
+    last = 255 - nonzero.flip(1).long().argmax(1, keepdim=True)        # highest value present
+    step = (hist.sum(1, keepdim=True) - hist.gather(1, last)) // 255
+    before = hist.cumsum(1) - hist
+    lut = ((step // 2 + before) // step.clamp(min=1)).clamp(max=255)
+    keep = (nonzero.sum(1, keepdim=True) <= 1) | (step == 0)
+    return torch.where(keep, v, lut.gather(1, v)).view_as(x).float()
+
+
+def invert(x: torch.Tensor, arg: torch.Tensor | None = None) -> torch.Tensor:
+    return 255.0 - x
+
+
+def _per_sample(arg: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return arg.to(x.device).view(-1, 1, 1, 1)
+
+
+def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    """Keep the ``bits`` high bits (timm returns the image unchanged for 8 bits or more)."""
+    b = _per_sample(bits, x).long().clamp(0, 8)
+    mask = (~((1 << (8 - b)) - 1)) & 0xFF
+    return (x.long() & mask).float()
+
+
+def solarize(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    return torch.where(x < _per_sample(threshold, x).float(), x, 255.0 - x)
+
+
+def solarize_add(x: torch.Tensor, add: torch.Tensor, threshold: float = 128.0) -> torch.Tensor:
+    return torch.where(x < threshold, (x + _per_sample(add, x).float()).clamp(max=255.0), x)
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    # Pillow ImagingBlend: float32 in1 + alpha * (in2 - in1), truncated, clipped (two separate roundings, no FMA)
+    f = _per_sample(factor, x).float()
+    d = x - degenerate
+    y = degenerate + f * d
+    return y.clamp_(0.0, 255.0).trunc_()
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    # Pillow RGB -> L: (R * 19595 + G * 38470 + B * 7471 + 0x8000) >> 16; exact in float32 (< 2**24)
+    s = x[:, 0] * 19595.0 + x[:, 1] * 38470.0 + x[:, 2] * 7471.0 + 32768.0
+    return torch.floor(s / 65536.0)
+
+
+def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``ImageEnhance.Color``: blend with the grayscale image."""
+    return _blend(_gray(x)[:, None].expand_as(x), x, factor)
+
+
+def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``ImageEnhance.Contrast``: blend with the mean gray level, ``int(mean + 0.5)``."""
+    mean = torch.floor(_gray(x).double().mean((1, 2)) + 0.5).float()
+    return _blend(mean.view(-1, 1, 1, 1).expand_as(x), x, factor)
+
+
+def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``ImageEnhance.Brightness``: blend with black."""
+    return _blend(torch.zeros_like(x), x, factor)
+
+
+def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` (3x3 kernel 1,1,1/1,5,1/1,1,1 over 13;
+    Pillow leaves the one-pixel border unfiltered)."""
+    n, c, h, w = x.shape
+    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
+    smooth = F.conv2d(x.reshape(n * c, 1, h, w), k.view(1, 1, 3, 3))
+    degenerate = x.clone()
+    degenerate[:, :, 1:-1, 1:-1] = _round_u8(smooth).view(n, c, h - 2, w - 2)
+    return _blend(degenerate, x, factor)
+
+
+OP_FUNCTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "AutoContrast": autocontrast, "Equalize": equalize, "Invert": invert,
+    "Posterize": posterize, "PosterizeIncreasing": posterize,
+    "Solarize": solarize, "SolarizeIncreasing": solarize, "SolarizeAdd": solarize_add,
+    "Color": color, "ColorIncreasing": color, "Contrast": contrast, "ContrastIncreasing": contrast,
+    "Brightness": brightness, "BrightnessIncreasing": brightness,
+    "Sharpness": sharpness, "SharpnessIncreasing": sharpness,
+}
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x / 255 - mean) / std`` in float32, in place, in the order of ``ToNormalizedTensor`` (bit-identical)."""
+    x.div_(255.0)
+    x.sub_(mean.view(1, -1, 1, 1))
+    x.div_(std.view(1, -1, 1, 1))
+    return x
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor, mode: str = "pixel",
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fill boxes ``(n, k, 4)`` ``[top, left, h, w]`` (``h = 0``: none) of the normalized batch, in place:
+    per-pixel normal noise (``pixel``), one normal colour per box and channel (``rand``) or zeros (``const``)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    boxes = boxes.cpu()  # the selection is decided on the host: no device synchronization
+    r = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1)
+    col = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
+    for k in range(boxes.shape[1]):
+        b = boxes[:, k]
+        sel = (b[:, 2] > 0).nonzero().squeeze(1)
+        if len(sel) == 0:
+            continue
+        bd = b[sel].to(dev, torch.float32)
+        t, l, bh, bw = (bd[:, i].view(-1, 1, 1) for i in range(4))
+        m = ((r >= t) & (r < t + bh) & (col >= l) & (col < l + bw))[:, None]
+        sel = sel.to(dev)
+        xs = x.index_select(0, sel)
+        if mode == "pixel":
+            fill = torch.randn(xs.shape, device=dev, dtype=x.dtype, generator=generator)
+        elif mode == "rand":
+            fill = torch.randn(len(sel), c, 1, 1, device=dev, dtype=x.dtype, generator=generator).expand_as(xs)
+        else:
+            fill = torch.zeros_like(xs)
+        x.index_copy_(0, sel, torch.where(m, fill, xs))
+    return x
+
+
+def fill_color(mean: Sequence[float]) -> tuple[int, ...]:
+    """timm's fill for RandAugment's geometric ops: the mean colour in 0..255."""
+    return tuple(min(255, round(255 * m)) for m in mean)
