@@ -299,3 +299,26 @@ def test_hubconf_depends_on_torch_only():
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert imported <= {"os", "sys", "pitvit"}
+
+
+@needs_jpegs
+@pytest.mark.slow
+def test_eval_two_processes_under_torchrun(tmp_path):
+    """torchrun --nproc_per_node=2: every image counted once, the same numbers as one process."""
+    import os
+    import subprocess
+    import sys
+
+    from pitvit.tools.evaluate import evaluate_model
+
+    data = _list_dataset(tmp_path / "data", [int(p.stem.split("_")[-1]) for p in _jpegs()])
+    args = ["-m", "pitvit", "eval", "--model", "pit_ti", "--data", str(data), "--batch-size", "3",
+            "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(torchrun + args, check=True, env=env, timeout=300, capture_output=True)
+    two = json.loads((tmp_path / "r.json").read_text())
+    one = evaluate_model("pit_ti", None, data, batch_size=3, workers=0, device="cpu")
+    assert two["processes"] == 2 and two["n"] == one["n"] == 20
+    assert (two["top1"], two["top5"]) == (one["top1"], one["top5"])
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-4)

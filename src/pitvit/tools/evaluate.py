@@ -27,8 +27,8 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
     Args:
         model_name: a registered variant; may be left out for a pitvit checkpoint or a ``save_pretrained``
             folder, which name their model (given anyway, it must agree).
-        weights: a checkpoint file or ``save_pretrained`` folder; ``None`` keeps the random initialization
-            (a note goes to stderr).
+        weights: a checkpoint file or ``save_pretrained`` folder; ``None`` keeps the random initialization,
+            drawn with seed 0 (a note goes to stderr).
         ema: take the EMA weights of a pitvit training checkpoint.
         **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
 
@@ -42,8 +42,12 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             raise ValueError("give a model name (--model), weights that name their model (--weights), or both")
         if ema:
             raise ValueError("--ema needs --weights: a training checkpoint holding EMA weights")
-        model = create_model(model_name, **create_kwargs)
-        print(f"note: no weights given, {model_name} is randomly initialized", file=sys.stderr)
+        # A fixed seed: every process of a distributed run (and every run) gets the same random weights,
+        # without disturbing the caller's random stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = create_model(model_name, **create_kwargs)
+        print(f"note: no weights given, {model_name} is randomly initialized (seed 0)", file=sys.stderr)
     else:
         path = Path(weights)
         if not path.exists():
