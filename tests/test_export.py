@@ -80,12 +80,22 @@ def test_pt2_dynamic_hw(tmp_path):
 
 
 def test_export_model_and_cli(tmp_path, capsys):
+    from pitvit.models.weights import save_pretrained
+
+    model = create_model("pit_test", num_classes=3).eval()
+    model.class_names = ["cat", "dog", "eel"]
+    save_pretrained(model, tmp_path / "m")
     out = tmp_path / "d.pt2"
-    assert cli(["export", "--model", "pit_test", "--format", "pt2", "--out", str(out)]) == 0
+    # No --model: the save_pretrained folder names its model.
+    assert cli(["export", "--weights", str(tmp_path / "m"), "--format", "pt2", "--out", str(out)]) == 0
     assert out.is_file() and "max abs diff" in capsys.readouterr().out  # check_pt2 ran
     extra = {"pitvit.json": ""}
-    torch.export.load(str(out), extra_files=extra)
-    assert json.loads(extra["pitvit.json"])["pitvit_model"] == "pit_test"
+    loaded = torch.export.load(str(out), extra_files=extra).module()
+    meta = json.loads(extra["pitvit.json"])
+    assert meta["pitvit_model"] == "pit_test" and json.loads(meta["pitvit_class_names"]) == model.class_names
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)  # the checkpoint's weights, not a fresh init
     assert cli(["export", "--model", "pit_tst"]) == 2
     assert "pit_test" in capsys.readouterr().err  # lists the valid names
     assert cli(["export", "--model", "pit_test", "--weights", str(tmp_path / "none.pth")]) == 2
