@@ -19,11 +19,29 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["axis_weights", "resample", "AxisPlan", "affine", "autocontrast", "equalize", "invert", "posterize",
+__all__ = ["axis_weights", "resample", "AxisPlan", "vertical_first", "affine", "autocontrast", "equalize", "invert", "posterize",
            "solarize", "solarize_add", "color", "contrast", "brightness", "sharpness", "OP_FUNCTIONS", "normalize",
            "erase"]
 
 FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
+
+try:
+    from PIL import __version__ as _PIL_VERSION
+    _PILLOW_MAJOR = int(_PIL_VERSION.split(".")[0])
+except (ImportError, ValueError):  # pragma: no cover
+    _PILLOW_MAJOR = 0
+
+
+def vertical_first(h_in: int, w_in: int, h_out: int, w_out: int, pillow_major: int | None = None) -> bool:
+    """Whether Pillow runs the vertical pass first for this resize.
+
+    Every Pillow up to 12 resamples horizontally, then vertically. Pillow 13 (PR #9549) goes vertical first when
+    the height is reduced by more than twice as many pixels as the width (measured on 300 random shapes, all
+    agreeing). The order matters for exactness: Pillow rounds to uint8 between the passes. The installed
+    Pillow's rule is used, so that the GPU pipeline matches the CPU pipeline it runs beside.
+    """
+    major = _PILLOW_MAJOR if pillow_major is None else pillow_major
+    return major >= 13 and h_in > h_out and (h_in - h_out) > 2 * (w_in - w_out)
 
 
 def _bicubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -94,8 +112,9 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
     ``ys``/``xs``; returns ``(n, C, oh, ow)`` float32 holding integers 0..255.
 
     Images are grouped by size and zero-padded within a group whose padded float copy holds at most
-    ``max_elements`` values; an image larger than that alone is processed in bands of rows (exact: the
-    horizontal pass is row-wise), so memory stays bounded however large a decoded image is.
+    ``max_elements`` values; an image larger than that alone is processed in bands (exact: each pass is
+    separable), so memory stays bounded however large a decoded image is. The order of the two passes follows
+    the installed Pillow (:func:`vertical_first`, decided on each image's span ``length -> total``).
     """
     n = len(images)
     oh, ow = out_size
@@ -105,21 +124,23 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
     device = images[0].device
     if out is None:
         out = torch.empty(n, c, oh, ow, dtype=torch.float32, device=device)
-    order = sorted(range(n), key=lambda i: (images[i].shape[1], images[i].shape[2]))
+    vfirst = [vertical_first(int(ys.length[i]), int(xs.length[i]), int(ys.total[i]), int(xs.total[i]))
+              for i in range(n)]
+    order = sorted(range(n), key=lambda i: (vfirst[i], images[i].shape[1], images[i].shape[2]))
     group: list[int] = []
     gh = gw = 0
 
     def flush() -> None:
         if group:
-            _resample_group(images, group, ys, xs, (oh, ow), flip, filter, out)
+            _resample_group(images, group, ys, xs, (oh, ow), flip, filter, out, vfirst[group[0]])
 
     for i in order:
         h, w = images[i].shape[1:]
         if c * h * w > max_elements:
-            _resample_banded(images[i], i, ys, xs, (oh, ow), flip, filter, max_elements, out)
+            _resample_banded(images[i], i, ys, xs, (oh, ow), flip, filter, max_elements, out, vfirst[i])
             continue
         nh, nw = max(gh, h), max(gw, w)
-        if group and (len(group) + 1) * c * nh * nw > max_elements:
+        if group and (vfirst[group[0]] != vfirst[i] or (len(group) + 1) * c * nh * nw > max_elements):
             flush()
             group, nh, nw = [], h, w
         group.append(i)
@@ -128,7 +149,7 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
     return out
 
 
-def _resample_group(images, idx, ys, xs, out_size, flip, filter, out) -> None:
+def _resample_group(images, idx, ys, xs, out_size, flip, filter, out, vfirst: bool) -> None:
     oh, ow = out_size
     c = images[idx[0]].shape[0]
     hm = max(images[i].shape[1] for i in idx)
@@ -140,18 +161,29 @@ def _resample_group(images, idx, ys, xs, out_size, flip, filter, out) -> None:
         x[k, :, :im.shape[1], :im.shape[2]].copy_(im)
     wx = _weights(xs, idx, ow, wm, flip, device, filter)                       # (n, ow, wm)
     wy = _weights(ys, idx, oh, hm, None, device, filter)                       # (n, oh, hm)
-    tmp = torch.bmm(x.view(len(idx), c * hm, wm), wx.transpose(1, 2))         # horizontal pass
-    tmp = _round_u8(tmp).view(len(idx), c, hm, ow)                              # Pillow keeps uint8 between passes
-    y = _round_u8(torch.matmul(wy[:, None], tmp))                              # vertical pass
+    if vfirst:
+        tmp = _round_u8(torch.matmul(wy[:, None], x))                          # vertical pass (n, c, oh, wm)
+        y = _round_u8(torch.matmul(tmp, wx[:, None].transpose(2, 3)))          # horizontal pass
+    else:
+        tmp = torch.bmm(x.view(len(idx), c * hm, wm), wx.transpose(1, 2))     # horizontal pass
+        tmp = _round_u8(tmp).view(len(idx), c, hm, ow)                          # Pillow keeps uint8 between passes
+        y = _round_u8(torch.matmul(wy[:, None], tmp))                          # vertical pass
     out[torch.tensor(idx, device=device)] = y
 
 
-def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out) -> None:
+def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out, vfirst: bool) -> None:
     oh, ow = out_size
     c, h, w = im.shape
     device = im.device
     wx = _weights(xs, [i], ow, w, flip, device, filter)[0]                    # (ow, w)
     wy = _weights(ys, [i], oh, h, None, device, filter)[0]                    # (oh, h)
+    if vfirst:  # bands of columns through the vertical pass
+        tmp = torch.empty(c, oh, w, dtype=torch.float32, device=device)
+        band = max(1, max_elements // (c * h))
+        for c0 in range(0, w, band):
+            tmp[:, :, c0:c0 + band] = _round_u8(wy @ im[:, :, c0:c0 + band].float())
+        out[i] = _round_u8(tmp @ wx.t())
+        return
     tmp = torch.empty(c, h, ow, dtype=torch.float32, device=device)
     band = max(1, max_elements // (c * w))
     for r0 in range(0, h, band):
