@@ -78,6 +78,13 @@ def test_recipes_load(path):
             ("hard", "regnety_160", 0.5, 1.0)
 
 
+def test_demo_recipe_matches_its_yaml():
+    from pitvit.tools.demo import DEMO_RECIPE
+    from pitvit.train import config_from_dict
+
+    assert config_to_dict(load_config(CONFIGS / "demo.yaml")) == config_to_dict(config_from_dict(DEMO_RECIPE))
+
+
 def test_official_recipe_values():
     ti = load_config(CONFIGS / "pit_ti.yaml")
     assert (ti.train.epochs, ti.data.batch_size, ti.optim.lr, ti.optim.weight_decay) == (300, 128, 5e-4, 0.05)
@@ -357,6 +364,19 @@ def test_clipping_and_bf16_and_grad_checkpointing_run():
     assert moved.item() <= 1e-3 + 1e-6
 
 
+def test_fp16_with_grad_scaler_and_clipping():
+    # the GPU recipe's path (fp16 autocast, GradScaler, unscale before clipping), exercised on the CPU
+    torch.manual_seed(0)
+    model = create_model("pit_test")
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    stats = train_one_epoch(model, _loader(32, 8), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
+                            scaler=scaler, amp_dtype=torch.float16, clip_grad=1.0, verbose=False)
+    assert math.isfinite(stats["loss"]) and scaler.get_scale() > 0
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 def test_non_finite_loss_names_the_step():
     model = create_model("pit_test")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -410,6 +430,11 @@ def test_fit_writes_a_complete_run_folder(tmp_path):
     assert res["epoch"] == 2 and not res["stopped"]
     model = create_model("pit_test")
     model.load_state_dict(ckpt["state_dict"])
+    # a finished run is a valid teacher checkpoint
+    from pitvit.train import build_teacher
+
+    teacher = build_teacher(str(run / "best.pt"), num_classes=10)
+    assert not teacher.training and teacher(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     # rerunning with more epochs continues from last.pt
     res = fit(_fit_cfg(tmp_path, "train.epochs=3"), datasets=(ToySet(64), ToySet(32, 1)))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

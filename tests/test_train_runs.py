@@ -144,3 +144,28 @@ def test_two_gloo_processes_match_one(tmp_path):
     assert not torch.allclose(one["state_dict"]["head.weight"], init["head.weight"])
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and "val_top1" in rows[0]
+
+
+@pytest.mark.slow
+def test_compiled_training_runs(tmp_path):
+    """train.compile=true (inductor needs a C compiler; compiling takes a minute on 2 cores)."""
+    script = tmp_path / "train_toy.py"
+    script.write_text(SCRIPT)
+    _run(script, COMMON + ["train.epochs=1", "train.compile=true", "ema.enabled=false",
+                           f"train.output={tmp_path / 'run'}"], timeout=600)
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and not any(k.startswith("_orig_mod") for k in ckpt["state_dict"])
+
+
+@pytest.mark.slow
+def test_demo_reaches_90_percent(tmp_path):
+    """The README's first command: pit_nano on Fashion-MNIST to >= 90% test top-1 within 10 minutes."""
+    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (make data)")
+    r = subprocess.run([sys.executable, "-m", "pitvit", "demo", "--output", str(tmp_path / "demo")],
+                       env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    top1 = float(r.stdout.split("test top-1")[1].split("%")[0])
+    seconds = float(r.stdout.split("min (")[1].split(" s)")[0])
+    assert top1 >= 90.0 and seconds < 600, r.stdout
+    assert (tmp_path / "demo" / "best.pt").exists()

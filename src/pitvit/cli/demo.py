@@ -18,11 +18,12 @@ def run(args) -> int:
     import sys
 
     from pitvit.tools.demo import run_demo
+    from pitvit.data import DatasetError
     from pitvit.train.runner import TrainingError
 
     try:
         run_demo(args.output, args.data, args.epochs, args.overrides)
-    except TrainingError as e:
+    except (TrainingError, DatasetError) as e:
         print(f"pitvit demo: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -39,11 +39,12 @@ def run(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
+    from pitvit.data import DatasetError
     from pitvit.train.runner import TrainingError, fit
 
     try:
         result = fit(cfg, require_resume=args.resume)
-    except TrainingError as e:
+    except (TrainingError, DatasetError) as e:
         print(f"pitvit train: error: {e}", file=sys.stderr)
         return 1
     del result  # stopped by SIGTERM or done: both exit cleanly

@@ -34,6 +34,7 @@ class ModelCfg:
     drop: float = 0.0
     weights: str = ""  # start from these weights (fine-tuning); the head is re-initialized if classes differ
     grad_checkpointing: bool = False
+    arch: dict[str, Any] = field(default_factory=dict)  # PiTConfig fields to change, e.g. {stride: 4}
 
 
 @dataclass
@@ -103,7 +104,7 @@ class SchedCfg:
     """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr."""
 
     name: str = "cosine"  # cosine | constant
-    warmup_epochs: int = 5
+    warmup_epochs: float = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     cooldown_epochs: int = 0
@@ -126,6 +127,7 @@ class TrainCfg:
     best_metric: str = ""  # "": ema_top1 with EMA, else val_top1
     max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)
     deterministic: bool = False
+    threads: int = 0  # torch intra-op threads per process; 0: torch's default
 
 
 @dataclass
@@ -184,6 +186,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
+    if origin is dict or tp is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",")]

@@ -125,7 +125,7 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
 
     m = cfg.model
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size, drop_path_rate=m.drop_path,
-                         drop_rate=m.drop, weights=m.weights or None)
+                         drop_rate=m.drop, weights=m.weights or None, **m.arch)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     if cfg.distill.mode != "none":
@@ -357,6 +357,8 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any):
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
     setup_logging(info.rank, str(run_dir / "log.txt"))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -400,7 +402,15 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
                  f", batch {start_step + 1}" if start_step else "")
         if metrics is not None:
             metrics.truncate(start_epoch)
+    elif metrics is not None:
+        metrics.truncate(0)  # a fresh run in an old folder starts a fresh record
     total = t.schedule.total_epochs
+    if start_epoch >= total and not start_step:
+        log.info("%s already holds all %d epochs; nothing to do (raise train.epochs to continue)",
+                 run_dir / "last.pt", total)
+        cleanup_distributed()
+        last = (ckpt or {}).get("best_metric") or best
+        return {"epoch": start_epoch, "run_dir": str(run_dir), "best": last, "stopped": False, "done_before": True}
     log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
              cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
              t.schedule.base_lr, total, t.steps_per_epoch, run_dir)

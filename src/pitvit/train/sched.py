@@ -33,7 +33,7 @@ class LRSchedule:
         name: ``cosine``, or ``constant`` (warmup then ``base_lr``).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, epochs: int, warmup_epochs: int = 0,
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, epochs: int, warmup_epochs: float = 0,
                  warmup_lr: float = 0.0, min_lr: float = 0.0, cooldown_epochs: int = 0,
                  warmup_prefix: bool = False, per_step: bool = False, steps_per_epoch: int = 1,
                  name: str = "cosine") -> None:
