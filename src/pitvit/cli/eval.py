@@ -26,7 +26,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA when available")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
-    p.add_argument("--out", default=None, metavar="JSON", help="also write the result here%(default).0s")
+    p.add_argument("--out", default=None, metavar="JSON",
+                   help="also write the result here as JSON (default: print only)%(default).0s")
     p.set_defaults(func=run)
 
 
