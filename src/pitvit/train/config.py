@@ -54,6 +54,7 @@ class DataCfg:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     skip_corrupt: bool = True  # False: a corrupt image stops the run
+    pipeline: str = "cpu"  # cpu | gpu: decode and augment in CPU workers, or on the device (docs/gpu_pipeline.md)
 
 
 @dataclass
@@ -343,6 +344,7 @@ def validate(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
     _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
+    _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu"))
     positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
                 "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
     for k, v in positive.items():

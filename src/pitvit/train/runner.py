@@ -13,6 +13,7 @@ import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -89,8 +90,9 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
         if not cfg.data.path and cfg.data.kind != "fashion_mnist":
             raise ValueError("no dataset: pass --data DIR (or set data.path)")
         common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
-        tf_train = D.build_transform(True, **common, aug=_aug_dict(cfg))
-        tf_val = D.build_transform(False, **common)
+        gpu = cfg.data.pipeline == "gpu"  # the GPU pipeline applies the transforms itself
+        tf_train = None if gpu else D.build_transform(True, **common, aug=_aug_dict(cfg))
+        tf_val = None if gpu else D.build_transform(False, **common)
         root = cfg.data.path or None
         strict = not cfg.data.skip_corrupt
         train_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_train,
@@ -101,12 +103,18 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
         train_set, val_set = datasets
     common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
                          world_size=info.world_size)
-    train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
-                           repeated_aug=cfg.aug.repeated_aug, **common_loader)
+    build_loader = D.build_loader
+    if cfg.data.pipeline == "gpu":  # same batches and loader contract, decoded and augmented on info.device
+        from pitvit.data.gpu import build_gpu_loader
+
+        build_loader = partial(build_gpu_loader, device=info.device, aug=_aug_dict(cfg),
+                               **{k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")})
+    train = build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
+                         repeated_aug=cfg.aug.repeated_aug, **common_loader)
     val = None
     if val_set is not None:
-        val = D.build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
-                             drop_last=False, **common_loader)
+        val = build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
+                           drop_last=False, **common_loader)
     a = cfg.aug
     mixup = None
     if a.mixup > 0 or a.cutmix > 0:
