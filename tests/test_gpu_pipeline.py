@@ -541,6 +541,69 @@ def test_unsupported_settings_name_the_cpu_pipeline(tmp_path):
         build_gpu_loader([(torch.zeros(1), 0)], batch_size=1, train=True, seed=0, device="cpu")
 
 
+def test_training_config_selects_the_pipeline(tmp_path):
+    """``data.pipeline: gpu`` is the only change a recipe needs; the CPU pipeline stays the default."""
+    import shutil
+
+    from pitvit.data import Loader
+    from pitvit.data.gpu import GpuLoader
+    from pitvit.train.config import load_config
+    from pitvit.train.distributed import DistInfo
+    from pitvit.train.runner import build_data
+
+    root = make_folder(tmp_path, 4)
+    shutil.copytree(root / "train", root / "val")
+    base = [f"data.path={root}", "data.batch_size=2", "data.num_workers=0", "data.input_size=64"]
+    cpu = build_data(load_config(None, base), DistInfo())
+    gpu = build_data(load_config(None, base + ["data.pipeline=gpu"]), DistInfo())
+    assert isinstance(cpu.train, Loader) and isinstance(gpu.train, GpuLoader) and isinstance(gpu.val, GpuLoader)
+    assert gpu.train.steps_per_epoch == cpu.train.steps_per_epoch and gpu.classes == cpu.classes
+    compare_batches(list(cpu.val), list(gpu.val), "evaluation batch via build_data")
+    with pytest.raises(ValueError, match="data.pipeline"):
+        load_config(None, base + ["data.pipeline=tpu"])
+
+
+DDP_SCRIPT = r"""
+import sys
+import torch
+torch.set_num_threads(1)
+from pitvit.train import load_config
+from pitvit.train.runner import fit
+fit(load_config(None, sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_with_the_gpu_pipeline_match_one(tmp_path):
+    """DDP unchanged: each rank decodes and augments its own shard on its own device (here the CPU); with the
+    per-step erasing noise and mixing off, two processes of batch 4 train the weights one process of 8 does."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "data", 16)
+    shutil.copytree(root / "train", root / "val")
+    script = tmp_path / "train.py"
+    script.write_text(DDP_SCRIPT)
+    args = [f"data.path={root}", "data.pipeline=gpu", "data.num_workers=0", "data.input_size=32",
+            "model.name=pit_test", "model.drop_path=0", "aug.mixup=0", "aug.cutmix=0", "aug.re_prob=0",
+            "ema.enabled=false", "train.device=cpu", "train.amp=none", "train.epochs=1", "optim.eps=1e-3",
+            "optim.lr_base_batch=0", "sched.warmup_epochs=0", "log.plot=false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(script), *args, "data.batch_size=8", f"train.output={tmp_path / 'one'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), *args, "data.batch_size=4", f"train.output={tmp_path / 'two'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two" / "last.pt", weights_only=True)["state_dict"]
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5)
+
+
 def test_print_fidelity():
     """Summary of the measured fidelity (run with -s to see it)."""
     for name, (m, mx) in sorted(FIDELITY.items()):

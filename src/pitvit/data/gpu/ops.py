@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["axis_weights", "resample", "AxisPlan", "vertical_first", "affine", "autocontrast", "equalize", "invert", "posterize",
+__all__ = ["to_device", "axis_weights", "resample", "AxisPlan", "vertical_first", "affine", "autocontrast", "equalize", "invert", "posterize",
            "solarize", "solarize_add", "color", "contrast", "brightness", "sharpness", "OP_FUNCTIONS", "normalize",
            "erase"]
 
@@ -42,6 +42,16 @@ def vertical_first(h_in: int, w_in: int, h_out: int, w_out: int, pillow_major: i
     """
     major = _PILLOW_MAJOR if pillow_major is None else pillow_major
     return major >= 13 and h_in > h_out and (h_in - h_out) > 2 * (w_in - w_out)
+
+
+def to_device(t: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small host tensor on ``device`` without stalling the host: on CUDA it goes through pinned memory with
+    an asynchronous copy (a plain copy from pageable memory would wait for the stream's queued work)."""
+    if dtype is not None:
+        t = t.to(dtype)
+    if t.device == device or device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _bicubic(t: torch.Tensor, a: float = -0.5) -> torch.Tensor:
@@ -100,9 +110,11 @@ def _round_u8(x: torch.Tensor) -> torch.Tensor:
 
 
 def _weights(p: AxisPlan, idx: list[int], count: int, in_size: int, flip, device, filter: str) -> torch.Tensor:
-    t = [torch.tensor([getattr(p, k)[i] for i in idx], dtype=torch.float64) for k in AxisPlan.__slots__]
-    fl = None if flip is None else torch.tensor([bool(flip[i]) for i in idx])
-    return axis_weights(*(v.to(device) for v in t), count, in_size, None if fl is None else fl.to(device), filter)
+    cols = [[getattr(p, k)[i] for i in idx] for k in AxisPlan.__slots__]
+    cols.append([float(bool(flip[i])) if flip is not None else 0.0 for i in idx])
+    t = to_device(torch.tensor(cols, dtype=torch.float64), device)  # one asynchronous copy per group
+    fl = t[4] > 0.5 if flip is not None else None
+    return axis_weights(t[0], t[1], t[2], t[3], count, in_size, fl, filter)
 
 
 def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_size: tuple[int, int], *,
@@ -168,7 +180,7 @@ def _resample_group(images, idx, ys, xs, out_size, flip, filter, out, vfirst: bo
         tmp = torch.bmm(x.view(len(idx), c * hm, wm), wx.transpose(1, 2))     # horizontal pass
         tmp = _round_u8(tmp).view(len(idx), c, hm, ow)                          # Pillow keeps uint8 between passes
         y = _round_u8(torch.matmul(wy[:, None], tmp))                          # vertical pass
-    out[torch.tensor(idx, device=device)] = y
+    out[to_device(torch.tensor(idx), device)] = y
 
 
 def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out, vfirst: bool) -> None:
@@ -209,7 +221,7 @@ def affine(x: torch.Tensor, coeffs: torch.Tensor, fill: Sequence[float]) -> torc
     """
     n, c, h, w = x.shape
     dev = x.device
-    a = coeffs.to(dev, torch.float64)
+    a = to_device(coeffs, dev, torch.float64)
     yy = torch.arange(h, device=dev, dtype=torch.float64).view(1, h, 1) + 0.5
     xx = torch.arange(w, device=dev, dtype=torch.float64).view(1, 1, w) + 0.5
     xin = a[:, 0, None, None] * xx + a[:, 1, None, None] * yy + a[:, 2, None, None]
@@ -229,7 +241,7 @@ def affine(x: torch.Tensor, coeffs: torch.Tensor, fill: Sequence[float]) -> torc
         rows.append(_cubic_pillow(*taps, dx))
     v = _cubic_pillow(*rows, dy)
     v = torch.where(v <= 0.0, 0.0, torch.where(v >= 255.0, 255.0, v.trunc()))
-    fillv = torch.tensor(list(fill), dtype=torch.float64, device=dev).view(1, c, 1, 1)
+    fillv = to_device(torch.tensor(list(fill), dtype=torch.float64), dev).view(1, c, 1, 1)
     return torch.where(outside[:, None], fillv, v).float()
 
 
@@ -263,7 +275,7 @@ def invert(x: torch.Tensor, arg: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _per_sample(arg: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return arg.to(x.device).view(-1, 1, 1, 1)
+    return to_device(arg, x.device).view(-1, 1, 1, 1)
 
 
 def posterize(x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
@@ -315,8 +327,9 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` (3x3 kernel 1,1,1/1,5,1/1,1,1 over 13;
     Pillow leaves the one-pixel border unfiltered)."""
     n, c, h, w = x.shape
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
-    smooth = F.conv2d(x.reshape(n * c, 1, h, w), k.view(1, 1, 3, 3))
+    k = torch.ones(1, 1, 3, 3, device=x.device)
+    k[0, 0, 1, 1] = 5.0
+    smooth = F.conv2d(x.reshape(n * c, 1, h, w), k / 13.0)
     degenerate = x.clone()
     degenerate[:, :, 1:-1, 1:-1] = _round_u8(smooth).view(n, c, h - 2, w - 2)
     return _blend(degenerate, x, factor)
@@ -354,10 +367,10 @@ def erase(x: torch.Tensor, boxes: torch.Tensor, mode: str = "pixel",
         sel = (b[:, 2] > 0).nonzero().squeeze(1)
         if len(sel) == 0:
             continue
-        bd = b[sel].to(dev, torch.float32)
+        bd = to_device(b[sel], dev, torch.float32)
         t, l, bh, bw = (bd[:, i].view(-1, 1, 1) for i in range(4))
         m = ((r >= t) & (r < t + bh) & (col >= l) & (col < l + bw))[:, None]
-        sel = sel.to(dev)
+        sel = to_device(sel, dev)
         xs = x.index_select(0, sel)
         if mode == "pixel":
             fill = torch.randn(xs.shape, device=dev, dtype=x.dtype, generator=generator)

@@ -56,7 +56,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
     for i, k in enumerate(batch.kinds):
         if k != "device":
             reasons.append(k)
-            out[i] = batch.data[i].to(device, non_blocking=True).permute(2, 0, 1)
+            out[i] = ops.to_device(batch.data[i], device).permute(2, 0, 1)
     return out, reasons, skipped
 
 
@@ -131,7 +131,7 @@ class DevicePipeline:
         if not keep:
             return None, None, reasons, skipped
         images = [images[i] for i in keep]
-        labels = batch.labels[keep].to(self.device, non_blocking=True)
+        labels = ops.to_device(batch.labels[keep], self.device)
         if self.spec is None:
             x = self._eval(images)
         else:
@@ -191,7 +191,7 @@ class DevicePipeline:
             for k in sorted(set(op.tolist()) - set(geo) - {-1}):
                 groups.append((names[k], (op == k).nonzero().squeeze(1)))
             for name, sel in groups:
-                idx = sel.to(self.device, non_blocking=True)
+                idx = ops.to_device(sel, self.device)
                 xs = x.index_select(0, idx)
                 if name == "affine":
                     ys = ops.affine(xs, params[sel, col + 2:col + 8], self.fill)

@@ -1,0 +1,207 @@
+"""Training pit_ti fed by the CPU pipeline, by the GPU pipeline, and from memory (the model alone), in one run.
+
+Each row trains the same model (AdamW, bf16 autocast on CUDA, the recipe's Mixup/CutMix and soft-target loss)
+for a number of steps after a warm-up and reports images/s; the ``pipeline only`` rows iterate the loaders without
+a model. The data is a folder of baseline JPEGs of ImageNet-like sizes (about 500x375, quality 90) made from the
+20 photos in ``../shared/bench/jpegs`` when present, else from synthetic images, so decoding costs what ImageNet's
+does. The target for the GPU pipeline is at least 0.8 x the model-only rate.
+
+    python benchmarks/bench_datapipe.py                          # CPU: a small smoke configuration
+    python benchmarks/bench_datapipe.py --device cuda --batch 256 --workers 16 --steps 50 --compile
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import pitvit
+from pitvit.data import build_dataset, build_loader, build_mixup, build_transform
+from pitvit.data.gpu import build_gpu_loader
+
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "jpegs"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# (width, height) of ImageNet-like files, with weights (most of ImageNet is 500 x 375 or 375 x 500)
+SHAPES = [((500, 375), 30), ((375, 500), 12), ((500, 333), 14), ((333, 500), 6), ((500, 400), 6), ((400, 500), 3),
+          ((500, 500), 4), ((450, 300), 4), ((300, 400), 3), ((500, 281), 4), ((640, 480), 3), ((400, 300), 5)]
+
+
+def synthetic(seed: int, size: int = 512) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    f = rng.uniform(10, 60, 6)
+    img = np.stack([128 + 100 * np.sin(xx / f[0] + yy / f[1]), 128 + 90 * np.cos(yy / f[2] - xx / f[3]),
+                    120 + 80 * np.sin((xx + yy) / f[4])], -1) + rng.normal(0, 8, (size, size, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
+    """``root/train/cK/*.jpg``: ``n`` baseline JPEGs cut from the photos (or synthetic images) at ImageNet sizes."""
+    files = sorted(PHOTOS.glob("*.jpg"))
+    sources = [Image.open(f).convert("RGB") for f in files] or [synthetic(k) for k in range(8)]
+    rng = random.Random(seed)
+    shapes, weights = zip(*SHAPES)
+    for k in range(n):
+        src = sources[k % len(sources)]
+        w, h = rng.choices(shapes, weights)[0]
+        ar = w / h
+        cw, ch = (src.width, src.width / ar) if ar >= 1 else (src.height * ar, src.height)
+        s = math.sqrt(rng.uniform(0.55, 1.0))
+        cw, ch = int(cw * s), int(ch * s)
+        x0, y0 = rng.randint(0, src.width - cw), rng.randint(0, src.height - ch)
+        img = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.Resampling.LANCZOS)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        d = root / "train" / f"c{k % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        img.save(d / f"{k:05d}.jpg", quality=90, progressive=False, subsampling="4:2:0")
+    return root
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(model: torch.nn.Module, device: torch.device, amp: bool):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+        loss = torch.sum(-y * F.log_softmax(out.float(), -1), -1).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def timed(batches, step, mixup, device, warmup: int, steps: int) -> tuple[float, int]:
+    """Images/s over ``steps`` batches after ``warmup``; ``step`` None iterates the data only."""
+    it = iter(batches)
+    n = 0
+    t0 = None
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if step is not None:
+            step(*mixup(x, y))
+        if i >= warmup:
+            n += x.shape[0]
+    sync(device)
+    return n / (time.perf_counter() - t0), n
+
+
+def endless(loader):
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--model", default="pit_ti")
+    p.add_argument("--batch", type=int, default=None, help="per step (default 256 on CUDA, 8 on the CPU)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 30 on CUDA, 3 on the CPU)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: CPU count, 1 on CPU)")
+    p.add_argument("--images", type=int, default=None, help="JPEGs to generate (default 2048 / 64)")
+    p.add_argument("--data", default="", help="an existing folder with train/<class>/*.jpg (skip generating)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: leave as is)")
+    p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for bench_datapipe.json")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    batch = a.batch or (256 if cuda else 8)
+    steps = a.steps or (30 if cuda else 3)
+    warmup = a.warmup if a.warmup is not None else (5 if cuda else 1)
+    workers = a.workers if a.workers is not None else (os.cpu_count() if cuda else 1)
+    n_images = a.images or (2048 if cuda else 64)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    tmp = None
+    if a.data:
+        root = Path(a.data)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="pitvit-bench-")
+        t = time.perf_counter()
+        root = make_folder(Path(tmp.name), n_images)
+        print(f"made {n_images} JPEGs in {time.perf_counter() - t:.1f}s under {root}", flush=True)
+
+    torch.manual_seed(0)
+    model = pitvit.create_model(a.model, num_classes=10).to(device).train()
+    if a.compile:
+        model = torch.compile(model)
+    step = make_step(model, device, amp=cuda)
+    mixup = build_mixup(num_classes=10)
+    common = dict(input_size=224, mean=MEAN, std=STD, interpolation="bicubic", crop_pct=0.875)
+    res: dict = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or 'cpu'})",
+                 "torch": torch.__version__, "batch": batch, "steps": steps, "workers": workers,
+                 "compile": a.compile, "model": a.model, "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+
+    def cpu_loader():
+        ds = build_dataset(root, "train", transform=build_transform(True, **common, aug="official"))
+        return build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers)
+
+    def gpu_loader():
+        return build_gpu_loader(build_dataset(root, "train"), batch_size=batch, train=True, seed=0, device=device,
+                                num_workers=workers, aug="official", **common)
+
+    x0 = torch.randn(batch, 3, 224, 224, device=device)
+    y0 = torch.randint(0, 10, (batch,), device=device)
+
+    def memory():
+        while True:
+            yield x0, y0
+
+    rows = [("model only (batch in device memory)", "model_only", memory, step),
+            ("CPU pipeline (timm transforms in workers) + model", "cpu_pipeline", cpu_loader, step),
+            ("GPU pipeline + model", "gpu_pipeline", gpu_loader, step),
+            ("CPU pipeline only", "cpu_pipeline_only", cpu_loader, None),
+            ("GPU pipeline only", "gpu_pipeline_only", gpu_loader, None)]
+    for label, key, make, st in rows:
+        src = make()
+        batches = src if key == "model_only" else endless(src)
+        rate, n = timed(batches, st, mixup, device, warmup, steps)
+        res[key] = rate
+        if key.startswith("gpu"):
+            res[key + "_fallback"] = dict(src.fallback)
+        print(f"{label:52s} {rate:10.1f} img/s  ({n} images)", flush=True)
+    res["gpu_vs_model_only"] = res["gpu_pipeline"] / res["model_only"]
+    res["cpu_vs_model_only"] = res["cpu_pipeline"] / res["model_only"]
+
+    print(f"\n== bench_datapipe: {a.model} on {res['device']}, batch {batch}, {workers} workers, {steps} steps"
+          f"{', compiled' if a.compile else ''} ==")
+    print(f"| {'run':50s} | {'img/s':>10s} | {'x model only':>12s} |")
+    print(f"|{'-' * 52}|{'-' * 12}:|{'-' * 13}:|")
+    for label, key, _, _ in rows:
+        print(f"| {label:50s} | {res[key]:10.1f} | {res[key] / res['model_only']:12.2f} |")
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "bench_datapipe.json").write_text(json.dumps(res, indent=1))
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
