@@ -31,6 +31,7 @@ def run(args) -> int:
 
     r = export_model(args.model, args.weights, format=args.format, out=args.out, dynamic_hw=args.dynamic_hw,
                      opset=args.opset, ema=args.ema, atol=args.atol)
-    shape = "N x " + ("C x H x W" if r["dynamic_hw"] else " x ".join(str(v) for v in r["input_size"]))
+    c, h, w = r["input_size"]
+    shape = f"N x {c} x " + ("H x W" if r["dynamic_hw"] else f"{h} x {w}")
     print(f"wrote {r['path']} ({r['format']}, input {shape}); max abs diff vs PyTorch {r['max_abs_diff']:.3g}")
     return 0

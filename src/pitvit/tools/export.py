@@ -226,6 +226,8 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "pt2" and out is not None and Path(out).suffix != ".pt2":
+        raise ValueError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
     model = load_model(model_name, weights, ema=ema).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{format}")
