@@ -193,7 +193,7 @@ def main() -> None:
     print(f"\n== bench_datapipe: {a.model} on {res['device']}, batch {batch}, {workers} workers, {steps} steps"
           f"{', compiled' if a.compile else ''} ==")
     print(f"| {'run':50s} | {'img/s':>10s} | {'x model only':>12s} |")
-    print(f"|{'-' * 52}|{'-' * 12}:|{'-' * 13}:|")
+    print(f"|{'-' * 52}|{'-' * 11}:|{'-' * 13}:|")
     for label, key, _, _ in rows:
         print(f"| {label:50s} | {res[key]:10.1f} | {res[key] / res['model_only']:12.2f} |")
     if a.out:

@@ -349,13 +349,14 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
     return path
 
 
-def make_folder(root: Path, n: int = 8, source: str = "synthetic") -> Path:
-    """``root/train/c{0,1}/*.jpg``: baseline JPEGs of ImageNet-like shapes (reduced)."""
+def make_folder(root: Path, n: int = 8, source: str = "synthetic", scale: float = 0.4) -> Path:
+    """``root/train/c{0,1}/*.jpg``: baseline JPEGs of ImageNet-like shapes (500 x 375 and the like, times
+    ``scale``)."""
     if source == "photos" and PHOTO_DIR.is_dir():
-        base = photos(n, (200, 150))
+        base = photos(n, (512, 512))
     else:
-        base = [synthetic(150, 200, k) for k in range(n)]
-    shapes = [(200, 150), (150, 200), (180, 120), (120, 180)]
+        base = [synthetic(375, 500, k) for k in range(n)]
+    shapes = [(round(w * scale), round(h * scale)) for w, h in [(500, 375), (375, 500), (450, 300), (300, 450)]]
     for k, img in enumerate(base):
         _save(img.resize(shapes[k % 4], Image.Resampling.BICUBIC), root / "train" / f"c{k % 2}" / f"{k:02d}.jpg",
               quality=90)
@@ -561,6 +562,29 @@ def test_training_config_selects_the_pipeline(tmp_path):
     compare_batches(list(cpu.val), list(gpu.val), "evaluation batch via build_data")
     with pytest.raises(ValueError, match="data.pipeline"):
         load_config(None, base + ["data.pipeline=tpu"])
+
+
+@pytest.mark.slow
+def test_full_size_training_and_evaluation_batches_equal_the_cpu_pipeline(tmp_path):
+    """The recipe at 224 px on the 20 photos at ImageNet sizes, two epochs (fidelity printed with -s)."""
+    if not PHOTO_DIR.is_dir():
+        pytest.skip(f"real photos not found at {PHOTO_DIR}")
+    root = make_folder(tmp_path, 20, "photos", scale=1.0)
+    common = dict(COMMON, input_size=224)
+    aug = {"preset": "official", "re_mode": "const"}
+    for epoch in (0, 1):
+        ds = build_dataset(root, "train", transform=build_transform(True, **common, aug=aug))
+        cl = build_loader(ds, batch_size=10, train=True, seed=0, num_workers=0)
+        gl = build_gpu_loader(build_dataset(root, "train"), batch_size=10, train=True, seed=0, device="cpu",
+                              num_workers=0, aug=aug, **common)
+        cl.set_epoch(epoch)
+        gl.set_epoch(epoch)
+        compare_batches(list(cl), list(gl), "224 px training batch vs CPU pipeline (photos)")
+    ds = build_dataset(root, "train", transform=build_transform(False, **common))
+    gl = build_gpu_loader(build_dataset(root, "train"), batch_size=10, train=False, seed=0, device="cpu",
+                          num_workers=0, **common)
+    compare_batches(list(build_loader(ds, batch_size=10, train=False, seed=0, num_workers=0)), list(gl),
+                    "224 px evaluation batch vs CPU pipeline (photos)")
 
 
 DDP_SCRIPT = r"""
