@@ -250,7 +250,7 @@ def autocontrast(x: torch.Tensor, arg: torch.Tensor | None = None) -> torch.Tens
     xd = x.double()
     lo = xd.amin((2, 3), keepdim=True)
     hi = xd.amax((2, 3), keepdim=True)
-    scale = 255.0 / (hi - lo).clamp(min=1.0)
+    scale = torch.full_like(hi, 255.0) / (hi - lo).clamp(min=1.0)  # not 255.0 / t: torch computes 1 / t * 255
     y = (xd * scale + (-lo * scale)).trunc().clamp(0.0, 255.0)
     return torch.where(hi > lo, y, xd).float()
 
@@ -314,7 +314,8 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``ImageEnhance.Contrast``: blend with the mean gray level, ``int(mean + 0.5)``."""
-    mean = torch.floor(_gray(x).double().mean((1, 2)) + 0.5).float()
+    total = _gray(x).double().sum((1, 2))  # exact; divided as Python divides (ImageStat)
+    mean = torch.floor(total / torch.full_like(total, float(x.shape[2] * x.shape[3])) + 0.5).float()
     return _blend(mean.view(-1, 1, 1, 1).expand_as(x), x, factor)
 
 
