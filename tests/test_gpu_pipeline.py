@@ -88,8 +88,9 @@ def crop_plan(h: int, w: int, size: int):
     return one(h), one(w)
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["fixed-point", "float32"])
 @pytest.mark.parametrize("source", SOURCES)
-def test_random_resized_crop_and_flip_match_pil(source):
+def test_random_resized_crop_and_flip_match_pil(source, exact):
     size = 112
     rng = random.Random(0)
     for k, img in enumerate(images_for(source)):
@@ -102,8 +103,8 @@ def test_random_resized_crop_and_flip_match_pil(source):
             if flip:
                 ref = ref.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             view = to_tensor(img)[:, top:top + h, left:left + w]
-            out = ops.resample([view], *crop_plan(h, w, size), (size, size), flip=[flip])
-            levels(out[0], to_tensor(ref), f"crop+resize+flip ({source})")
+            out = ops.resample([view], *crop_plan(h, w, size), (size, size), flip=[flip], exact=exact)
+            levels(out[0], to_tensor(ref), f"crop+resize+flip, {'fixed-point' if exact else 'float32'} ({source})")
 
 
 def test_pass_order_follows_pillow():
@@ -142,10 +143,10 @@ def test_eval_resize_center_crop_matches_cpu_transform(source, crop_pct):
     imgs = images_for(source) + [synthetic(97, 131, 3)]
     resize = int(size / crop_pct)
     for img in imgs:
-        (ylo, yhi, ys0, yt, yo), (xlo, xhi, xs0, xt, xo) = eval_geometry(img.height, img.width, resize, (size, size))
+        (ylo, yhi, yt, yo), (xlo, xhi, xt, xo) = eval_geometry(img.height, img.width, resize, (size, size))
         x = to_tensor(img)[:, ylo:yhi, xlo:xhi]
-        out = ops.resample([x], ops.AxisPlan([ys0], [float(img.height)], [yt], [float(yo)]),
-                           ops.AxisPlan([xs0], [float(img.width)], [xt], [float(xo)]), (size, size))
+        out = ops.resample([x], ops.AxisPlan([ylo], [img.height], [yt], [yo]),
+                           ops.AxisPlan([xlo], [img.width], [xt], [xo]), (size, size))
         ref = tf(img) * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1)
         levels(out[0], ref * 255, f"eval resize+center crop vs CPU transform ({source})", max_tol=2.001)
 

@@ -216,7 +216,8 @@ def build_gpu_loader(
     prefetch: int = 2,
     strict_images: bool | None = None,
     allow_fallback: bool = True,
-    max_elements: int = 1 << 26,
+    max_elements: int = 1 << 25,
+    exact_resample: bool = True,
 ) -> GpuLoader:
     """The GPU pipeline's loader for one process of ``world_size``: the recipe's transforms on ``device``.
 
@@ -235,6 +236,8 @@ def build_gpu_loader(
         allow_fallback: ``False`` makes a file that the device cannot decode an error instead of a PIL decode.
         max_elements: bound on the float copy of decoded images resized together (memory stays bounded even
             when a batch holds a very large image).
+        exact_resample: crop and resize with Pillow's own fixed-point arithmetic (float64 matrix products, cheap
+            on data-centre GPUs); ``False``: float32 (within a level of Pillow; for GPUs with slow float64).
 
     Raises:
         DatasetError: the dataset is not backed by image files.
@@ -258,7 +261,8 @@ def build_gpu_loader(
     resize = int(h / crop_pct) if h == w else (int(h / crop_pct), int(w / crop_pct))
     pipeline = DevicePipeline(device=device, size=(h, w), mean=mean, std=std, spec=spec, resize=resize,
                               interpolation=interpolation, fill=fill_color(mean), max_elements=max_elements,
-                              strict_images=strict_images, allow_fallback=allow_fallback)
+                              strict_images=strict_images, allow_fallback=allow_fallback,
+                              exact_resample=exact_resample)
     encoded = EncodedDataset(samples, dataset.classes, seed, spec, strict_images=strict_images,
                              allow_fallback=allow_fallback)
     if drop_last is None:

@@ -71,55 +71,73 @@ _FILTERS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"bicubic": _bicub
 
 
 class AxisPlan:
-    """Per-sample geometry of one axis: output pixel ``offset + j`` (``j < count``) of a ``total``-pixel
-    resampling of the input span ``[start, start + length)``, in coordinates of the (sliced) input."""
+    """Per-sample geometry of one axis: output pixels ``offset .. offset + count - 1`` of a ``total``-pixel
+    resampling of an input axis of ``length`` pixels, of which the tensor holds the slice starting at ``origin``
+    (0 when the tensor holds the whole axis)."""
 
-    __slots__ = ("start", "length", "total", "offset")
+    __slots__ = ("origin", "length", "total", "offset")
 
-    def __init__(self, start: Sequence[float], length: Sequence[float], total: Sequence[float],
+    def __init__(self, origin: Sequence[float], length: Sequence[float], total: Sequence[float],
                  offset: Sequence[float]) -> None:
-        self.start, self.length, self.total, self.offset = start, length, total, offset
+        self.origin, self.length, self.total, self.offset = origin, length, total, offset
 
 
-def axis_weights(start: torch.Tensor, length: torch.Tensor, total: torch.Tensor, offset: torch.Tensor, count: int,
-                 in_size: int, flip: torch.Tensor | None = None, filter: str = "bicubic") -> torch.Tensor:
-    """Pillow's antialiased resampling coefficients as a dense ``(n, count, in_size)`` float32 matrix.
+PRECISION_BITS = 22  # Pillow's fixed-point resampling coefficients (32 - 8 - 2 bits)
 
-    As in Pillow's ``precompute_coeffs``: output pixel ``i`` is centred at ``start + (i + 0.5) * scale``
-    (``scale = length / total``), the filter is stretched by ``max(scale, 1)``, taps outside the span get no
-    weight and each row is normalized to sum 1. ``flip`` (bool, per sample) reverses the output order.
+
+def axis_weights(origin: torch.Tensor, length: torch.Tensor, total: torch.Tensor, offset: torch.Tensor, count: int,
+                 in_size: int, flip: torch.Tensor | None = None, filter: str = "bicubic", exact: bool = True
+                 ) -> torch.Tensor:
+    """Pillow's antialiased resampling coefficients as a dense ``(n, count, in_size)`` matrix.
+
+    Pillow's ``precompute_coeffs`` step by step in float64: output pixel ``i`` is centred at
+    ``(i + 0.5) * scale`` (``scale = length / total``), the filter is stretched by ``max(scale, 1)`` over the
+    window Pillow computes, each row is normalized to sum 1. ``exact`` returns Pillow's 22-bit fixed-point
+    integers (float64), which make the products exact; otherwise float32 fractions. ``flip`` (bool, per sample)
+    reverses the output order.
     """
-    dev = start.device
+    dev = origin.device
     f64 = torch.float64
-    start, length, total, offset = (v.to(dev, f64)[:, None, None] for v in (start, length, total, offset))
+    origin, length, total, offset = (v.to(dev, f64)[:, None, None] for v in (origin, length, total, offset))
     scale = length / total
     fscale = scale.clamp(min=1.0)
-    j = torch.arange(count, device=dev, dtype=f64)[None, :, None]
-    center = start + (offset + j + 0.5) * scale
-    pos = torch.arange(in_size, device=dev, dtype=f64)[None, None, :] + 0.5
-    w = _FILTERS[filter]((pos - center) / fscale) * ((pos > start) & (pos < start + length))
-    w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+    support = FILTER_SUPPORT[filter] * fscale
+    inv = torch.ones_like(fscale) / fscale
+    center = (offset + torch.arange(count, device=dev, dtype=f64)[None, :, None] + 0.5) * scale
+    lo = torch.trunc(center - support + 0.5).clamp(min=0.0)
+    hi = torch.minimum(torch.trunc(center + support + 0.5), length)
+    x = origin + torch.arange(in_size, device=dev, dtype=f64)[None, None, :]
+    w = _FILTERS[filter](((x - center) + 0.5) * inv) * ((x >= lo) & (x < hi))
+    total_w = w.sum(-1, keepdim=True)
+    w = torch.where(total_w != 0, w / torch.where(total_w != 0, total_w, torch.ones_like(total_w)), w)
+    if exact:
+        w = w * float(1 << PRECISION_BITS)
+        w = torch.where(w < 0, torch.ceil(w - 0.5), torch.floor(w + 0.5))
+    else:
+        w = w.float()
     if flip is not None:
         w = torch.where(flip.to(dev)[:, None, None], w.flip(1), w)
-    return w.float()
+    return w
 
 
-def _round_u8(x: torch.Tensor) -> torch.Tensor:
-    # Pillow rounds half up (fixed-point sum + half) and clips to 0..255
+def _round_u8(x: torch.Tensor, exact: bool) -> torch.Tensor:
+    if exact:  # Pillow: (sum + half) >> PRECISION_BITS, clipped; exact in float64 (|sum| < 2**53)
+        return x.add_(float(1 << (PRECISION_BITS - 1))).mul_(1.0 / (1 << PRECISION_BITS)).floor_().clamp_(0.0, 255.0)
     return x.add_(0.5).floor_().clamp_(0.0, 255.0)
 
 
-def _weights(p: AxisPlan, idx: list[int], count: int, in_size: int, flip, device, filter: str) -> torch.Tensor:
+def _weights(p: AxisPlan, idx: list[int], count: int, in_size: int, flip, device, filter: str,
+             exact: bool) -> torch.Tensor:
     cols = [[getattr(p, k)[i] for i in idx] for k in AxisPlan.__slots__]
     cols.append([float(bool(flip[i])) if flip is not None else 0.0 for i in idx])
     t = to_device(torch.tensor(cols, dtype=torch.float64), device)  # one asynchronous copy per group
     fl = t[4] > 0.5 if flip is not None else None
-    return axis_weights(t[0], t[1], t[2], t[3], count, in_size, fl, filter)
+    return axis_weights(t[0], t[1], t[2], t[3], count, in_size, fl, filter, exact)
 
 
 def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_size: tuple[int, int], *,
-             flip: Sequence[bool] | None = None, filter: str = "bicubic", max_elements: int = 1 << 26,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             flip: Sequence[bool] | None = None, filter: str = "bicubic", max_elements: int = 1 << 25,
+             exact: bool = True, out: torch.Tensor | None = None) -> torch.Tensor:
     """Resample each ``(C, h_i, w_i)`` uint8 (or integer-valued float) image to ``out_size`` as planned by
     ``ys``/``xs``; returns ``(n, C, oh, ow)`` float32 holding integers 0..255.
 
@@ -127,6 +145,10 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
     ``max_elements`` values; an image larger than that alone is processed in bands (exact: each pass is
     separable), so memory stays bounded however large a decoded image is. The order of the two passes follows
     the installed Pillow (:func:`vertical_first`, decided on each image's span ``length -> total``).
+
+    ``exact`` computes as Pillow does, with 22-bit integer coefficients and sums held exactly in float64 (equal
+    to Pillow up to a tie in the last bit of a coefficient); otherwise float32 fractions (within a level, faster
+    where float64 is slow, and subject to TF32 when that is enabled).
     """
     n = len(images)
     oh, ow = out_size
@@ -144,12 +166,12 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
 
     def flush() -> None:
         if group:
-            _resample_group(images, group, ys, xs, (oh, ow), flip, filter, out, vfirst[group[0]])
+            _resample_group(images, group, ys, xs, (oh, ow), flip, filter, out, vfirst[group[0]], exact)
 
     for i in order:
         h, w = images[i].shape[1:]
         if c * h * w > max_elements:
-            _resample_banded(images[i], i, ys, xs, (oh, ow), flip, filter, max_elements, out, vfirst[i])
+            _resample_banded(images[i], i, ys, xs, (oh, ow), flip, filter, max_elements, out, vfirst[i], exact)
             continue
         nh, nw = max(gh, h), max(gw, w)
         if group and (vfirst[group[0]] != vfirst[i] or (len(group) + 1) * c * nh * nw > max_elements):
@@ -161,46 +183,48 @@ def resample(images: Sequence[torch.Tensor], ys: AxisPlan, xs: AxisPlan, out_siz
     return out
 
 
-def _resample_group(images, idx, ys, xs, out_size, flip, filter, out, vfirst: bool) -> None:
+def _resample_group(images, idx, ys, xs, out_size, flip, filter, out, vfirst: bool, exact: bool) -> None:
     oh, ow = out_size
     c = images[idx[0]].shape[0]
     hm = max(images[i].shape[1] for i in idx)
     wm = max(images[i].shape[2] for i in idx)
     device = images[idx[0]].device
-    x = torch.zeros(len(idx), c, hm, wm, dtype=torch.float32, device=device)
+    dtype = torch.float64 if exact else torch.float32
+    x = torch.zeros(len(idx), c, hm, wm, dtype=dtype, device=device)
     for k, i in enumerate(idx):
         im = images[i]
         x[k, :, :im.shape[1], :im.shape[2]].copy_(im)
-    wx = _weights(xs, idx, ow, wm, flip, device, filter)                       # (n, ow, wm)
-    wy = _weights(ys, idx, oh, hm, None, device, filter)                       # (n, oh, hm)
+    wx = _weights(xs, idx, ow, wm, flip, device, filter, exact)                # (n, ow, wm)
+    wy = _weights(ys, idx, oh, hm, None, device, filter, exact)                # (n, oh, hm)
     if vfirst:
-        tmp = _round_u8(torch.matmul(wy[:, None], x))                          # vertical pass (n, c, oh, wm)
-        y = _round_u8(torch.matmul(tmp, wx[:, None].transpose(2, 3)))          # horizontal pass
+        tmp = _round_u8(torch.matmul(wy[:, None], x), exact)                   # vertical pass (n, c, oh, wm)
+        y = _round_u8(torch.matmul(tmp, wx[:, None].transpose(2, 3)), exact)   # horizontal pass
     else:
         tmp = torch.bmm(x.view(len(idx), c * hm, wm), wx.transpose(1, 2))     # horizontal pass
-        tmp = _round_u8(tmp).view(len(idx), c, hm, ow)                          # Pillow keeps uint8 between passes
-        y = _round_u8(torch.matmul(wy[:, None], tmp))                          # vertical pass
-    out[to_device(torch.tensor(idx), device)] = y
+        tmp = _round_u8(tmp, exact).view(len(idx), c, hm, ow)                  # Pillow keeps uint8 between passes
+        y = _round_u8(torch.matmul(wy[:, None], tmp), exact)                   # vertical pass
+    out[to_device(torch.tensor(idx), device)] = y.to(out.dtype)
 
 
-def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out, vfirst: bool) -> None:
+def _resample_banded(im, i, ys, xs, out_size, flip, filter, max_elements, out, vfirst: bool, exact: bool) -> None:
     oh, ow = out_size
     c, h, w = im.shape
     device = im.device
-    wx = _weights(xs, [i], ow, w, flip, device, filter)[0]                    # (ow, w)
-    wy = _weights(ys, [i], oh, h, None, device, filter)[0]                    # (oh, h)
+    dtype = torch.float64 if exact else torch.float32
+    wx = _weights(xs, [i], ow, w, flip, device, filter, exact)[0]             # (ow, w)
+    wy = _weights(ys, [i], oh, h, None, device, filter, exact)[0]             # (oh, h)
     if vfirst:  # bands of columns through the vertical pass
-        tmp = torch.empty(c, oh, w, dtype=torch.float32, device=device)
+        tmp = torch.empty(c, oh, w, dtype=dtype, device=device)
         band = max(1, max_elements // (c * h))
         for c0 in range(0, w, band):
-            tmp[:, :, c0:c0 + band] = _round_u8(wy @ im[:, :, c0:c0 + band].float())
-        out[i] = _round_u8(tmp @ wx.t())
+            tmp[:, :, c0:c0 + band] = _round_u8(wy @ im[:, :, c0:c0 + band].to(dtype), exact)
+        out[i] = _round_u8(tmp @ wx.t(), exact).to(out.dtype)
         return
-    tmp = torch.empty(c, h, ow, dtype=torch.float32, device=device)
+    tmp = torch.empty(c, h, ow, dtype=dtype, device=device)
     band = max(1, max_elements // (c * w))
     for r0 in range(0, h, band):
-        tmp[:, r0:r0 + band] = _round_u8(im[:, r0:r0 + band].float() @ wx.t())
-    out[i] = _round_u8(wy @ tmp)
+        tmp[:, r0:r0 + band] = _round_u8(im[:, r0:r0 + band].to(dtype) @ wx.t(), exact)
+    out[i] = _round_u8(wy @ tmp, exact).to(out.dtype)
 
 
 # ---------------------------------------------------------------------------------------------- RandAugment ops
@@ -332,7 +356,7 @@ def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     k[0, 0, 1, 1] = 5.0
     smooth = F.conv2d(x.reshape(n * c, 1, h, w), k / 13.0)
     degenerate = x.clone()
-    degenerate[:, :, 1:-1, 1:-1] = _round_u8(smooth).view(n, c, h - 2, w - 2)
+    degenerate[:, :, 1:-1, 1:-1] = _round_u8(smooth, False).view(n, c, h - 2, w - 2)
     return _blend(degenerate, x, factor)
 
 

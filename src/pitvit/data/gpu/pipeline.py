@@ -70,10 +70,10 @@ def _resized_size(h: int, w: int, resize: int | tuple[int, int]) -> tuple[int, i
 
 
 def eval_geometry(h: int, w: int, resize: int | tuple[int, int], crop: tuple[int, int], support: float = 2.0
-                  ) -> tuple[tuple[int, int, float, float, int], tuple[int, int, float, float, int]]:
-    """Per axis ``(window_start, window_end, span_start, total, offset)`` for resizing an ``h x w`` image as
-    torchvision resizes PIL images, then center cropping ``crop`` (torchvision's rounding); the window is the part
-    of the input the kept output pixels read."""
+                  ) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Per axis ``(window_start, window_end, total, offset)`` for resizing an ``h x w`` image as torchvision
+    resizes PIL images (to ``total`` pixels), then center cropping ``crop`` (torchvision's rounding: the kept
+    pixels start at ``offset``); the window is the part of the input those pixels read."""
     rh, rw = _resized_size(h, w, resize)
     axes = []
     for size, total, out in ((h, rh, crop[0]), (w, rw, crop[1])):
@@ -82,7 +82,7 @@ def eval_geometry(h: int, w: int, resize: int | tuple[int, int], crop: tuple[int
         reach = support * max(scale, 1.0) + 1
         lo = max(0, int((offset + 0.5) * scale - reach))
         hi = min(size, int((offset + out - 0.5) * scale + reach) + 1)
-        axes.append((lo, hi, -float(lo), float(total), offset))
+        axes.append((lo, hi, total, offset))
     return axes[0], axes[1]
 
 
@@ -98,12 +98,14 @@ class DevicePipeline:
         interpolation: ``bicubic`` (the recipe) or ``bilinear`` for the crop/resize.
         fill: RandAugment's fill colour (0..255).
         max_elements: bound on the float copy of a group of decoded images (see :func:`ops.resample`).
+        exact_resample: crop/resize with Pillow's fixed-point arithmetic in float64 (equal to Pillow), or in
+            float32 (within a level; for GPUs with slow float64).
     """
 
     def __init__(self, *, device: torch.device, size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
                  spec: TrainSpec | None, resize: int | tuple[int, int] | None = None, interpolation: str = "bicubic",
-                 fill: Sequence[int] = (128, 128, 128), max_elements: int = 1 << 26, strict_images: bool = False,
-                 allow_fallback: bool = True) -> None:
+                 fill: Sequence[int] = (128, 128, 128), max_elements: int = 1 << 25, strict_images: bool = False,
+                 allow_fallback: bool = True, exact_resample: bool = True) -> None:
         if interpolation not in ops.FILTER_SUPPORT:
             raise ValueError(f"the GPU pipeline resizes with {sorted(ops.FILTER_SUPPORT)}, got {interpolation!r}; "
                              f"use data.pipeline=cpu")
@@ -120,6 +122,7 @@ class DevicePipeline:
         self.max_elements = max_elements
         self.strict_images = strict_images
         self.allow_fallback = allow_fallback
+        self.exact_resample = exact_resample
 
     def __call__(self, batch: EncodedBatch, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str], list[str]]:
@@ -143,15 +146,15 @@ class DevicePipeline:
         support = ops.FILTER_SUPPORT[self.interpolation]
         views, ys, xs = [], ([], [], [], []), ([], [], [], [])
         for im in images:
-            (ylo, yhi, ystart, ytot, yoff), (xlo, xhi, xstart, xtot, xoff) = eval_geometry(
-                im.shape[1], im.shape[2], self.resize, self.size, support)
+            h, w = im.shape[1:]
+            (ylo, yhi, ytot, yoff), (xlo, xhi, xtot, xoff) = eval_geometry(h, w, self.resize, self.size, support)
             views.append(im[:, ylo:yhi, xlo:xhi])
-            for dst, v in zip(ys, (ystart, float(im.shape[1]), ytot, float(yoff))):
-                dst.append(v)
-            for dst, v in zip(xs, (xstart, float(im.shape[2]), xtot, float(xoff))):
-                dst.append(v)
+            for dst, v in zip(ys, (ylo, h, ytot, yoff)):
+                dst.append(float(v))
+            for dst, v in zip(xs, (xlo, w, xtot, xoff)):
+                dst.append(float(v))
         x = ops.resample(views, ops.AxisPlan(*ys), ops.AxisPlan(*xs), self.size, filter=self.interpolation,
-                         max_elements=self.max_elements)
+                         max_elements=self.max_elements, exact=self.exact_resample)
         return ops.normalize(x, self.mean, self.std)
 
     # ------------------------------------------------------------------------------------------ training
@@ -168,7 +171,7 @@ class DevicePipeline:
         ys = ops.AxisPlan(zeros, [float(v.shape[1]) for v in views], [float(s.size[0])] * n, zeros)
         xs = ops.AxisPlan(zeros, [float(v.shape[2]) for v in views], [float(s.size[1])] * n, zeros)
         x = ops.resample(views, ys, xs, s.size, flip=[row[4] > 0.5 for row in p], filter=self.interpolation,
-                         max_elements=self.max_elements)
+                         max_elements=self.max_elements, exact=self.exact_resample)
         if s.rand_augment is not None:
             x = self._rand_augment(x, params)
         x = ops.normalize(x, self.mean, self.std)
