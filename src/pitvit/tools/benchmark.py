@@ -1,14 +1,15 @@
 """Speed and size of a PiT model: parameters, GMACs, inference and training images/s, peak memory.
 
 ``compare="timm"`` measures timm's PiT of the same architecture in the same process, one after the other
-with the same inputs and settings, and reports pitvit/timm ratios. A training step is forward, cross-entropy,
-backward and an AdamW step. Peak memory is CUDA's ``max_memory_allocated`` on a GPU; on a CPU it is the
+with the same inputs and settings, and reports pitvit/timm ratios. Times are medians over the steps. A
+training step is forward, cross-entropy, backward and an AdamW step. Peak memory is CUDA's ``max_memory_allocated`` on a GPU; on a CPU it is the
 growth of the process's resident set over the phase (sampled), a rougher figure.
 """
 from __future__ import annotations
 
 import os
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -95,15 +96,21 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(step: Callable[[], Any], *, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per step, after ``warmup`` untimed steps."""
+    """Median seconds per step, after ``warmup`` untimed steps.
+
+    Each step is timed on its own (synchronized) and the median taken: on a shared machine a burst of
+    other work slows a few steps, which a mean would spread over the result.
+    """
     for _ in range(warmup):
         step()
     _sync(device)
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _logits(out: Any) -> torch.Tensor:
