@@ -12,7 +12,6 @@ does. The target for the GPU pipeline is at least 0.8 x the model-only rate.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os

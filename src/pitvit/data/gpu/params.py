@@ -274,8 +274,6 @@ def spec_from_aug(aug: dict[str, Any], size: tuple[int, int]) -> TrainSpec:
         raise ValueError(f"the GPU pipeline implements crop='rrc' only, got {aug['crop']!r}; "
                          f"use data.pipeline=cpu")
     ra = parse_rand_augment(aug["auto_augment"]) if aug["auto_augment"] else None
-    if ra is not None:
-        ra = RandAugmentSpec(ra.ops, ra.magnitude, ra.num_layers, ra.prob, ra.mstd, ra.mmax)
     if aug["re_mode"] not in ("pixel", "rand", "const", ""):
         raise ValueError(f"unknown erasing mode {aug['re_mode']!r}")
     return TrainSpec(size=tuple(size), scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),

@@ -40,11 +40,12 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
     if enc:
         try:
             for i, im in zip(enc, _decode_jpegs([batch.data[i] for i in enc], device)):
-                out[i] = im
+                out[i] = im if im.shape[0] == 3 else im.expand(3, -1, -1)  # gray: RGB mode gives 3 already
         except RuntimeError:
             for i in enc:
                 try:
-                    out[i] = _decode_jpegs([batch.data[i]], device)[0]
+                    im = _decode_jpegs([batch.data[i]], device)[0]
+                    out[i] = im if im.shape[0] == 3 else im.expand(3, -1, -1)
                 except RuntimeError:
                     if not allow_fallback:
                         raise
