@@ -462,6 +462,26 @@ def test_worker_processes_do_not_change_batches(tmp_path):
     assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
+def test_a_batch_crosses_processes_in_few_tensors(tmp_path):
+    """The files' bytes travel from a worker packed in one tensor (one shared-memory descriptor per batch, not
+    one per file) and come back as views equal to the files."""
+    import pickle
+
+    from pitvit.data.gpu.source import EncodedDataset, collate_encoded
+
+    root = make_folder(tmp_path, 4)
+    _save(synthetic(40, 50), root / "train" / "c0" / "zz.png")
+    ds = build_dataset(root, "train")
+    enc = EncodedDataset(ds.samples, ds.classes, 0, None)
+    batch = collate_encoded([enc[(i, 0, 0)] for i in range(len(ds))])
+    back = pickle.loads(pickle.dumps(batch))
+    assert back.kinds == batch.kinds and back.kinds.count("png") == 1
+    for a, b, k in zip(batch.data, back.data, back.kinds):
+        assert torch.equal(a, b)
+    storages = {b.untyped_storage().data_ptr() for b, k in zip(back.data, back.kinds) if k == "device"}
+    assert len(storages) == 1
+
+
 def test_breaking_out_of_an_epoch_stops_the_thread(tmp_path):
     import threading
 

@@ -167,6 +167,23 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.data)
 
+    def __reduce__(self):
+        # Sent from a worker, every tensor travels in its own shared-memory segment with its own file
+        # descriptor: a batch of 256 files would hold 256 of them (and a few prefetched batches exhaust a 1024
+        # descriptor limit). The file bytes are therefore packed into one tensor and split back into views.
+        enc = [i for i, k in enumerate(self.kinds) if k == "device"]
+        blob = torch.cat([self.data[i] for i in enc]) if enc else torch.empty(0, dtype=torch.uint8)
+        sizes = [int(self.data[i].numel()) for i in enc]
+        data = [None if k == "device" else d for d, k in zip(self.data, self.kinds)]
+        return (_unpack_batch, (blob, sizes, data, self.kinds, self.hw, self.labels, self.params, self.paths,
+                                self.skipped))
+
+
+def _unpack_batch(blob, sizes, data, kinds, hw, labels, params, paths, skipped) -> EncodedBatch:
+    parts = iter(torch.split(blob, sizes)) if sizes else iter(())
+    data = [next(parts) if k == "device" else d for d, k in zip(data, kinds)]
+    return EncodedBatch(data, kinds, hw, labels, params, paths, skipped)
+
 
 def collate_encoded(items: list[Any]) -> EncodedBatch:
     good = [b for b in items if not isinstance(b, SkippedSample)]
