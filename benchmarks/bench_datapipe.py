@@ -114,6 +114,23 @@ def endless(loader):
         epoch += 1
 
 
+def fidelity(root: Path, batch: int, device: torch.device, common: dict) -> dict[str, float]:
+    """Mean and max |difference| in uint8 levels between one batch of each pipeline for the same seed (erasing
+    in ``const`` mode, so that only decoding and arithmetic can differ; on CUDA nvjpeg decodes)."""
+    out = {}
+    scale = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    for train in (True, False):
+        aug = {"preset": "official", "re_mode": "const"} if train else None
+        ds = build_dataset(root, "train", transform=build_transform(train, **common, aug=aug))
+        cpu = next(iter(build_loader(ds, batch_size=batch, train=train, seed=0, num_workers=0)))[0]
+        gpu = next(iter(build_gpu_loader(build_dataset(root, "train"), batch_size=batch, train=train, seed=0,
+                                         device=device, num_workers=0, aug=aug, **common)))[0].cpu()
+        d = ((cpu - gpu) * scale).abs()
+        key = "train" if train else "eval"
+        out[f"{key}_mean"], out[f"{key}_max"] = d.mean().item(), d.max().item()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -186,6 +203,7 @@ def main() -> None:
         if key.startswith("gpu"):
             res[key + "_fallback"] = dict(src.fallback)
         print(f"{label:52s} {rate:10.1f} img/s  ({n} images)", flush=True)
+    res["fidelity_levels"] = fidelity(root, batch, device, common)
     res["gpu_vs_model_only"] = res["gpu_pipeline"] / res["model_only"]
     res["cpu_vs_model_only"] = res["cpu_pipeline"] / res["model_only"]
 
@@ -195,6 +213,10 @@ def main() -> None:
     print(f"|{'-' * 52}|{'-' * 11}:|{'-' * 13}:|")
     for label, key, _, _ in rows:
         print(f"| {label:50s} | {res[key]:10.1f} | {res[key] / res['model_only']:12.2f} |")
+    f = res["fidelity_levels"]
+    print(f"GPU pipeline vs CPU pipeline, same seed, one batch (erasing in const mode), uint8 levels: "
+          f"train mean {f['train_mean']:.4f} max {f['train_max']:.0f}, eval mean {f['eval_mean']:.4f} "
+          f"max {f['eval_max']:.0f}")
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "bench_datapipe.json").write_text(json.dumps(res, indent=1))
