@@ -176,6 +176,10 @@ class GpuLoader:
                 images.record_stream(current)  # allocated on the pipeline's stream, used on this one
                 labels.record_stream(current)
             yield images, labels
+        if self.fallback:
+            log.info("epoch %d, rank %d: %d image(s) decoded by PIL instead of the device (%s)", self.epoch,
+                     self.sampler.rank, sum(self.fallback.values()),
+                     ", ".join(f"{k}: {v}" for k, v in sorted(self.fallback.items())))
 
     def _count(self, paths: list[str]) -> None:
         for p in paths:
