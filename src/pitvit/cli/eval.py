@@ -47,7 +47,7 @@ def run(args) -> int:
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
         what = r["model"] + (" (EMA)" if r["ema"] else "")
-        print(f"{what} on {r['data']} [{r['split']}], {r['n']} images"
+        print(f"{what} on {r['data'] or 'Fashion-MNIST'} [{r['split']}], {r['n']} images"
               + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else "")
               + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
         if args.out:
