@@ -445,6 +445,30 @@ def test_loader_contract_resume_and_prefetch(tmp_path):
     assert gl.sampler.state_dict()["epoch"] == 2
 
 
+def test_repeated_augmentation_draws_each_repeat_anew(tmp_path):
+    root = make_folder(tmp_path, 6)
+    gl = gpu_loader(root, train=True, batch_size=3, repeated_aug=True)
+    x, y = next(iter(gl))
+    assert y[0] == y[1] == y[2]  # the same image three times in a row (DeiT's RASampler)...
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])  # ...augmented three ways
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_matches_the_cpu_device(tmp_path):
+    """The device code on CUDA against the same code on the CPU, fed identical pixels (PNG files, decoded by
+    PIL in the workers, so nvjpeg's decoding differences stay out): the same crops, ops and normalization."""
+    root = tmp_path / "png"
+    for k in range(8):
+        _save(synthetic(150 + 10 * k, 200 - 10 * k, k), root / "train" / f"c{k % 2}" / f"{k}.png")
+    aug = {"preset": "official", "re_mode": "const"}
+    for train in (True, False):
+        kw = dict(batch_size=4, train=train, seed=3, num_workers=0, aug=aug, **COMMON)
+        cpu = list(build_gpu_loader(build_dataset(root, "train"), device="cpu", **kw))
+        cuda = list(build_gpu_loader(build_dataset(root, "train"), device="cuda", **kw))
+        name = f"CUDA vs CPU device ({'train' if train else 'eval'})"
+        compare_batches(cpu, [(x.cpu(), y.cpu()) for x, y in cuda], name)
+
+
 def test_two_ranks_concatenate_to_one_process(tmp_path):
     root = make_folder(tmp_path, 8)
     aug = {"preset": "official", "re_prob": 0.0}

@@ -1,12 +1,13 @@
 """The recipe's pixel operations on a batch, on any torch device, matching Pillow's arithmetic.
 
 Images travel as float32 tensors holding integer values 0..255 (what a uint8 PIL image holds) until
-:func:`normalize`; every op rounds or truncates where Pillow does, so a chain of ops stays within a level or two
-of the PIL pipeline (the tests measure it).
+:func:`normalize`; every op computes and rounds as Pillow does, so on the same input pixels the results equal
+Pillow's (the tests measure it on real photos).
 
 - :func:`resample`: crop + resize (+ flip) of variable-sized images as two batched matrix products with
-  Pillow's antialiased filter weights (``ImagingResample``: horizontal pass, rounding to uint8, vertical pass),
-  chunked so that memory stays bounded whatever the image sizes.
+  Pillow's antialiased filter coefficients in its 22-bit fixed point (``ImagingResample``: one pass, rounding
+  to uint8, the other pass, in the installed Pillow's order), chunked so that memory stays bounded whatever the
+  image sizes.
 - RandAugment ops (timm's ``auto_augment``; Cubuk et al. 2020): ``affine`` emulates Pillow's
   ``Image.transform(AFFINE, BICUBIC)`` (cubic a=-1 on clamped 4x4 taps, truncation, fill outside), the others
   Pillow's ``ImageOps``/``ImageEnhance`` lookup tables and blends. Each takes per-sample arguments.
@@ -19,9 +20,9 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_device", "axis_weights", "resample", "AxisPlan", "vertical_first", "affine", "autocontrast", "equalize", "invert", "posterize",
-           "solarize", "solarize_add", "color", "contrast", "brightness", "sharpness", "OP_FUNCTIONS", "normalize",
-           "erase"]
+__all__ = ["to_device", "AxisPlan", "axis_weights", "vertical_first", "resample", "affine", "autocontrast",
+           "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast", "brightness",
+           "sharpness", "OP_FUNCTIONS", "normalize", "erase", "fill_color"]
 
 FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 
