@@ -17,7 +17,6 @@ import contextlib
 import inspect
 import json
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
