@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 __all__ = ["to_device", "AxisPlan", "axis_weights", "vertical_first", "resample", "affine", "autocontrast",
            "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast", "brightness",
@@ -351,13 +351,24 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` (3x3 kernel 1,1,1/1,5,1/1,1,1 over 13;
-    Pillow leaves the one-pixel border unfiltered)."""
+    Pillow leaves the one-pixel border unfiltered).
+
+    The smoothing follows Pillow's ``ImagingFilter3x3`` term by term in float32 (row below, row, row above; each
+    row left to right), with elementwise ops rather than a convolution, whose summation order and TF32 use
+    vary by backend.
+    """
     n, c, h, w = x.shape
-    k = torch.ones(1, 1, 3, 3, device=x.device)
-    k[0, 0, 1, 1] = 5.0
-    smooth = F.conv2d(x.reshape(n * c, 1, h, w), k / 13.0)
+    one = float(np.float32(1) / np.float32(13))   # Pillow divides the float32 kernel by the divisor
+    five = float(np.float32(5) / np.float32(13))
+    k1 = torch.tensor(one, dtype=torch.float32)
+    k5 = torch.tensor(five, dtype=torch.float32)
+
+    def row(r: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+        return r[..., :-2] * k1 + r[..., 1:-1] * centre + r[..., 2:] * k1
+
+    ss = row(x[:, :, 2:], k1) + row(x[:, :, 1:-1], k5) + row(x[:, :, :-2], k1)
     degenerate = x.clone()
-    degenerate[:, :, 1:-1, 1:-1] = _round_u8(smooth, False).view(n, c, h - 2, w - 2)
+    degenerate[:, :, 1:-1, 1:-1] = ss.add_(0.5).floor_().clamp_(0.0, 255.0)
     return _blend(degenerate, x, factor)
 
 
