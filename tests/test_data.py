@@ -477,3 +477,20 @@ def test_mixup_soft_targets(batch):
     logits = torch.randn(4, 5)
     assert math.isclose(loss(logits, y[:4]).item(),
                         torch.nn.functional.cross_entropy(logits, y[:4]).item(), rel_tol=1e-6)
+
+
+def test_posterize_to_zero_bits_gives_black_not_an_error():
+    # rand-m9-mstd0.5-inc1 reaches PosterizeIncreasing at magnitude 10 (0 bits), which Pillow 13 refuses.
+    from PIL import Image
+
+    from pitvit.data.transforms import _posterize_zero_bits_safe
+    from timm.data.auto_augment import rand_augment_transform
+
+    ra = _posterize_zero_bits_safe(rand_augment_transform("rand-m10-n1-inc1", {}))
+    (op,) = [o for o in ra.ops if o.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude_std = 1.0, 0  # always applied, magnitude exactly 10: 4 - 10 * 4 / 10 = 0 bits
+    img = Image.new("RGB", (8, 6), (200, 100, 50))
+    out = op(img)
+    assert out.size == img.size and out.getextrema() == ((0, 0), (0, 0), (0, 0))
+    op.magnitude = 5  # 2 bits kept: 200 -> 192, 100 -> 64, 50 -> 0
+    assert op(img).getpixel((0, 0)) == (192, 64, 0)
