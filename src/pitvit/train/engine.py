@@ -243,7 +243,7 @@ def train_one_epoch(
             stopped = step + 1 < total
             break
     flush(step)
-    if progress.bar and not stopped and total and step + 1 < total:
+    if progress.bar and step + 1 < total:  # a full epoch already ended its bar's line
         progress.close()
     elapsed = time.perf_counter() - t0
     return {
