@@ -56,7 +56,7 @@ def run_demo(output: str | None = None, data: str | None = None, epochs: int | N
 
     gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     print(f"pitvit demo: training {cfg.model.name} on Fashion-MNIST for {cfg.train.epochs} epoch(s) on the "
-          f"{'GPU' if gpu else 'CPU'} (about 6 minutes on 2 CPU cores); progress goes to stderr", flush=True)
+          f"{'GPU' if gpu else 'CPU'} (6-9 minutes on 2 CPU cores); progress goes to stderr", flush=True)
     t0 = time.perf_counter()
     res = fit(cfg)
     seconds = time.perf_counter() - t0
