@@ -382,6 +382,38 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any):
     return info, run_dir, ckpt, data, t
 
 
+def _train_epoch(cfg: Config, t: Training, data: Data, info: DistInfo, run_dir: Path, epoch: int, *,
+                 start_step: int, partial: dict[str, float] | None, stop: _StopFlag, bar: bool) -> dict[str, Any]:
+    """One epoch through the engine; a non-finite loss becomes a :class:`TrainingError` that says what is kept."""
+    _set_epoch(data.train, epoch)
+    if not t.schedule.per_step:
+        t.schedule.set(epoch)
+    try:
+        return train_one_epoch(
+            t.train_model, data.train, t.optimizer, loss_fn=t.loss_fn, device=info.device, epoch=epoch,
+            schedule=t.schedule, scaler=t.scaler, amp_dtype=t.amp_dtype, mixup=data.mixup, ema=t.ema,
+            ema_model=t.model, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
+            seed=cfg.train.seed, rank=info.rank, world_size=info.world_size, start_step=start_step,
+            max_steps=cfg.train.max_steps_per_epoch, log_interval=cfg.log.interval,
+            progress_bar=bar, verbose=info.is_main, should_stop=stop, partial=partial)
+    except NonFiniteLossError as e:
+        kept = f"{run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
+        raise TrainingError(f"{e}: stopping; the last good checkpoint is {kept}. Lower optim.lr, "
+                            f"set optim.clip_grad, or try train.amp=none.") from e
+
+
+def _epoch_row(cfg: Config, t: Training, data: Data, info: DistInfo, epoch: int, total: int,
+               stats: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The metrics row of a finished epoch, evaluating raw and EMA weights when due."""
+    row = {"epoch": epoch + 1, "lr": stats["lr"], "train_img_s": stats["img_s"],
+           "train_loss": all_reduce_sum([stats["loss"]], info.device)[0] / info.world_size}
+    if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
+        row.update(_evaluate_all(t, data, info, cfg.train.max_steps_per_epoch))
+    row["skipped_images"] = int(all_reduce_sum([_skipped(data.train)], info.device)[0])
+    row["epoch_time_s"] = time.perf_counter() - t0
+    return row
+
+
 def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says, in ``run_dir_of(cfg)``; resume from ``last.pt`` there when present.
 
@@ -398,27 +430,22 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
     """
     info, run_dir, ckpt, data, t = _prepare(cfg, require_resume, datasets)
     metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
-    best_name = best_metric_name(cfg)
-    best: dict[str, Any] = {"name": best_name, "value": None, "epoch": None}
+    best: dict[str, Any] = {"name": best_metric_name(cfg), "value": None, "epoch": None}
     start_epoch, start_step, partial = 0, 0, None
     if ckpt is not None:
         restore(ckpt, t)
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-        best = dict(ckpt.get("best_metric") or best)
-        partial = ckpt.get("partial_epoch")
+        best, partial = dict(ckpt.get("best_metric") or best), ckpt.get("partial_epoch")
         log.info("resuming %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
                  f", batch {start_step + 1}" if start_step else "")
-        if metrics is not None:
-            metrics.truncate(start_epoch)
-    elif metrics is not None:
-        metrics.truncate(0)  # a fresh run in an old folder starts a fresh record
+    if metrics is not None:
+        metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
     total = t.schedule.total_epochs
     if start_epoch >= total and not start_step:
         log.info("%s already holds all %d epochs; nothing to do (raise train.epochs to continue)",
                  run_dir / "last.pt", total)
         cleanup_distributed()
-        last = (ckpt or {}).get("best_metric") or best
-        return {"epoch": start_epoch, "run_dir": str(run_dir), "best": last, "stopped": False, "done_before": True}
+        return {"epoch": start_epoch, "run_dir": str(run_dir), "best": best, "stopped": False, "done_before": True}
     log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
              cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
              t.schedule.base_lr, total, t.steps_per_epoch, run_dir)
@@ -429,22 +456,9 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
     bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
     try:
         for epoch in range(start_epoch, total):
-            _set_epoch(data.train, epoch)
-            if not t.schedule.per_step:
-                t.schedule.set(epoch)
             t0 = time.perf_counter()
-            try:
-                stats = train_one_epoch(
-                    t.train_model, data.train, t.optimizer, loss_fn=t.loss_fn, device=info.device, epoch=epoch,
-                    schedule=t.schedule, scaler=t.scaler, amp_dtype=t.amp_dtype, mixup=data.mixup, ema=t.ema,
-                    ema_model=t.model, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
-                    seed=cfg.train.seed, rank=info.rank, world_size=info.world_size, start_step=start_step,
-                    max_steps=cfg.train.max_steps_per_epoch, log_interval=cfg.log.interval,
-                    progress_bar=bar, verbose=info.is_main, should_stop=stop, partial=partial)
-            except NonFiniteLossError as e:
-                kept = f"{run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
-                raise TrainingError(f"{e}: stopping; the last good checkpoint is {kept}. Lower optim.lr, "
-                                    f"set optim.clip_grad, or try train.amp=none.") from e
+            stats = _train_epoch(cfg, t, data, info, run_dir, epoch, start_step=start_step, partial=partial,
+                                 stop=stop, bar=bar)
             start_step, partial = 0, None
             if stats["stopped"]:
                 _save(cfg, t, data, info, run_dir, epoch=epoch, step=stats["next_step"], best=best,
@@ -453,16 +467,10 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
                          epoch + 1, stats["next_step"], run_dir / "last.pt")
                 stopped = True
                 break
-            row = {"epoch": epoch + 1, "lr": stats["lr"], "train_loss": stats["loss"],
-                   "train_img_s": stats["img_s"]}
-            if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
-                row.update(_evaluate_all(t, data, info, cfg.train.max_steps_per_epoch))
-            row["train_loss"] = all_reduce_sum([row["train_loss"]], info.device)[0] / info.world_size
-            row["skipped_images"] = int(all_reduce_sum([_skipped(data.train)], info.device)[0])
-            row["epoch_time_s"] = time.perf_counter() - t0
-            is_best = best_name in row and _improved(best_name, row[best_name], best)
+            row = _epoch_row(cfg, t, data, info, epoch, total, stats, t0)
+            is_best = best["name"] in row and _improved(best["name"], row[best["name"]], best)
             if is_best:
-                best = {"name": best_name, "value": row[best_name], "epoch": epoch + 1}
+                best = {"name": best["name"], "value": row[best["name"]], "epoch": epoch + 1}
             _log_epoch(row, best)
             if metrics is not None:
                 metrics.append(row)
