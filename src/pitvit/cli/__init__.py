@@ -17,6 +17,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows each option's default and keeps the description's line breaks."""
 
 
+def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
+    """The options every model-consuming subcommand shares: --model, --weights, --ema."""
+    # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
+    # help already says what happens without the option.
+    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
+                                                  "pitvit checkpoint, which names its model)%(default).0s")
+    p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
+                                                                   "folder (default: random init)%(default).0s")
+    p.add_argument("--ema", action="store_true", help=f"{ema_verb} the EMA weights of a training checkpoint")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pitvit", formatter_class=HelpFormatter,

@@ -7,8 +7,8 @@ def add_parser(sub, formatter) -> None:
                        description="Train pit_nano on Fashion-MNIST from scratch, then print the test top-1, the "
                                    "time, and where the run folder, checkpoint and curves are.")
     p.add_argument("--output", "-o", default="runs/demo", help="run folder (an earlier demo there is replaced)")
-    p.add_argument("--data", help="folder with the Fashion-MNIST IDX files (default: Debian's package)")
-    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's)")
+    p.add_argument("--data", help="folder with the Fashion-MNIST IDX files (default: Debian's package)%(default).0s")
+    p.add_argument("--epochs", type=int, help="epochs (default: the recipe's)%(default).0s")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, as in `pitvit train`")
     p.set_defaults(func=run)

@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 
+from pitvit.cli import add_model_args
+
+
 def add_parser(sub, formatter) -> None:
     p = sub.add_parser(
         "eval", formatter_class=formatter, help="top-1/top-5/loss of a model on a labelled dataset",
         description="Evaluate a model with its own preprocessing (input size, crop_pct, interpolation,\n"
                     "mean/std from the checkpoint or the registry). Several processes:\n"
                     "  torchrun --nproc_per_node=N -m pitvit eval ...")
-    # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
-    # help already says what happens without the option.
-    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
-                                                  "pitvit checkpoint, which names its model)%(default).0s")
-    p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
-                                                                   "folder (default: random init)%(default).0s")
-    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    add_model_args(p, "evaluate")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="dataset root: ROOT/SPLIT_list.txt, ROOT/SPLIT/CLASS/*.jpg or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")

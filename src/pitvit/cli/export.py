@@ -2,19 +2,16 @@
 from __future__ import annotations
 
 
+from pitvit.cli import add_model_args
+
+
 def add_parser(sub, formatter) -> None:
     p = sub.add_parser(
         "export", formatter_class=formatter, help="export to ONNX or a torch.export archive (.pt2)",
         description="Export a model in eval mode (distilled models: the mean of both heads) with a dynamic\n"
                     "batch, run the file once (onnxruntime, or torch.export.load) and compare it with PyTorch.\n"
                     "Preprocessing and class names are stored in the file.")
-    # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
-    # help already says what happens without the option.
-    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
-                                                  "pitvit checkpoint, which names its model)%(default).0s")
-    p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
-                                                                   "folder (default: random init)%(default).0s")
-    p.add_argument("--ema", action="store_true", help="export the EMA weights of a training checkpoint")
+    add_model_args(p, "export")
     p.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="output format")
     p.add_argument("--dynamic-hw", action="store_true",
                    help="make height and width dynamic too (the position embedding is resized in the graph)")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 
+from pitvit.cli import add_model_args
+
+
 def add_parser(sub, formatter) -> None:
     p = sub.add_parser(
         "predict", formatter_class=formatter, help="classify images: top-k class names and probabilities",
@@ -10,13 +13,7 @@ def add_parser(sub, formatter) -> None:
                     "Unreadable files are reported on stderr and skipped; the exit status is 1 only when\n"
                     "no image could be read.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
-    # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
-    # help already says what happens without the option.
-    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
-                                                  "pitvit checkpoint, which names its model)%(default).0s")
-    p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
-                                                                   "folder (default: random init)%(default).0s")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights of a training checkpoint")
+    add_model_args(p, "use")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")

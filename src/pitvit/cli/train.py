@@ -12,9 +12,9 @@ def add_parser(sub, formatter) -> None:
     p = sub.add_parser("train", formatter_class=formatter, help="train a model from a YAML recipe",
                        description="Train a PiT: typed defaults, then the recipe, then --set overrides. "
                                    "Under torchrun the same command trains with DDP.", epilog=EPILOG)
-    p.add_argument("--config", "-c", help="recipe YAML (configs/*.yaml); default: the built-in defaults")
-    p.add_argument("--data", help="dataset folder (sets data.path)")
-    p.add_argument("--output", "-o", help="run folder (sets train.output; default runs/<recipe name>)")
+    p.add_argument("--config", "-c", help="recipe YAML (configs/*.yaml); default: the built-in defaults%(default).0s")
+    p.add_argument("--data", help="dataset folder (sets data.path; default: the recipe's)%(default).0s")
+    p.add_argument("--output", "-o", help="run folder (sets train.output; default runs/<recipe name>)%(default).0s")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. optim.lr=1e-3 (repeatable; values parsed as YAML)")
     p.add_argument("--resume", action="store_true",

@@ -202,6 +202,6 @@ def pit_test() -> PiTConfig:
 @register_model(PretrainedCfg(input_size=(1, 28, 28), crop_pct=1.0, mean=(0.2860,), std=(0.3530,),
                               num_classes=10))
 def pit_nano() -> PiTConfig:
-    """A small PiT for 28 px grayscale images (the Fashion-MNIST demo): 4 px patches, stride 2."""
-    return PiTConfig(patch_size=4, stride=2, base_dims=(16, 16, 16), depth=(1, 2, 2), heads=(2, 4, 8),
+    """A small PiT for 28 px grayscale images (the Fashion-MNIST demo): 6 px patches at stride 3 (8x8 tokens)."""
+    return PiTConfig(patch_size=6, stride=3, base_dims=(16, 16, 16), depth=(1, 2, 2), heads=(2, 4, 8),
                      img_size=28, in_chans=1, num_classes=10)

@@ -15,8 +15,7 @@ __all__ = ["DEMO_RECIPE", "run_demo"]
 # The recipe (configs/demo.yaml mirrors it; a test keeps the two equal).
 DEMO_RECIPE: dict[str, Any] = {
     "name": "demo",
-    # 6 px patches at stride 3 (8x8 tokens): the registered stride 2 (13x13 tokens) costs 3.4x more
-    "model": {"name": "pit_nano", "drop_path": 0.0, "arch": {"patch_size": 6, "stride": 3}},
+    "model": {"name": "pit_nano", "drop_path": 0.0},
     "data": {"kind": "fashion_mnist", "val_split": "test", "batch_size": 128, "num_workers": 1},
     "aug": {"preset": "none", "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1},
     "optim": {"name": "adamw", "lr": 2e-3, "lr_base_batch": 0, "weight_decay": 0.05},

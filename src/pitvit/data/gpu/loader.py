@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import DatasetError
+from ..loader import Loader
 from ..sampler import EpochBatchSampler, mix_seed
 from ..transforms import _size_hw, resolve_aug
 from .params import spec_from_aug
@@ -32,55 +33,25 @@ _MAX_WARNINGS_PER_EPOCH = 10
 _DONE = object()
 
 
-class GpuLoader:
+class GpuLoader(Loader):
     """An iterable of ``(images, labels)`` on ``device``: float ``(b, 3, H, W)`` normalized, int64 ``(b,)``.
 
-    Attributes (as :class:`pitvit.data.Loader`): ``dataset``, ``sampler``, ``loader``, ``train``, ``skipped``,
-    ``skipped_files``, ``skipped_total``; and ``fallback`` (a ``Counter`` of the images of the current or last
-    iteration decoded by PIL instead of the device, by reason), ``fallback_total``.
+    Attributes (as :class:`pitvit.data.Loader`, whose epoch and step plumbing it shares): ``dataset``,
+    ``sampler``, ``loader``, ``train``, ``skipped``, ``skipped_files``, ``skipped_total``; and ``fallback`` (a
+    ``Counter`` of the images of the current or last iteration decoded by PIL instead of the device, by
+    reason), ``fallback_total``.
     """
 
     def __init__(self, loader: DataLoader, sampler: EpochBatchSampler, pipeline: DevicePipeline, *, train: bool,
                  seed: int, prefetch: int = 2) -> None:
-        self.loader = loader
-        self.sampler = sampler
+        super().__init__(loader, sampler, train=train)
         self.pipeline = pipeline
-        self.dataset = loader.dataset
-        self.train = train
         self.seed = int(seed)
         self.prefetch = int(prefetch)
         self.device = pipeline.device
-        self.skipped = 0
-        self.skipped_files: list[str] = []
-        self.skipped_total = 0
         self.fallback: collections.Counter[str] = collections.Counter()
         self.fallback_total = 0
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-
-    @property
-    def batch_size(self) -> int:
-        return self.sampler.batch_size
-
-    @property
-    def epoch(self) -> int:
-        return self.sampler.epoch
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.steps_per_epoch
-
-    def set_epoch(self, epoch: int, start_step: int | None = None) -> None:
-        """Select the epoch of the next iteration and, optionally, the number of its batches to skip."""
-        self.sampler.set_epoch(epoch)
-        self.dataset.set_epoch(epoch)
-        if start_step is not None:
-            self.sampler.set_start_step(start_step)
-
-    def skipped_in_epoch(self) -> int:
-        return self.skipped
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     # ------------------------------------------------------------------------------------------ iteration
     def _process(self, batch: Any, epoch: int, step: int) -> tuple[Any, ...]:
