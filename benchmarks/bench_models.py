@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=1, help="steps per timing")
     p.add_argument("--row-seconds", type=float, default=60.0,
                    help="time budget per row: slow rows get fewer rounds (at least 3)")
+    p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--max-step-seconds", type=float, default=0.0,
                    help="skip (and say so) a row whose first step takes longer than this (0: no limit)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -102,9 +104,9 @@ def main() -> None:
         g = torch.Generator().manual_seed(1)
         x = torch.randn(args.batch, 3, 224, 224, generator=g).to(device)
         y = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
-        for mode in ("infer", "train"):
-            for amp in (False, True):
-                prec = "bf16" if amp else "fp32"
+        for mode in args.modes:
+            for prec in args.precisions:
+                amp = prec == "bf16"
                 times: tuple[list[float], list[float]] = ([], [])
                 rounds, r = args.rounds, 0
                 while r < rounds:
