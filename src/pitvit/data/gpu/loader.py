@@ -29,7 +29,6 @@ __all__ = ["GpuLoader", "build_gpu_loader"]
 
 log = logging.getLogger(__name__)
 
-_MAX_WARNINGS_PER_EPOCH = 10
 _DONE = object()
 
 
@@ -151,14 +150,6 @@ class GpuLoader(Loader):
             log.info("epoch %d, rank %d: %d image(s) decoded by PIL instead of the device (%s)", self.epoch,
                      self.sampler.rank, sum(self.fallback.values()),
                      ", ".join(f"{k}: {v}" for k, v in sorted(self.fallback.items())))
-
-    def _count(self, paths: list[str]) -> None:
-        for p in paths:
-            if self.skipped < _MAX_WARNINGS_PER_EPOCH:
-                log.warning("skipped unreadable image %s", p)
-            self.skipped += 1
-            self.skipped_total += 1
-            self.skipped_files.append(p)
 
     def __repr__(self) -> str:
         s = self.sampler
