@@ -159,17 +159,22 @@ class Loader:
         self.skipped_files = []
         step0 = self.sampler.start_step
         for i, (images, labels, skipped) in enumerate(self.loader):
-            if skipped:
-                self._count(skipped)
-            if images is None:
-                if self.train and self.sampler.world_size > 1:
-                    # dropping the batch here would leave this rank one step behind the others and hang
-                    # the next gradient all-reduce (evaluation only reduces at the end, so it may drop)
-                    raise DatasetError(
-                        f"every image of batch {step0 + i} of epoch {self.epoch} on rank {self.sampler.rank} "
-                        f"is unreadable (e.g. {skipped[0]}); remove the corrupt files")
-                continue
-            yield images, labels
+            if self._keep(images, skipped, step0 + i):
+                yield images, labels
+
+    def _keep(self, images: Any, skipped: list[str], step: int) -> bool:
+        """Count a batch's unreadable files; False when none of its images could be read (drop it)."""
+        if skipped:
+            self._count(skipped)
+        if images is not None:
+            return True
+        if self.train and self.sampler.world_size > 1:
+            # dropping the batch here would leave this rank one step behind the others and hang
+            # the next gradient all-reduce (evaluation only reduces at the end, so it may drop)
+            raise DatasetError(
+                f"every image of batch {step} of epoch {self.epoch} on rank {self.sampler.rank} "
+                f"is unreadable (e.g. {skipped[0]}); remove the corrupt files")
+        return False
 
     def _count(self, paths: list[str]) -> None:
         for p in paths:

@@ -132,13 +132,7 @@ class GpuLoader(Loader):
             for r in reasons:
                 self.fallback[r] += 1
             self.fallback_total += len(reasons)
-            if skipped:
-                self._count(skipped)
-            if images is None:
-                if self.train and self.sampler.world_size > 1:
-                    raise DatasetError(
-                        f"every image of batch {step0 + i} of epoch {self.epoch} on rank {self.sampler.rank} "
-                        f"is unreadable (e.g. {skipped[0]}); remove the corrupt files")
+            if not self._keep(images, skipped, step0 + i):
                 continue
             if event is not None:
                 current = torch.cuda.current_stream(self.device)
