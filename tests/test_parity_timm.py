@@ -15,13 +15,7 @@ VARIANTS = ["pit_ti", "pit_xs", "pit_s", "pit_b",
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a busy 2-core machine, two intra-op threads spin against each other and run several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:

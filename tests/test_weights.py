@@ -25,13 +25,7 @@ from pitvit.models.weights import (CheckpointError, convert_state_dict, load_wei
                                    read_checkpoint, read_weights, save_pretrained, save_weights)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # On a busy 2-core machine, two intra-op threads spin against each other and run several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomized(name: str = "pit_test", seed: int = 0, **kw) -> pitvit.PiT:
