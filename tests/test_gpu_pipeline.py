@@ -594,7 +594,7 @@ def test_training_config_selects_the_pipeline(tmp_path):
     from pitvit.data import Loader
     from pitvit.data.gpu import GpuLoader
     from pitvit.train.config import load_config
-    from pitvit.train.distributed import DistInfo
+    from pitvit.utils.distributed import DistInfo
     from pitvit.train.runner import build_data
 
     root = make_folder(tmp_path, 4)

@@ -15,19 +15,13 @@ keeps persistent worker processes, which never see ``set_epoch``, correct.
 """
 from __future__ import annotations
 
-import hashlib
-import struct
 from typing import Iterator
 
 import torch
 
+from pitvit.utils.seed import mix_seed
+
 __all__ = ["mix_seed", "EpochBatchSampler"]
-
-
-def mix_seed(*values: int) -> int:
-    """A 63-bit seed from integers, stable across processes, platforms and Python versions."""
-    data = struct.pack(f"<{len(values)}q", *values)
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
 
 
 class EpochBatchSampler:

@@ -117,7 +117,7 @@ def evaluate_model(
         skipped as unreadable, processes, preprocessing).
     """
     from pitvit.data import build_dataset, build_loader, build_transform
-    from pitvit.train.distributed import all_reduce_sum, cleanup_distributed, init_distributed
+    from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed
     from pitvit.train.engine import evaluate
 
     amp_dtypes = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

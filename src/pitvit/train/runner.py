@@ -23,8 +23,8 @@ from torch import nn
 from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
 from .config import Config, config_to_dict, save_config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
-from .distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
-                          setup_logging)
+from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from pitvit.utils.logs import setup_logging
 from .ema import ModelEma
 from .engine import NonFiniteLossError, evaluate, train_one_epoch
 from .metrics import MetricsLog
