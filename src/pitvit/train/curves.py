@@ -1,8 +1,8 @@
 """Training curves: loss, top-1 and learning rate against epoch, one or several runs overlaid.
 
-Reads ``RUN_DIR/metrics.jsonl`` (one JSON object per epoch, keys in ``docs/DESIGN.md``). Training calls
-:func:`plot_runs` after every epoch, so it must be cheap, headless (matplotlib's Agg backend) and tolerant
-of a file being appended to while it reads (a half-written last line is skipped).
+Reads ``RUN_DIR/metrics.jsonl`` (one JSON object per epoch, keys in ``docs/DESIGN.md``). Training redraws
+``curves.png`` after every epoch, so drawing must be cheap and headless (matplotlib's Agg backend); the
+reader skips a line cut short (a file written by an older pitvit, which appended to it).
 """
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import json
 import os
 from pathlib import Path
 from typing import Sequence
+
+from pitvit.utils.errors import ConfigError
+from pitvit.utils.io import atomic_write
 
 __all__ = ["read_metrics", "plot_runs"]
 
@@ -25,13 +28,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``run_dir/metrics.jsonl`` (or of the file itself, if given a file), in file order.
 
     Raises:
-        FileNotFoundError: no metrics file; the message names the path looked for.
+        ConfigError: no metrics file; the message names the path looked for.
     """
     path = Path(run_dir)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file: {path}")
+        raise ConfigError(f"no metrics file: {path}; give a run folder that pitvit train wrote")
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -41,7 +44,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line still being written by a running training
+                continue  # cut short by a kill
             if isinstance(row, dict) and "epoch" in row:
                 rows.append(row)
     return rows
@@ -66,7 +69,8 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         The path written.
 
     Raises:
-        FileNotFoundError: a run folder has no ``metrics.jsonl``.
+        ConfigError: a run folder has no ``metrics.jsonl``.
+        OutputError: ``out_png`` cannot be written.
     """
     import matplotlib
 
@@ -78,7 +82,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         run_dirs = [run_dirs]
     paths = [Path(d) for d in run_dirs]
     if not paths:
-        raise ValueError("plot_runs needs at least one run folder")
+        raise ConfigError("plot_runs needs at least one run folder")
     runs = [(p, read_metrics(p)) for p in paths]
 
     # A Figure that is not registered with pyplot: no global state, nothing leaks across epochs.
@@ -104,9 +108,6 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         if ax.lines:
             ax.legend(fontsize="small")
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a viewer polling the file never sees half a PNG.
-    tmp = out.with_name(out.name + ".tmp")
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, out)
+    with atomic_write(out) as f:  # a viewer polling the file never sees half a PNG
+        fig.savefig(f, dpi=100, format="png")
     return out
