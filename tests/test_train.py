@@ -15,9 +15,11 @@ from torch import nn
 
 from pitvit.models import create_model
 from pitvit.train import (AdamP, ClassificationLoss, DistillationLoss, LRSchedule, ModelEma, NonFiniteLossError,
-                          apply_overrides, config_to_dict, evaluate, load_config, param_groups, scaled_lr,
+                          TrainStep, apply_overrides, config_to_dict, evaluate, load_config, param_groups, scaled_lr,
                           train_one_epoch)
-from pitvit.train.checkpoint import atomic_save, capture_rng, restore_rng
+from pitvit.train.checkpoint import capture_rng, restore_rng
+from pitvit.utils.io import save_torch
+from pitvit.utils.logs import Progress
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -307,14 +309,17 @@ def _loader(n=64, batch=16, seed=0):
     return torch.utils.data.DataLoader(ToySet(n, seed), batch_size=batch, shuffle=False)
 
 
+def _step(model, optimizer, **kw) -> TrainStep:
+    return TrainStep(model, optimizer, ClassificationLoss(), torch.device("cpu"), **kw)
+
+
 def test_engine_learns_and_evaluates():
     torch.manual_seed(0)
     model = create_model("pit_test")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     before = evaluate(model, _loader(40, 20, 1), device=torch.device("cpu"))
     for e in range(3):
-        stats = train_one_epoch(model, _loader(), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                                epoch=e, verbose=False)
+        stats = train_one_epoch(_step(model, opt), _loader(), epoch=e)
     after = evaluate(model, _loader(40, 20, 1), device=torch.device("cpu"))
     assert stats["steps"] == 4 and stats["images"] == 64 and math.isfinite(stats["loss"])
     assert after["loss"] < before["loss"] and after["n"] == 40
@@ -340,9 +345,8 @@ def test_gradient_accumulation_equals_the_large_batch():
     b = create_model("pit_test")
     b.load_state_dict(a.state_dict())
     oa, ob = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
-    kw = dict(loss_fn=ClassificationLoss(), device=torch.device("cpu"), verbose=False)
-    train_one_epoch(a, _loader(32, 16), oa, **kw)
-    train_one_epoch(b, _loader(32, 8), ob, accum_steps=2, **kw)
+    train_one_epoch(_step(a, oa), _loader(32, 16))
+    train_one_epoch(_step(b, ob, accum_steps=2), _loader(32, 8))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
 
@@ -352,14 +356,12 @@ def test_clipping_and_bf16_and_grad_checkpointing_run():
     model = create_model("pit_test")
     model.set_grad_checkpointing(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    stats = train_one_epoch(model, _loader(32, 16), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                            amp_dtype=torch.bfloat16, clip_grad=1.0, verbose=False)
+    stats = train_one_epoch(_step(model, opt, amp_dtype=torch.bfloat16, clip_grad=1.0), _loader(32, 16))
     assert math.isfinite(stats["loss"])
     # clipping bounds the update: with SGD lr 1 and max norm 1e-3 no parameter moves more than 1e-3
     before = [p.detach().clone() for p in model.parameters()]
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_one_epoch(model, _loader(16, 16), sgd, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                    clip_grad=1e-3, verbose=False)
+    train_one_epoch(_step(model, sgd, clip_grad=1e-3), _loader(16, 16))
     moved = torch.cat([(p.detach() - q).flatten() for p, q in zip(model.parameters(), before)]).norm()
     assert moved.item() <= 1e-3 + 1e-6
 
@@ -371,8 +373,8 @@ def test_fp16_with_grad_scaler_and_clipping():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    stats = train_one_epoch(model, _loader(32, 8), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                            scaler=scaler, amp_dtype=torch.float16, clip_grad=1.0, verbose=False)
+    stats = train_one_epoch(_step(model, opt, scaler=scaler, amp_dtype=torch.float16, clip_grad=1.0),
+                            _loader(32, 8))
     assert math.isfinite(stats["loss"]) and scaler.get_scale() > 0
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
@@ -386,8 +388,8 @@ def test_non_finite_loss_names_the_step():
         return ClassificationLoss()(out, y) * (float("nan") if calls[0] == 3 else 1.0)
 
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3"):
-        train_one_epoch(model, _loader(64, 8), opt, loss_fn=loss_fn, device=torch.device("cpu"), epoch=1,
-                        log_interval=4, verbose=False)
+        train_one_epoch(TrainStep(model, opt, loss_fn, torch.device("cpu")), _loader(64, 8), epoch=1,
+                        progress=Progress(8, interval=4, enabled=False))
 
 
 def test_checkpoint_rng_roundtrip_is_plain_data(tmp_path):
@@ -396,7 +398,7 @@ def test_checkpoint_rng_roundtrip_is_plain_data(tmp_path):
     import numpy as np
 
     state = capture_rng()
-    atomic_save({"rng": state, "x": torch.ones(2)}, tmp_path / "c.pt")
+    save_torch({"rng": state, "x": torch.ones(2)}, tmp_path / "c.pt")
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
