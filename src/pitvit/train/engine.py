@@ -216,9 +216,10 @@ def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: 
         losses.add(step(x, y, boundary))
         images += x.shape[0]
         partial["images"] += x.shape[0]
-        if progress.due(i + 1) or i + 1 == total:
+        line_due = progress.due(i + 1) or i + 1 == total
+        if line_due:
             losses.flush(i)
-        if progress.due(i + 1) or i + 1 == total or progress.bar:
+        if line_due or progress.bar:  # a bar moves every batch and shows the loss as of the last check
             progress.update(i + 1, images * world, f"loss {losses.mean():.4f} lr {lr:.3e}")
         if boundary and should_stop is not None and should_stop():
             stopped = i + 1 < total
