@@ -1,8 +1,8 @@
 """Training throughput of ``pitvit train`` (``fit``) against a bare PyTorch loop on the same data and batches.
 
-Both read the same dataset through the same loader (data loading is part of the measurement) and step the same
-model with AdamW; the bare loop does nothing else (no per-step seeding, schedule, loss checks, logging). The
-runs alternate (bare, fit, bare, fit, ...) so that load from other processes affects both alike; the table
+Both read the same dataset through the loader ``fit`` builds (data loading is part of the measurement) and step
+the same model with AdamW; the bare loop does nothing else (no per-step seeding, schedule, loss checks,
+logging). The runs alternate (bare, fit, bare, fit, ...) so that load from other processes affects both alike; the table
 shows the median and the best round of each. Target: fit at >= 0.95 of the bare loop.
 
     python benchmarks/bench_train.py                  # the demo's model and data, 40 steps of 128
@@ -19,27 +19,25 @@ import torch
 import torch.nn.functional as F
 
 
-def build_loader(cfg, seed: int):
-    from pitvit import data as D
-    from pitvit.train.runner import _aug_dict, _preprocessing
+def build_loader(cfg):
+    """The training loader ``fit`` builds for ``cfg`` on one process, and the number of classes."""
+    from pitvit.train.runner import build_data
+    from pitvit.utils.distributed import DistInfo
 
-    pre = _preprocessing(cfg)
-    tf = D.build_transform(True, **{k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct",
-                                                         "in_chans")}, aug=_aug_dict(cfg))
-    ds = D.build_dataset(cfg.data.path or None, cfg.data.train_split, kind=cfg.data.kind, transform=tf)
-    return D.build_loader(ds, batch_size=cfg.data.batch_size, train=True, seed=seed,
-                          num_workers=cfg.data.num_workers, drop_last=True), len(ds.classes)
+    data = build_data(cfg, DistInfo())
+    return data.train, len(data.classes)
 
 
 def bare_loop(cfg, steps: int) -> float:
     """Images/s of a plain loop: load, forward, loss, backward, AdamW step."""
     from pitvit.models import create_model
+    from pitvit.utils.device import amp_dtype
 
-    loader, classes = build_loader(cfg, cfg.train.seed)
+    loader, classes = build_loader(cfg)
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=classes, drop_path_rate=cfg.model.drop_path, **cfg.model.arch)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    amp = {"none": None, "bf16": torch.bfloat16}[cfg.train.amp]
+    amp = amp_dtype(cfg.train.amp)
     model.train()
     n = 0
     t0 = time.perf_counter()

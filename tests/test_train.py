@@ -3,8 +3,12 @@ timm's implementations. Sized for a 2-core CPU; the multi-process runs live in t
 from __future__ import annotations
 
 import copy
+import io
 import json
+import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,30 +19,40 @@ from torch import nn
 
 from pitvit.models import create_model
 from pitvit.train import (AdamP, ClassificationLoss, DistillationLoss, LRSchedule, ModelEma, NonFiniteLossError,
-                          apply_overrides, config_to_dict, evaluate, load_config, param_groups, scaled_lr,
+                          TrainStep, apply_overrides, config_to_dict, evaluate, load_config, param_groups, scaled_lr,
                           train_one_epoch)
-from pitvit.train.checkpoint import atomic_save, capture_rng, restore_rng
+from pitvit.train.checkpoint import capture_rng, restore_rng
+from pitvit.utils.io import save_torch
+from pitvit.utils.logs import Progress
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class ToySet(torch.utils.data.Dataset):
-    """Separable 3x32x32 images: class ``c`` lights up a stripe; index-seeded noise."""
+    """Separable 3 x size x size images: class ``c`` lights up a stripe; index-seeded noise."""
 
     classes = [f"c{i}" for i in range(10)]
 
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed = n, seed
+    def __init__(self, n: int, seed: int = 0, size: int = 32, num_classes: int = 10) -> None:
+        self.n, self.seed, self.size = n, seed, size
+        self.classes = ToySet.classes[:num_classes]
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int):
         g = torch.Generator().manual_seed(self.seed * 100_003 + i)
-        y = i % 10
-        x = torch.randn(3, 32, 32, generator=g) * 0.5
+        y = i % len(self.classes)
+        x = torch.randn(3, self.size, self.size, generator=g) * 0.5
         x[:, 3 * y:3 * y + 3, :] += 2.0
         return x, y
+
+    def all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every item as one batch, in index order."""
+        xs, ys = zip(*(self[i] for i in range(self.n)))
+        return torch.stack(xs), torch.tensor(ys)
 
 
 # ---------------------------------------------------------------------------- config
@@ -307,14 +321,17 @@ def _loader(n=64, batch=16, seed=0):
     return torch.utils.data.DataLoader(ToySet(n, seed), batch_size=batch, shuffle=False)
 
 
+def _step(model, optimizer, **kw) -> TrainStep:
+    return TrainStep(model, optimizer, ClassificationLoss(), torch.device("cpu"), **kw)
+
+
 def test_engine_learns_and_evaluates():
     torch.manual_seed(0)
     model = create_model("pit_test")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     before = evaluate(model, _loader(40, 20, 1), device=torch.device("cpu"))
     for e in range(3):
-        stats = train_one_epoch(model, _loader(), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                                epoch=e, verbose=False)
+        stats = train_one_epoch(_step(model, opt), _loader(), epoch=e)
     after = evaluate(model, _loader(40, 20, 1), device=torch.device("cpu"))
     assert stats["steps"] == 4 and stats["images"] == 64 and math.isfinite(stats["loss"])
     assert after["loss"] < before["loss"] and after["n"] == 40
@@ -340,9 +357,8 @@ def test_gradient_accumulation_equals_the_large_batch():
     b = create_model("pit_test")
     b.load_state_dict(a.state_dict())
     oa, ob = torch.optim.SGD(a.parameters(), lr=0.1), torch.optim.SGD(b.parameters(), lr=0.1)
-    kw = dict(loss_fn=ClassificationLoss(), device=torch.device("cpu"), verbose=False)
-    train_one_epoch(a, _loader(32, 16), oa, **kw)
-    train_one_epoch(b, _loader(32, 8), ob, accum_steps=2, **kw)
+    train_one_epoch(_step(a, oa), _loader(32, 16))
+    train_one_epoch(_step(b, ob, accum_steps=2), _loader(32, 8))
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
 
@@ -352,14 +368,12 @@ def test_clipping_and_bf16_and_grad_checkpointing_run():
     model = create_model("pit_test")
     model.set_grad_checkpointing(True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    stats = train_one_epoch(model, _loader(32, 16), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                            amp_dtype=torch.bfloat16, clip_grad=1.0, verbose=False)
+    stats = train_one_epoch(_step(model, opt, amp_dtype=torch.bfloat16, clip_grad=1.0), _loader(32, 16))
     assert math.isfinite(stats["loss"])
     # clipping bounds the update: with SGD lr 1 and max norm 1e-3 no parameter moves more than 1e-3
     before = [p.detach().clone() for p in model.parameters()]
     sgd = torch.optim.SGD(model.parameters(), lr=1.0)
-    train_one_epoch(model, _loader(16, 16), sgd, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                    clip_grad=1e-3, verbose=False)
+    train_one_epoch(_step(model, sgd, clip_grad=1e-3), _loader(16, 16))
     moved = torch.cat([(p.detach() - q).flatten() for p, q in zip(model.parameters(), before)]).norm()
     assert moved.item() <= 1e-3 + 1e-6
 
@@ -371,8 +385,8 @@ def test_fp16_with_grad_scaler_and_clipping():
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    stats = train_one_epoch(model, _loader(32, 8), opt, loss_fn=ClassificationLoss(), device=torch.device("cpu"),
-                            scaler=scaler, amp_dtype=torch.float16, clip_grad=1.0, verbose=False)
+    stats = train_one_epoch(_step(model, opt, scaler=scaler, amp_dtype=torch.float16, clip_grad=1.0),
+                            _loader(32, 8))
     assert math.isfinite(stats["loss"]) and scaler.get_scale() > 0
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
 
@@ -386,8 +400,36 @@ def test_non_finite_loss_names_the_step():
         return ClassificationLoss()(out, y) * (float("nan") if calls[0] == 3 else 1.0)
 
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 3"):
-        train_one_epoch(model, _loader(64, 8), opt, loss_fn=loss_fn, device=torch.device("cpu"), epoch=1,
-                        log_interval=4, verbose=False)
+        train_one_epoch(TrainStep(model, opt, loss_fn, torch.device("cpu")), _loader(64, 8), epoch=1,
+                        progress=Progress(8, interval=4, enabled=False))
+
+
+def test_progress_lines_and_bar():
+    """Hand-counted: 4 batches with a line every 2 give lines at [2/4] and [4/4]; a bar is redrawn once per
+    batch and its line ends once, also when the epoch stops early."""
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger = logging.getLogger("pitvit.test_progress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    torch.manual_seed(0)
+    model = create_model("pit_test")
+    step = _step(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    train_one_epoch(step, _loader(16, 4), progress=Progress(4, "epoch 1", interval=2, logger=logger))
+    assert [r.split(" loss ")[0] for r in records] == ["epoch 1 [2/4]", "epoch 1 [4/4]"]
+    assert all(" img/s eta 0:00:" in r and r.endswith("MB") for r in records)
+    stream = io.StringIO()
+    train_one_epoch(step, _loader(16, 4), progress=Progress(4, "epoch 2", bar=True, stream=stream))
+    text = stream.getvalue()
+    assert text.count("\r") == 4 and text.count("\n") == 1 and text.endswith("\n")
+    assert "\r[" + "#" * 24 + "] epoch 2 [4/4] loss " in text
+    stream = io.StringIO()
+    res = train_one_epoch(step, _loader(16, 4), progress=Progress(4, "epoch 3", bar=True, stream=stream),
+                          should_stop=lambda: True)
+    assert res["stopped"] and res["next_step"] == 1
+    assert stream.getvalue().count("\r") == 1 and stream.getvalue().endswith("\n")
 
 
 def test_checkpoint_rng_roundtrip_is_plain_data(tmp_path):
@@ -396,7 +438,7 @@ def test_checkpoint_rng_roundtrip_is_plain_data(tmp_path):
     import numpy as np
 
     state = capture_rng()
-    atomic_save({"rng": state, "x": torch.ones(2)}, tmp_path / "c.pt")
+    save_torch({"rng": state, "x": torch.ones(2)}, tmp_path / "c.pt")
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
@@ -447,3 +489,162 @@ def test_fit_stops_on_a_non_finite_loss(tmp_path):
     cfg = _fit_cfg(tmp_path, "optim.lr=1e30", "sched.warmup_epochs=0", "ema.enabled=false", "train.epochs=3")
     with pytest.raises(TrainingError, match=r"non-finite loss .* at epoch \d+, step \d+"):
         fit(cfg, datasets=(ToySet(64), ToySet(32, 1)))
+
+
+# ---------------------------------------------------------------------------- fit: the paths users take
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# a run whose weights barely move: the loss it reports is the loss of the weights it started from
+_STILL = ("train.epochs=1", "model.drop_path=0", "aug.mixup=0", "aug.cutmix=0", "aug.smoothing=0",
+          "ema.enabled=false", "sched.warmup_epochs=0", "sched.min_lr=0", "sched.warmup_lr=0")
+
+
+def test_fit_with_distillation_trains_on_the_teacher_term(tmp_path):
+    """Reference: DeiT's hard distillation written out, ``(1 - a) CE(cls, y) + a CE(dist, argmax teacher)``,
+    on the weights the run starts from (lr 1e-7 keeps them within ~1e-6 over the epoch's 4 steps)."""
+    from pitvit.models import save_pretrained
+    from pitvit.train.runner import fit
+
+    torch.manual_seed(1)
+    teacher = create_model("pit_test").eval()
+    student = create_model("pit_test", distilled=True)
+    with torch.no_grad():  # the teacher always says class 3 and the distillation head agrees: CE(dist) ~ 0
+        teacher.head.bias[3] += 20.0
+        student.head_dist.bias[3] += 20.0
+    save_pretrained(teacher, tmp_path / "teacher")
+    save_pretrained(student, tmp_path / "student")
+    res = fit(_fit_cfg(tmp_path, *_STILL, "optim.lr=1e-7", "model.arch={distilled: true}",
+                       f"model.weights={tmp_path / 'student'}", "distill.mode=hard",
+                       f"distill.teacher={tmp_path / 'teacher'}", "distill.alpha=0.25"),
+              datasets=(ToySet(64), None))
+    x, y = ToySet(64).all()
+    student.set_distilled_training(True)
+    with torch.no_grad():
+        cls_out, dist_out = student(x)
+        ce, kd = F.cross_entropy(cls_out, y), F.cross_entropy(dist_out, teacher(x).argmax(1))
+    assert kd.item() < 0.01 and ce.item() > 1.0  # the two terms are far apart, so the mix is telling
+    assert res["train_loss"] == pytest.approx((0.75 * ce + 0.25 * kd).item(), rel=1e-3)
+
+
+def test_fit_fine_tunes_from_model_weights(tmp_path):
+    """model.weights of a 10-class, 32 px model fine-tuned for 5 classes at 48 px: the body loads, the head
+    starts fresh (PyTorch's Linear init: |w| <= 1/sqrt(64)), and the position embedding is resized bicubically
+    from the 15x15 grid to (48 - 4) // 2 + 1 = 23 per side (reference: timm's resample_abs_pos_embed)."""
+    from timm.layers import resample_abs_pos_embed
+
+    from pitvit.models import save_weights
+    from pitvit.train.runner import fit
+
+    torch.manual_seed(0)
+    src = create_model("pit_test")
+    with torch.no_grad():
+        src.head.weight.fill_(1.0)
+    save_weights(src, tmp_path / "src.pth")
+    # lr 1e-6, 2 Adam steps: no weight moves more than ~2e-6
+    fit(_fit_cfg(tmp_path, *_STILL, "optim.lr=1e-6", f"model.weights={tmp_path / 'src.pth'}", "model.img_size=48"),
+        datasets=(ToySet(32, size=48, num_classes=5), None))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    sd, before = ckpt["state_dict"], src.state_dict()
+    assert ckpt["pretrained_cfg"]["input_size"] == [3, 48, 48] and ckpt["class_names"] == ToySet.classes[:5]
+    assert sd["head.weight"].shape == (5, 64) and sd["head.weight"].abs().max() <= 0.125 + 1e-5
+    pos = before["pos_embed"]  # (1, C, 15, 15)
+    tokens = resample_abs_pos_embed(pos.flatten(2).transpose(1, 2), new_size=[23, 23], old_size=[15, 15],
+                                    num_prefix_tokens=0, antialias=False)
+    want = tokens.transpose(1, 2).reshape(1, pos.shape[1], 23, 23)
+    torch.testing.assert_close(sd["pos_embed"], want, rtol=0, atol=3e-6)
+    for k, v in before.items():
+        if not k.startswith("head") and k != "pos_embed":
+            torch.testing.assert_close(sd[k], v, rtol=0, atol=3e-6, msg=k)
+
+
+def test_resume_flags_and_the_changed_config_warning(tmp_path):
+    from pitvit.train.runner import TrainingError, fit
+
+    run = tmp_path / "run"
+    data = (ToySet(32), None)
+    with pytest.raises(TrainingError, match=r"--resume: .*last\.pt does not exist"):
+        fit(_fit_cfg(tmp_path, "train.epochs=1"), require_resume=True, datasets=data)
+    assert not (run / "last.pt").exists() and not (run / "config.yaml").exists()
+    # a temporary file of a killed writer (its process is gone) is removed when a run starts there
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = run / f".last.pt.tmp{int(gone.stdout)}"
+    stale.write_bytes(b"half a checkpoint")
+    fit(_fit_cfg(tmp_path, "train.epochs=1"), datasets=data)
+    assert not stale.exists()
+    first = torch.load(run / "last.pt", weights_only=True)["state_dict"]
+    # train.resume=false with a last.pt starts over: the same seed gives the first run's weights, bit for bit
+    fit(_fit_cfg(tmp_path, "train.epochs=1", "train.resume=false"), datasets=data)
+    assert "exists but train.resume is false: starting over" in (run / "log.txt").read_text()
+    assert [r["epoch"] for r in _rows(run)] == [1]
+    again = torch.load(run / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(again[k], v) for k, v in first.items())
+    # a finished run asked for no more epochs: nothing to do, and the folder's config stays that of last.pt
+    assert fit(_fit_cfg(tmp_path, "train.epochs=1", "optim.lr=5e-3"), datasets=data)["done_before"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 2e-3
+    # continuing with changed settings says which (paths and worker counts are not settings of the run)
+    fit(_fit_cfg(tmp_path, "train.epochs=2", "optim.lr=1e-3", "data.num_workers=1"), datasets=data)
+    log = (run / "log.txt").read_text()
+    assert "resuming with a changed configuration: optim.lr: 0.002 -> 0.001; train.epochs: 1 -> 2\n" in log
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+
+
+def test_fit_with_adamp_steps_like_timm(tmp_path):
+    """optim.name=adamp through fit: one step on one batch of the 16 items equals timm's AdamP (reference).
+    Adam's eps is raised because Adam turns float noise into full steps where the true gradient is zero (the
+    attention's key bias), and fit sums the batch in another order than the reference."""
+    from timm.optim import AdamP as TimmAdamP
+
+    from pitvit.models import save_weights
+    from pitvit.train.runner import fit
+
+    torch.manual_seed(0)
+    init = create_model("pit_test")
+    save_weights(init, tmp_path / "init.pth")
+    fit(_fit_cfg(tmp_path, *_STILL, "optim.name=adamp", "optim.lr=1e-2", "optim.eps=1e-3",
+                 "optim.weight_decay=0.05", f"model.weights={tmp_path / 'init.pth'}"), datasets=(ToySet(16), None))
+    ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert {"delta", "wd_ratio", "nesterov"} <= set(ckpt["optimizer"]["param_groups"][0])  # AdamP's settings
+    ref = copy.deepcopy(init)
+    opt = TimmAdamP(param_groups(ref, 0.05), lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.05)
+    x, y = ToySet(16).all()
+    F.cross_entropy(ref(x), y).backward()
+    opt.step()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(ckpt["state_dict"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert not torch.allclose(ckpt["state_dict"]["head.weight"], init.state_dict()["head.weight"])
+
+
+def test_max_steps_per_epoch(tmp_path):
+    """train.max_steps_per_epoch=2 on a loader of 4 batches, 2 epochs: 2 x 2 = 4 optimizer steps, and a per-step
+    schedule spread over 2 steps an epoch."""
+    from pitvit.train.runner import fit
+
+    fit(_fit_cfg(tmp_path, "train.max_steps_per_epoch=2", "sched.per_step=true", "ema.enabled=false"),
+        datasets=(ToySet(64), ToySet(32, 1)))
+    run = tmp_path / "run"
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert {int(s["step"]) for s in ckpt["optimizer"]["state"].values()} == {4}
+    assert ckpt["scheduler"]["steps_per_epoch"] == 2 and ckpt["scheduler"]["last_t"] == 1.5  # epoch 1 + 1 / 2
+    assert ", 2 steps/epoch -> " in (run / "log.txt").read_text()
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+
+
+def test_tensorboard_event_files_hold_the_metrics(tmp_path):
+    """log.tensorboard=true: event files under RUN/tensorboard whose scalars, read back with TensorBoard's own
+    reader, are metrics.jsonl's rows (float32 in the event file)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pitvit.train.runner import fit
+
+    fit(_fit_cfg(tmp_path, "log.tensorboard=true"), datasets=(ToySet(32), ToySet(16, 1)))
+    run = tmp_path / "run"
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    rows = _rows(run)
+    for key in ("lr", "train_loss", "val_loss", "val_top1", "ema_top1", "epoch_time_s"):
+        scalars = events.Scalars(key)
+        assert [e.step for e in scalars] == [1, 2], key
+        assert [e.value for e in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6), key

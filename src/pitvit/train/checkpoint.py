@@ -1,11 +1,11 @@
-"""Training checkpoints: plain data (tensors, numbers, strings, lists, dicts) written atomically.
+"""Training checkpoints: plain data (tensors, numbers, strings, lists, dicts), written atomically by
+:func:`pitvit.utils.io.save_torch`.
 
 A checkpoint loads with ``torch.load(path, weights_only=True)``: random-number states are stored as tensors and
 lists, never as numpy objects or custom classes. The layout is the one in ``docs/DESIGN.md``.
 """
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -13,30 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "capture_rng", "restore_rng", "load_checkpoint", "step_seed"]
-
-
-def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
-    """Write ``obj`` to ``path`` so that a crash leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+__all__ = ["capture_rng", "restore_rng", "load_checkpoint"]
 
 
 def capture_rng() -> dict[str, Any]:
@@ -65,25 +42,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
-    """A 63-bit seed that depends on every argument: the per-step randomness (mixup, drop path) is a function
-    of where the run is, not of what ran before, so an interrupted run replays exactly."""
-    x = (seed * 1_000_003 + epoch) * 1_000_033 + step
-    x = x * 1_000_037 + rank
-    # splitmix64 finalizer: nearby inputs give unrelated seeds
-    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) >> 1
-
-
-def seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
-    s = step_seed(seed, epoch, step, rank)
-    torch.manual_seed(s)
-    np.random.seed(s % (2 ** 32))
-    random.seed(s)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

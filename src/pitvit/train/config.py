@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
+from pitvit.utils.io import write_text
+
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
            "save_config", "parse_set"]
@@ -328,7 +330,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -1,34 +1,41 @@
-"""The training engine: one epoch of training and one evaluation pass, with explicit arguments only.
+"""The training engine: one training step, one epoch of steps, and one evaluation pass.
 
 Nothing here reads a configuration: ``fit`` builds the objects and passes them in, so the engine can be used
-(and tested) with any model, loader and optimizer.
+(and tested) with any model, loader and optimizer. A :class:`TrainStep` holds what every batch goes through
+(autocast, gradient accumulation, the fp16 scaler, clipping, the optimizer and the EMA);
+:func:`train_one_epoch` is the loop around it (seeding, skipping a resumed epoch's done batches, progress, the
+non-finite-loss check).
 
-Per-step randomness (mixup, cutmix, drop path) is seeded from ``(seed, epoch, step, rank)``, so a run that is
-interrupted and resumed replays the same steps exactly.
+Per-step randomness (mixup, cutmix, drop path) is seeded from ``(seed, epoch, step, rank)`` through
+:func:`pitvit.utils.seed.mix_seed`, so a run that is interrupted and resumed replays the same steps exactly.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import math
-import resource
-import sys
+import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpoint import seed_step
+from pitvit.utils.distributed import is_distributed
+from pitvit.utils.errors import TrainingError
+from pitvit.utils.logs import Progress
+from pitvit.utils.seed import mix_seed
 
-__all__ = ["train_one_epoch", "evaluate", "NonFiniteLossError"]
+from .ema import ModelEma
+from .sched import LRSchedule
 
-log = logging.getLogger("pitvit.train")
+__all__ = ["TrainStep", "train_one_epoch", "evaluate", "NonFiniteLossError"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
 
     def __init__(self, epoch: int, step: int, value: float) -> None:
@@ -36,57 +43,84 @@ class NonFiniteLossError(RuntimeError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized()
+@dataclass
+class TrainStep:
+    """What every training batch goes through; ``step(images, labels, boundary)`` returns the batch's loss.
+
+    The batch is moved to ``device`` and mixed, the loss computed under autocast and back-propagated (scaled by
+    ``1 / accum_steps``, and by ``scaler`` for fp16). At an accumulation ``boundary`` the gradients are
+    unscaled and clipped, the optimizer steps, the gradients are cleared and the EMA follows; between
+    boundaries a DDP model skips its gradient all-reduce (``no_sync``).
+
+    Args:
+        model: the model to train (possibly DDP-wrapped or compiled).
+        optimizer: the optimizer over ``model``'s parameters.
+        loss_fn: called as ``loss_fn(outputs, targets, images)``.
+        device: where the batches go.
+        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or ``None`` for fp32.
+        scaler: a ``GradScaler`` for fp16, or ``None``.
+        mixup: ``mixup(images, labels) -> (images, soft_targets)`` or ``None``.
+        accum_steps: batches per optimizer step.
+        clip_grad: maximum global gradient norm; 0 disables clipping.
+        ema: an EMA updated after every optimizer step, or ``None``.
+        ema_model: the unwrapped model the EMA follows (default: ``model``).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[..., torch.Tensor]
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    mixup: Callable | None = None
+    accum_steps: int = 1
+    clip_grad: float = 0.0
+    ema: ModelEma | None = None
+    ema_model: nn.Module | None = None
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True) -> torch.Tensor:
+        """Forward and backward one batch; at a ``boundary`` also the optimizer step. Returns the loss (fp32,
+        detached, on the device: reading it would wait for the device)."""
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        no_sync = not boundary and hasattr(self.model, "no_sync")
+        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                loss = self.loss_fn(self.model(images), targets, images)
+            scaled = loss / self.accum_steps
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        if boundary:
+            self._optimizer_step()
+        return loss.detach().float()
+
+    def _optimizer_step(self) -> None:
+        if self.clip_grad > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.ema_model if self.ema_model is not None else self.model)
 
 
-def memory_mb(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, resident set size on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+def _seed_step(seed: int, epoch: int, step: int, rank: int) -> None:
+    s = mix_seed(seed, epoch, step, rank)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
 
 
-def _fmt_time(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
-class _Progress:
-    """A progress bar on a terminal, or a log line every ``interval`` steps elsewhere."""
-
-    def __init__(self, total: int, epoch: int, interval: int, bar: bool, world_size: int, enabled: bool) -> None:
-        self.total, self.epoch, self.interval, self.world = total, epoch, interval, world_size
-        self.bar = bar and enabled
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-        self.images = 0
-
-    def update(self, step: int, images: int, loss: float, lr: float, device: torch.device, force: bool = False) -> None:
-        self.images = images
-        if not self.enabled:
-            return
-        done = step + 1
-        elapsed = time.perf_counter() - self.t0
-        rate = images * self.world / max(elapsed, 1e-9)
-        eta = elapsed / done * (self.total - done) if self.total else 0.0
-        msg = (f"epoch {self.epoch + 1} [{done}/{self.total}] loss {loss:.4f} lr {lr:.3e} "
-               f"{rate:.0f} img/s eta {_fmt_time(eta)} mem {memory_mb(device):.0f}MB")
-        if self.bar:
-            width = 24
-            filled = int(width * done / max(self.total, 1))
-            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {msg}\033[K")
-            if done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif force or done % self.interval == 0:
-            log.info(msg)
-
-    def close(self) -> None:
-        if self.bar:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def _rank_and_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
 def _skip(loader: Iterable, start_step: int) -> Iterable:
@@ -100,170 +134,110 @@ def _skip(loader: Iterable, start_step: int) -> Iterable:
     return itertools.islice(iter(loader), start_step, None)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable,
-    optimizer: torch.optim.Optimizer,
-    *,
-    loss_fn: Callable[..., torch.Tensor],
-    device: torch.device,
-    epoch: int = 0,
-    schedule: Any = None,
-    scaler: torch.amp.GradScaler | None = None,
-    amp_dtype: torch.dtype | None = None,
-    mixup: Callable | None = None,
-    ema: Any = None,
-    ema_model: nn.Module | None = None,
-    accum_steps: int = 1,
-    clip_grad: float = 0.0,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    start_step: int = 0,
-    max_steps: int = 0,
-    log_interval: int = 50,
-    progress_bar: bool = False,
-    verbose: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-    partial: dict[str, float] | None = None,
-) -> dict[str, Any]:
-    """Train for one epoch (or until ``should_stop()``), stepping the optimizer every ``accum_steps`` batches.
+class _LossCheck:
+    """The losses of recent steps, read back from the device together (one sync per progress line) and checked:
+    a non-finite one stops every process, which would otherwise wait forever in the next all-reduce."""
+
+    def __init__(self, epoch: int, first_step: int, partial: dict[str, float], device: torch.device) -> None:
+        self.epoch, self.first, self.partial, self.device = epoch, first_step, partial, device
+        self.pending: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending.append(loss)
+
+    def flush(self, last_step: int) -> None:
+        """Check the pending losses (steps ``first .. last_step``) and add them to the running sums."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending).tolist()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), -1)
+        if is_distributed():
+            flag = torch.tensor([1.0 if bad >= 0 else 0.0], device=self.device)
+            dist.all_reduce(flag)
+            if flag.item() > 0 and bad < 0:  # another process saw it
+                raise NonFiniteLossError(self.epoch, last_step, float("nan"))
+        if bad >= 0:
+            raise NonFiniteLossError(self.epoch, self.first + bad, values[bad])
+        self.partial["loss_sum"] += sum(values)
+        self.partial["batches"] += len(values)
+        self.pending, self.first = [], last_step + 1
+
+    def mean(self) -> float:
+        return self.partial["loss_sum"] / self.partial["batches"] if self.partial["batches"] else float("nan")
+
+
+def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: int = 0,
+                    schedule: LRSchedule | None = None, start_step: int = 0, partial: dict[str, float] | None = None,
+                    max_steps: int = 0, progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train for one epoch (or until ``should_stop()``), an optimizer step every ``step.accum_steps`` batches.
 
     Args:
-        model: the model to train (possibly DDP-wrapped or compiled).
+        step: the model, optimizer and everything else a batch goes through.
         loader: yields ``(images, labels)``.
-        optimizer: the optimizer over ``model``'s parameters.
-        loss_fn: called as ``loss_fn(outputs, targets, images)``.
-        device: where the batches go.
-        epoch: 0-based epoch index (seeds the per-step randomness, positions a per-step schedule).
-        schedule: an :class:`~pitvit.train.sched.LRSchedule` or ``None``; updated per step if it says so.
-        scaler: a ``GradScaler`` for fp16, or ``None``.
-        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or ``None`` for fp32.
-        mixup: ``mixup(images, labels) -> (images, soft_targets)`` or ``None``.
-        ema: a :class:`~pitvit.train.ema.ModelEma` updated after every optimizer step, or ``None``.
-        ema_model: the unwrapped model the EMA follows (default: ``model``).
-        accum_steps: batches per optimizer step (gradient accumulation).
-        clip_grad: maximum global gradient norm; 0 disables clipping.
-        seed, rank: with ``epoch`` and the step, seed the per-step randomness.
-        world_size: processes (for the global images/s).
+        epoch: 0-based epoch index: seeds the per-step randomness (with ``seed``, the step and the process
+            rank), and positions a per-step ``schedule``.
+        seed: the run's seed.
+        schedule: an :class:`~pitvit.train.sched.LRSchedule` set at every optimizer step if it is ``per_step``
+            (an epoch-wise schedule is the caller's to set), or ``None``.
         start_step: batches of this epoch already done (a resumed epoch skips them).
+        partial: running sums ``{"loss_sum", "batches", "images"}`` of a resumed epoch.
         max_steps: stop after this many batches (0: the whole loader).
-        log_interval: batches between progress lines (and loss checks).
-        progress_bar: draw a bar (on a terminal) instead of periodic lines.
-        verbose: print progress at all (rank 0).
-        should_stop: polled between optimizer steps; ``True`` ends the epoch early (``stopped`` in the result).
-        partial: running sums ``{"loss_sum", "samples", "images"}`` of a resumed epoch.
+        progress: where progress goes; the loss is checked for finiteness whenever a line is due (every
+            ``progress.interval`` batches). Default: no output, checked every 50 batches.
+        should_stop: polled after every optimizer step; ``True`` ends the epoch early (``stopped``).
 
     Returns:
-        ``{"loss", "steps", "images", "time_s", "img_s", "lr", "stopped", "next_step", "partial"}``; the loss is
-        the mean over this process's batches.
+        ``{"loss", "steps", "images", "time_s", "img_s", "lr", "stopped", "next_step", "partial"}``: the loss is
+        the mean over this process's batches, ``img_s`` counts all processes.
 
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite (checked every ``log_interval`` batches).
+        NonFiniteLossError: the loss became NaN or infinite.
     """
-    model.train()
+    step.model.train()
     total = len(loader) if hasattr(loader, "__len__") else 0
     if max_steps:
         total = min(total, max_steps) if total else max_steps
-    opt_steps = max(total // accum_steps, 1)
-    follow = ema_model if ema_model is not None else model
+    rank, world = _rank_and_world()
     partial = dict(partial or {"loss_sum": 0.0, "batches": 0, "images": 0})
-    pending: list[torch.Tensor] = []
-    first_pending = start_step
-    lr = optimizer.param_groups[0]["lr"]
-    progress = _Progress(total, epoch, log_interval, progress_bar, world_size, verbose)
+    progress = progress or Progress(total, enabled=False)
+    losses = _LossCheck(epoch, start_step, partial, step.device)
+    lr, images, i, stopped = step.optimizer.param_groups[0]["lr"], 0, start_step - 1, False
     t0 = time.perf_counter()
-    images_now = 0
-    step = start_step - 1
-    stopped = False
-
-    def flush(step_now: int) -> None:
-        nonlocal pending, first_pending
-        if not pending:
-            return
-        values = torch.stack(pending).tolist()
-        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), -1)
-        if _dist_on():  # every rank must stop together, or the others would wait forever in all-reduce
-            flag = torch.tensor([1.0 if bad >= 0 else 0.0], device=device)
-            dist.all_reduce(flag)
-            if flag.item() > 0 and bad < 0:
-                raise NonFiniteLossError(epoch, step_now, float("nan"))
-        if bad >= 0:
-            raise NonFiniteLossError(epoch, first_pending + bad, values[bad])
-        partial["loss_sum"] += sum(values)
-        partial["batches"] += len(values)
-        pending, first_pending = [], step_now + 1
-
-    seed_step(seed, epoch, -1, rank)  # anything the loader draws from the global generators
+    _seed_step(seed, epoch, -1, rank)  # anything the loader draws from the global generators
     batches = _skip(loader, start_step)
     if max_steps:
         batches = itertools.islice(batches, max(max_steps - start_step, 0))
-    for step, (images, labels) in enumerate(batches, start=start_step):
-        seed_step(seed, epoch, step, rank)
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if mixup is not None:
-            images, targets = mixup(images, labels)
-        else:
-            targets = labels
-        boundary = (step + 1) % accum_steps == 0 or step + 1 == total
-        if schedule is not None and schedule.per_step and step % accum_steps == 0:
-            lr = schedule.set(epoch, step // accum_steps)
-        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-        with sync:
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                outputs = model(images)
-                loss = loss_fn(outputs, targets, images)
-            scaled = loss / accum_steps
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        pending.append(loss.detach().float())
-        if boundary:
-            if clip_grad > 0:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(follow)
-        images_now += images.shape[0]
-        partial["images"] += images.shape[0]
-        if (step + 1) % log_interval == 0 or step + 1 == total:
-            flush(step)
-            recent = partial["loss_sum"] / max(partial["batches"], 1)
-            progress.update(step, images_now, recent, lr, device)
-        elif progress.bar:
-            progress.update(step, images_now, float("nan") if not partial["batches"] else
-                            partial["loss_sum"] / partial["batches"], lr, device)
+    for i, (x, y) in enumerate(batches, start=start_step):
+        _seed_step(seed, epoch, i, rank)
+        if schedule is not None and schedule.per_step and i % step.accum_steps == 0:
+            lr = schedule.set(epoch, i // step.accum_steps)
+        boundary = (i + 1) % step.accum_steps == 0 or i + 1 == total
+        losses.add(step(x, y, boundary))
+        images += x.shape[0]
+        partial["images"] += x.shape[0]
+        line_due = progress.due(i + 1) or i + 1 == total
+        if line_due:
+            losses.flush(i)
+        if line_due or progress.bar:  # a bar moves every batch and shows the loss as of the last check
+            progress.update(i + 1, images * world, f"loss {losses.mean():.4f} lr {lr:.3e}")
         if boundary and should_stop is not None and should_stop():
-            stopped = step + 1 < total
+            stopped = i + 1 < total
             break
-    flush(step)
-    if progress.bar and step + 1 < total:  # a full epoch already ended its bar's line
-        progress.close()
+    losses.flush(i)
+    progress.close()
     elapsed = time.perf_counter() - t0
-    return {
-        "loss": partial["loss_sum"] / max(partial["batches"], 1),
-        "steps": step + 1,
-        "opt_steps": opt_steps,
-        "images": partial["images"],
-        "time_s": elapsed,
-        "img_s": images_now * world_size / max(elapsed, 1e-9),
-        "lr": lr,
-        "stopped": stopped,
-        "next_step": step + 1 if stopped else 0,
-        "partial": partial,
-    }
+    return {"loss": partial["loss_sum"] / max(partial["batches"], 1), "steps": i + 1, "images": partial["images"],
+            "time_s": elapsed, "img_s": images * world / max(elapsed, 1e-9), "lr": lr, "stopped": stopped,
+            "next_step": i + 1 if stopped else 0, "partial": partial}
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dtype: torch.dtype | None = None,
              max_steps: int = 0) -> dict[str, float]:
     """Cross-entropy, top-1 and top-5 (%) over ``loader``, summed over all processes when distributed.
+
+    A ``(cls, dist)`` pair of outputs (a distilled model in distilled-training mode) is scored on its mean.
 
     Returns:
         ``{"loss", "top1", "top5", "n"}``.
@@ -281,13 +255,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dt
             out = (out[0] + out[1]) / 2
         out = out.float()
         k = min(5, out.shape[1])
-        top = out.topk(k, dim=1).indices
-        hit = top.eq(labels[:, None])
+        hit = out.topk(k, dim=1).indices.eq(labels[:, None])
         sums += torch.stack([
             nn.functional.cross_entropy(out, labels, reduction="sum").double(),
             hit[:, 0].sum().double(), hit.any(dim=1).sum().double(),
             torch.tensor(float(labels.numel()), dtype=torch.float64, device=device)])
-    if _dist_on():
+    if is_distributed():
         dist.all_reduce(sums)
     loss, top1, top5, n = sums.tolist()
     model.train(was_training)

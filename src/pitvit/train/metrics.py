@@ -1,13 +1,22 @@
 """The per-epoch record of a run: ``metrics.jsonl`` and ``metrics.csv`` (rows as in ``docs/DESIGN.md``),
-TensorBoard scalars when asked for and installed, and ``curves.png``."""
+TensorBoard scalars when asked for and installed, and ``curves.png``.
+
+Both files are rewritten whole and atomically after every epoch (a few hundred short rows), so a kill leaves
+the previous version, never a cut line.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from pitvit.utils.io import write_bytes, write_text
+
+from .curves import plot_runs, read_metrics
 
 __all__ = ["MetricsLog", "FIELDS"]
 
@@ -18,48 +27,41 @@ FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_top1", "val_top5", "ema_
 
 
 class MetricsLog:
-    """Appends one row per epoch; a resumed run first drops rows past its checkpoint.
+    """Adds one row per epoch; a resumed run first drops the rows past its checkpoint (:meth:`truncate`).
 
     Args:
         run_dir: the run folder.
-        tensorboard: also write TensorBoard scalars (needs the ``tensorboard`` package).
-        plot: redraw ``curves.png`` after every row (needs ``pitvit.tools.plot`` and matplotlib).
+        tensorboard: also write TensorBoard scalars to ``run_dir/tensorboard`` (needs the ``tensorboard``
+            package; without it a warning says so and the run goes on).
+        plot: redraw ``curves.png`` after every row (needs matplotlib; without it a warning, then no plot).
     """
 
     def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = False, plot: bool = True) -> None:
         self.dir = Path(run_dir)
         self.jsonl, self.csv = self.dir / "metrics.jsonl", self.dir / "metrics.csv"
         self.plot = plot
+        self._rows = read_metrics(self.jsonl) if self.jsonl.is_file() else []
         self.writer = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(self.dir / "tensorboard"))
             except ImportError:
                 log.warning("log.tensorboard is set but the tensorboard package is not installed; skipping it")
+            else:
+                self.writer = SummaryWriter(str(self.dir / "tensorboard"))
 
     def rows(self) -> list[dict[str, Any]]:
-        if not self.jsonl.exists():
-            return []
-        out = []
-        for line in self.jsonl.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-        return out
+        return list(self._rows)
 
     def truncate(self, last_epoch: int) -> None:
         """Keep the rows of epochs ``<= last_epoch`` (a resumed run rewrites the later ones)."""
-        rows = [r for r in self.rows() if r.get("epoch", 0) <= last_epoch]
-        self._write(rows)
+        self._rows = [r for r in self._rows if r.get("epoch", 0) <= last_epoch]
+        self._write()
 
     def append(self, row: dict[str, Any]) -> None:
         row = {k: row[k] for k in FIELDS if row.get(k) is not None}
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        self._write_csv(self.rows())
+        self._rows.append(row)
+        self._write()
         if self.writer is not None:
             for k, v in row.items():
                 if k != "epoch":
@@ -68,26 +70,24 @@ class MetricsLog:
         if self.plot:
             self._plot()
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        self._write_csv(rows)
-
-    def _write_csv(self, rows: list[dict[str, Any]]) -> None:
-        present = [k for k in FIELDS if any(k in r for r in rows)]
-        with open(self.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=present)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k, "") for k in present})
+    def _write(self) -> None:
+        write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in self._rows))
+        present = [k for k in FIELDS if any(k in r for r in self._rows)]
+        text = io.StringIO(newline="")
+        w = csv.DictWriter(text, fieldnames=present)
+        w.writeheader()
+        for r in self._rows:
+            w.writerow({k: r.get(k, "") for k in present})
+        write_bytes(self.csv, text.getvalue().encode())  # csv's own line ends, untranslated
 
     def _plot(self) -> None:
         try:
-            from pitvit.tools.plot import plot_runs
-        except ImportError:
-            return
-        try:
             plot_runs([self.dir], self.dir / "curves.png")
-        except Exception as e:  # a plot must never stop a training run
+        except ImportError:
+            log.warning("log.plot is set but matplotlib is not installed (pip install 'pitvit[plot]'); "
+                        "no curves.png")
+            self.plot = False
+        except Exception as e:  # noqa: BLE001 - a plot must never stop a training run
             log.warning("could not draw curves.png: %s", e)
             self.plot = False
 

@@ -7,39 +7,38 @@ metric improves), so a run killed at any moment resumes from its folder and ends
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from pitvit.utils.device import amp_dtype
+from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from pitvit.utils.errors import ConfigError, TrainingError
+from pitvit.utils.io import remove_stale_temps, save_torch, write_with
+from pitvit.utils.logs import Progress, setup_logging
+
+from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import Config, config_to_dict, save_config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
-from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from pitvit.utils.logs import setup_logging
 from .ema import ModelEma
-from .engine import NonFiniteLossError, evaluate, train_one_epoch
+from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
 from .metrics import MetricsLog
 from .optim import build_optimizer, scaled_lr
 from .sched import LRSchedule
 
-__all__ = ["fit", "TrainingError", "build_data", "build_model", "build_training", "run_dir_of"]
+__all__ = ["fit", "TrainingError", "Data", "Training", "build_data", "build_model", "build_training",
+           "run_dir_of"]
 
 log = logging.getLogger("pitvit.train")
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingError(RuntimeError):
-    """The run stopped on an error it explained (a non-finite loss, nothing to resume, ...)."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -88,7 +87,7 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     pre = _preprocessing(cfg)
     if datasets is None:
         if not cfg.data.path and cfg.data.kind != "fashion_mnist":
-            raise ValueError("no dataset: pass --data DIR (or set data.path)")
+            raise ConfigError("no dataset: pass --data DIR (or set data.path)")
         common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
         gpu = cfg.data.pipeline == "gpu"  # the GPU pipeline applies the transforms itself
         tf_train = None if gpu else D.build_transform(True, **common, aug=_aug_dict(cfg))
@@ -155,14 +154,11 @@ class Training:
     amp_dtype: torch.dtype | None
     global_batch: int
     steps_per_epoch: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: DistInfo) -> Training:
     """Optimizer (with the scaled lr), schedule, precision, EMA, loss (with the teacher) and wrapping."""
-    amp_dtype = AMP_DTYPES[cfg.train.amp]
-    if amp_dtype is torch.float16 and info.device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
+    dtype = amp_dtype(cfg.train.amp, info.device)
     o, s = cfg.optim, cfg.sched
     global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
     lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
@@ -170,21 +166,27 @@ def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: Di
     opt_steps = max(steps_per_epoch // o.accum_steps, 1)
     schedule = LRSchedule(optimizer, lr, cfg.train.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr,
                           s.cooldown_epochs, s.warmup_prefix, s.per_step, opt_steps, s.name)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     ema = ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     base = ClassificationLoss(smoothing=cfg.aug.smoothing)
     loss_fn: nn.Module = base
     if cfg.distill.mode != "none":
         teacher = build_teacher(cfg.distill.teacher, model.num_classes, cfg.distill.teacher_weights, info.device)
-        loss_fn = DistillationLoss(base, teacher, cfg.distill.mode, cfg.distill.alpha, cfg.distill.tau, amp_dtype)
+        loss_fn = DistillationLoss(base, teacher, cfg.distill.mode, cfg.distill.alpha, cfg.distill.tau, dtype)
     train_model: nn.Module = model
     if info.distributed:
         ids = [info.device.index] if info.device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
-    return Training(model, train_model, optimizer, schedule, scaler, ema, loss_fn, amp_dtype, global_batch,
+    return Training(model, train_model, optimizer, schedule, scaler, ema, loss_fn, dtype, global_batch,
                     steps_per_epoch)
+
+
+def _train_step(cfg: Config, t: Training, data: Data, info: DistInfo) -> TrainStep:
+    return TrainStep(t.train_model, t.optimizer, t.loss_fn, info.device, amp_dtype=t.amp_dtype, scaler=t.scaler,
+                     mixup=data.mixup, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
+                     ema=t.ema, ema_model=t.model)
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -264,10 +266,16 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 
 
 def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from: ``run_dir/last.pt`` unless ``train.resume`` is false (and ``require``,
+    the ``--resume`` flag, is not set); warns about configuration changes since it was written.
+
+    Raises:
+        TrainingError: ``require`` and there is no ``last.pt``.
+    """
     last = run_dir / "last.pt"
     if not last.exists():
         if require:
-            raise TrainingError(f"--resume: {last} does not exist")
+            raise TrainingError(f"--resume: {last} does not exist; run without --resume to start a new run there")
         return None
     if not cfg.train.resume and not require:
         log.warning("%s exists but train.resume is false: starting over", last)
@@ -288,8 +296,6 @@ class _StopFlag:
         self.previous = None
 
     def install(self) -> None:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -326,43 +332,33 @@ def _skipped(loader: Any) -> int:
     return int(s or 0)
 
 
-def _evaluate_all(t: Training, data: Data, info: DistInfo, max_steps: int) -> dict[str, float]:
-    row: dict[str, float] = {}
-    if data.val is None:
-        return row
-    res = evaluate(t.model, data.val, device=info.device, amp_dtype=t.amp_dtype, max_steps=max_steps)
-    row.update(val_loss=res["loss"], val_top1=res["top1"], val_top5=res["top5"])
-    if t.ema is not None:
-        res = evaluate(t.ema.module, data.val, device=info.device, amp_dtype=t.amp_dtype, max_steps=max_steps)
-        row.update(ema_loss=res["loss"], ema_top1=res["top1"], ema_top5=res["top5"])
-    return row
-
-
 def _improved(name: str, value: float, best: dict[str, Any]) -> bool:
     if best.get("value") is None:
         return True
     return value < best["value"] if name.endswith("loss") else value > best["value"]
 
 
-def _save(cfg: Config, t: Training, data: Data, info: DistInfo, run_dir: Path, *, epoch: int, step: int,
-          best: dict[str, Any], is_best: bool = False, partial: dict[str, float] | None = None) -> None:
-    if info.is_main:
-        ckpt = make_checkpoint(cfg, t, data, epoch=epoch, step=step, best=best, partial=partial)
-        atomic_save(ckpt, run_dir / "last.pt")
-        if is_best:
-            tmp = run_dir / ".best.pt.tmp"
-            shutil.copyfile(run_dir / "last.pt", tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, run_dir / "best.pt")
-    barrier()
+@dataclass
+class _Run:
+    """One run's objects, built by :func:`_prepare`; ``best`` and ``metrics`` change as it goes."""
+
+    cfg: Config
+    info: DistInfo
+    run_dir: Path
+    data: Data
+    t: Training
+    step: TrainStep
+    best: dict[str, Any]
+    bar: bool
+    metrics: MetricsLog | None = None
 
 
-def _prepare(cfg: Config, require_resume: bool, datasets: Any):
+def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, dict[str, Any] | None]:
     info = init_distributed(cfg.train.device)
     run_dir = run_dir_of(cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # checkpoints half-written by a killed run
     barrier()
     setup_logging(info.rank, str(run_dir / "log.txt"))
     if cfg.train.threads:
@@ -371,47 +367,120 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any):
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt = load_resume(cfg, run_dir, require_resume)
-    if info.is_main:
-        save_config(cfg, run_dir / "config.yaml")
     data = build_data(cfg, info, datasets)
     model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device)
     steps = len(data.train)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     t = build_training(cfg, model, steps, info)
-    return info, run_dir, ckpt, data, t
+    best = {"name": best_metric_name(cfg), "value": None, "epoch": None}
+    bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
+    return _Run(cfg, info, run_dir, data, t, _train_step(cfg, t, data, info), best, bar), ckpt
 
 
-def _train_epoch(cfg: Config, t: Training, data: Data, info: DistInfo, run_dir: Path, epoch: int, *,
-                 start_step: int, partial: dict[str, float] | None, stop: _StopFlag, bar: bool) -> dict[str, Any]:
+def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str, float] | None]:
+    """Load the checkpoint into the run; returns where to go on: epoch, batch and the epoch's running sums."""
+    if ckpt is None:
+        return 0, 0, None
+    restore(ckpt, run.t)
+    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+    run.best = dict(ckpt.get("best_metric") or run.best)
+    log.info("resuming %s at epoch %d%s", run.run_dir / "last.pt", epoch + 1, f", batch {step + 1}" if step else "")
+    return epoch, step, ckpt.get("partial_epoch")
+
+
+def _save(run: _Run, *, epoch: int, step: int, is_best: bool = False,
+          partial: dict[str, float] | None = None) -> None:
+    if run.info.is_main:
+        last = run.run_dir / "last.pt"
+        save_torch(make_checkpoint(run.cfg, run.t, run.data, epoch=epoch, step=step, best=run.best,
+                                   partial=partial), last)
+        if is_best:
+            write_with(run.run_dir / "best.pt", lambda tmp: shutil.copyfile(last, tmp))
+    barrier()
+
+
+def _train_epoch(run: _Run, epoch: int, *, start_step: int, partial: dict[str, float] | None,
+                 stop: _StopFlag) -> dict[str, Any]:
     """One epoch through the engine; a non-finite loss becomes a :class:`TrainingError` that says what is kept."""
-    _set_epoch(data.train, epoch)
+    cfg, t = run.cfg, run.t
+    _set_epoch(run.data.train, epoch)
     if not t.schedule.per_step:
         t.schedule.set(epoch)
+    progress = Progress(t.steps_per_epoch, f"epoch {epoch + 1}", interval=cfg.log.interval, bar=run.bar,
+                        enabled=run.info.is_main, device=run.info.device, logger=log)
     try:
-        return train_one_epoch(
-            t.train_model, data.train, t.optimizer, loss_fn=t.loss_fn, device=info.device, epoch=epoch,
-            schedule=t.schedule, scaler=t.scaler, amp_dtype=t.amp_dtype, mixup=data.mixup, ema=t.ema,
-            ema_model=t.model, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
-            seed=cfg.train.seed, rank=info.rank, world_size=info.world_size, start_step=start_step,
-            max_steps=cfg.train.max_steps_per_epoch, log_interval=cfg.log.interval,
-            progress_bar=bar, verbose=info.is_main, should_stop=stop, partial=partial)
+        return train_one_epoch(run.step, run.data.train, epoch=epoch, seed=cfg.train.seed, schedule=t.schedule,
+                               start_step=start_step, partial=partial, max_steps=cfg.train.max_steps_per_epoch,
+                               progress=progress, should_stop=stop)
     except NonFiniteLossError as e:
-        kept = f"{run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
+        kept = f"{run.run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
         raise TrainingError(f"{e}: stopping; the last good checkpoint is {kept}. Lower optim.lr, "
                             f"set optim.clip_grad, or try train.amp=none.") from e
 
 
-def _epoch_row(cfg: Config, t: Training, data: Data, info: DistInfo, epoch: int, total: int,
-               stats: dict[str, Any], t0: float) -> dict[str, Any]:
-    """The metrics row of a finished epoch, evaluating raw and EMA weights when due."""
+def _evaluate_all(run: _Run) -> dict[str, float]:
+    """Validation loss, top-1 and top-5 of the raw weights, and of the EMA's when there is one."""
+    row: dict[str, float] = {}
+    if run.data.val is None:
+        return row
+    models = [("val", run.t.model)] + ([("ema", run.t.ema.module)] if run.t.ema is not None else [])
+    for prefix, model in models:
+        res = evaluate(model, run.data.val, device=run.info.device, amp_dtype=run.t.amp_dtype,
+                       max_steps=run.cfg.train.max_steps_per_epoch)
+        row.update({f"{prefix}_loss": res["loss"], f"{prefix}_top1": res["top1"], f"{prefix}_top5": res["top5"]})
+    return row
+
+
+def _end_epoch(run: _Run, epoch: int, total: int, stats: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Evaluate when due, record the epoch's row, keep the best, and save ``last.pt`` (and ``best.pt``)."""
+    info = run.info
     row = {"epoch": epoch + 1, "lr": stats["lr"], "train_img_s": stats["img_s"],
            "train_loss": all_reduce_sum([stats["loss"]], info.device)[0] / info.world_size}
-    if (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == total:
-        row.update(_evaluate_all(t, data, info, cfg.train.max_steps_per_epoch))
-    row["skipped_images"] = int(all_reduce_sum([_skipped(data.train)], info.device)[0])
+    if (epoch + 1) % run.cfg.train.eval_every == 0 or epoch + 1 == total:
+        row.update(_evaluate_all(run))
+    row["skipped_images"] = int(all_reduce_sum([_skipped(run.data.train)], info.device)[0])
     row["epoch_time_s"] = time.perf_counter() - t0
+    name = run.best["name"]
+    is_best = name in row and _improved(name, row[name], run.best)
+    if is_best:
+        run.best = {"name": name, "value": row[name], "epoch": epoch + 1}
+    _log_epoch(row, run.best)
+    if run.metrics is not None:
+        run.metrics.append(row)
+    _save(run, epoch=epoch + 1, step=0, is_best=is_best)
     return row
+
+
+def _run_epochs(run: _Run, start_epoch: int, start_step: int, partial: dict[str, float] | None) -> dict[str, Any]:
+    """Epochs ``start_epoch ..`` (the first from batch ``start_step``) until the end or a SIGTERM."""
+    cfg, t, info, total = run.cfg, run.t, run.info, run.t.schedule.total_epochs
+    if info.is_main:  # the configuration is only written once the run really starts
+        save_config(cfg, run.run_dir / "config.yaml")
+        run.metrics = MetricsLog(run.run_dir, cfg.log.tensorboard, cfg.log.plot)
+        run.metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
+    log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
+             cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
+             t.schedule.base_lr, total, t.steps_per_epoch, run.run_dir)
+    stop = _StopFlag(info)
+    stop.install()
+    row: dict[str, Any] = {}
+    try:
+        for epoch in range(start_epoch, total):
+            t0 = time.perf_counter()
+            stats = _train_epoch(run, epoch, start_step=start_step, partial=partial, stop=stop)
+            start_step, partial = 0, None
+            if stats["stopped"]:
+                _save(run, epoch=epoch, step=stats["next_step"], partial=stats["partial"])
+                log.info("stopped by SIGTERM at epoch %d, batch %d: saved %s; run the same command to resume",
+                         epoch + 1, stats["next_step"], run.run_dir / "last.pt")
+                return {**row, "stopped": True}
+            row = _end_epoch(run, epoch, total, stats, t0)
+    finally:
+        stop.uninstall()
+        if run.metrics is not None:
+            run.metrics.close()
+    return {**row, "stopped": False}
 
 
 def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] | None = None) -> dict[str, Any]:
@@ -428,59 +497,18 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
     Raises:
         TrainingError: the loss became non-finite (the last good checkpoint is kept), or nothing to resume.
     """
-    info, run_dir, ckpt, data, t = _prepare(cfg, require_resume, datasets)
-    metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
-    best: dict[str, Any] = {"name": best_metric_name(cfg), "value": None, "epoch": None}
-    start_epoch, start_step, partial = 0, 0, None
-    if ckpt is not None:
-        restore(ckpt, t)
-        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-        best, partial = dict(ckpt.get("best_metric") or best), ckpt.get("partial_epoch")
-        log.info("resuming %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
-                 f", batch {start_step + 1}" if start_step else "")
-    if metrics is not None:
-        metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
-    total = t.schedule.total_epochs
-    if start_epoch >= total and not start_step:
-        log.info("%s already holds all %d epochs; nothing to do (raise train.epochs to continue)",
-                 run_dir / "last.pt", total)
-        cleanup_distributed()
-        return {"epoch": start_epoch, "run_dir": str(run_dir), "best": best, "stopped": False, "done_before": True}
-    log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
-             cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
-             t.schedule.base_lr, total, t.steps_per_epoch, run_dir)
-    stop = _StopFlag(info)
-    stop.install()
-    row: dict[str, Any] = {}
-    stopped = False
-    bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
     try:
-        for epoch in range(start_epoch, total):
-            t0 = time.perf_counter()
-            stats = _train_epoch(cfg, t, data, info, run_dir, epoch, start_step=start_step, partial=partial,
-                                 stop=stop, bar=bar)
-            start_step, partial = 0, None
-            if stats["stopped"]:
-                _save(cfg, t, data, info, run_dir, epoch=epoch, step=stats["next_step"], best=best,
-                      partial=stats["partial"])
-                log.info("stopped by SIGTERM at epoch %d, batch %d: saved %s; run the same command to resume",
-                         epoch + 1, stats["next_step"], run_dir / "last.pt")
-                stopped = True
-                break
-            row = _epoch_row(cfg, t, data, info, epoch, total, stats, t0)
-            is_best = best["name"] in row and _improved(best["name"], row[best["name"]], best)
-            if is_best:
-                best = {"name": best["name"], "value": row[best["name"]], "epoch": epoch + 1}
-            _log_epoch(row, best)
-            if metrics is not None:
-                metrics.append(row)
-            _save(cfg, t, data, info, run_dir, epoch=epoch + 1, step=0, best=best, is_best=is_best)
+        run, ckpt = _prepare(cfg, require_resume, datasets)
+        start_epoch, start_step, partial = _restore(run, ckpt)
+        if start_epoch >= run.t.schedule.total_epochs and not start_step:
+            log.info("%s already holds all %d epochs; nothing to do (raise train.epochs to continue)",
+                     run.run_dir / "last.pt", run.t.schedule.total_epochs)
+            return {"epoch": start_epoch, "run_dir": str(run.run_dir), "best": run.best, "stopped": False,
+                    "done_before": True}
+        result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
-        stop.uninstall()
-        if metrics is not None:
-            metrics.close()
         cleanup_distributed()
-    return {**row, "run_dir": str(run_dir), "best": best, "stopped": stopped}
+    return {**result, "run_dir": str(run.run_dir), "best": run.best}
 
 
 def _log_epoch(row: dict[str, Any], best: dict[str, Any]) -> None:

@@ -1,12 +1,15 @@
 """Devices and precisions by name: the one place that turns ``auto``/``cpu``/``cuda[:N]`` into a device and
-``none``/``bf16``/``fp16`` into an autocast dtype."""
+``none``/``bf16``/``fp16`` into an autocast dtype; and how much memory this process used at most."""
 from __future__ import annotations
+
+import resource
+import sys
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "resolve_device", "amp_dtype"]
+__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "resolve_device", "amp_dtype", "peak_memory_mb"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -47,3 +50,11 @@ def amp_dtype(name: str, device: torch.device | None = None) -> torch.dtype | No
     if dtype is torch.float16 and device is not None and device.type != "cuda":
         raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on the CPU")
     return dtype
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process in MiB: CUDA allocations on a GPU, the resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
