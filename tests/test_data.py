@@ -494,3 +494,29 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
     assert out.size == img.size and out.getextrema() == ((0, 0), (0, 0), (0, 0))
     op.magnitude = 5  # 2 bits kept: 200 -> 192, 100 -> 64, 50 -> 0
     assert op(img).getpixel((0, 0)) == (192, 64, 0)
+
+# ---------------------------------------------------------------------------- faults (issue 11)
+@pytest.mark.parametrize("persistent", [False, True], ids=["fresh-workers", "persistent-workers"])
+def test_mid_epoch_resume_is_exact_with_any_number_of_workers(persistent):
+    """Reference: the uninterrupted epoch read in the main process. Resuming at step k (what a run restarted after
+    SIGTERM does) must give exactly its batches k.., whatever the number of workers; torch's multi-process
+    iterator calls ``iter(batch_sampler)`` twice on first use, which once made 1 worker replay 6 batches
+    instead of 2."""
+    ds = ToyDataset(24)
+    ref = build_loader(ds, batch_size=4, train=True, seed=3, num_workers=0)
+    full = epoch_batches(ref, 1)
+    assert len(full) == 6
+    for workers in (0, 1, 2):
+        loader = build_loader(ds, batch_size=4, train=True, seed=3, num_workers=workers,
+                              persistent_workers=persistent)
+        for start in (4, 0, 2, 6, 1):
+            loader.set_epoch(1, start_step=start)
+            assert len(loader) == 6 - start
+            got = [(x.clone(), y.clone()) for x, y in loader]
+            assert len(got) == 6 - start, (workers, start)
+            for (x, y), (xr, yr) in zip(got, full[start:]):
+                assert torch.equal(x, xr) and torch.equal(y, yr), (workers, start)
+            assert len(loader) == 6  # the start step applied to that iteration only
+        loader.sampler.set_start_step(3)  # the engine's way of resuming
+        assert len([b for b in loader]) == 3 and len(loader) == 6
+

@@ -158,9 +158,18 @@ class Loader:
         self.skipped = 0
         self.skipped_files = []
         step0 = self.sampler.start_step
-        for i, (images, labels, skipped) in enumerate(self.loader):
+        for i, (images, labels, skipped) in enumerate(self._start()):
             if self._keep(images, skipped, step0 + i):
                 yield images, labels
+
+    def _start(self) -> Iterator[Any]:
+        """The DataLoader's iterator for this iteration; spends the pending start step."""
+        try:
+            # torch calls iter(batch_sampler) in here, once or (a new multi-process iterator) twice; the start
+            # step holds for all of those calls and is spent once the iteration exists
+            return iter(self.loader)
+        finally:
+            self.sampler.set_start_step(0)
 
     def _keep(self, images: Any, skipped: list[str], step: int) -> bool:
         """Count a batch's unreadable files; False when none of its images could be read (drop it)."""

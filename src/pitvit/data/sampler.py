@@ -40,7 +40,8 @@ class EpochBatchSampler:
             none (evaluation, where duplicates would bias the metrics).
         pad: see ``drop_last``.
         num_repeats: repeated augmentation: each index appears this many times in a row (1 = off).
-        start_step: number of batches to skip at the start of the next iteration only (mid-epoch resume).
+        start_step: number of batches to skip at the start of an iteration (mid-epoch resume); it holds until
+            ``set_start_step(0)``, which :class:`pitvit.data.Loader` calls once its iteration has started.
     """
 
     def __init__(self, num_samples: int, *, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
@@ -83,7 +84,7 @@ class EpochBatchSampler:
         self.epoch = int(epoch)
 
     def set_start_step(self, start_step: int) -> None:
-        """Skip the first ``start_step`` batches of the next iteration (then start at 0 again)."""
+        """Skip the first ``start_step`` batches of each iteration until set back to 0."""
         if not 0 <= start_step <= self.steps_per_epoch:
             raise ValueError(f"start_step must lie in 0..{self.steps_per_epoch}, got {start_step}")
         self.start_step = int(start_step)
@@ -122,11 +123,9 @@ class EpochBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        # Evaluated eagerly (not a generator) so that the start step in force when the loader starts its
-        # iteration is the one used, then cleared.
-        batches = self._rank_batches(self.global_order())[self.start_step:]
-        self.start_step = 0
-        return iter(batches)
+        # No side effect: torch's multi-process DataLoader iterator calls iter() twice when it is created, and
+        # both calls must see the same start step (clearing it here made a resume with workers replay the epoch)
+        return iter(self._rank_batches(self.global_order())[self.start_step:])
 
     def __len__(self) -> int:
         """Batches the next iteration yields on this rank (after any pending ``start_step``)."""

@@ -96,7 +96,7 @@ class GpuLoader(Loader):
         self.skipped_files = []
         self.fallback = collections.Counter()
         step0, epoch = self.sampler.start_step, self.sampler.epoch
-        batches = iter(self.loader)  # consumes the pending start step now, as the CPU loader does
+        batches = self._start()
         if self.prefetch <= 0:
             items = (self._process(b, epoch, step0 + i) for i, b in enumerate(batches))
             yield from self._deliver(items, step0)
