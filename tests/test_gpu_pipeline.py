@@ -20,6 +20,7 @@ from PIL import Image
 
 from pitvit.data import CorruptImageError, DatasetError, build_dataset, build_loader, build_transform
 from pitvit.data.gpu import build_gpu_loader, jpeg_info, parse_rand_augment
+from pitvit.data.gpu.params import ParamLayout
 from pitvit.data.gpu import ops
 from pitvit.data.gpu.params import (GEOMETRIC_OPS, RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, ParamDrawer,
                                     TrainSpec, affine_data, erase_params, level_to_arg, rrc_params)
@@ -228,6 +229,17 @@ def test_parse_rand_augment():
         parse_rand_augment("original")
 
 
+def test_parameter_layout_columns():
+    """The documented layout, written out by hand for 2 RandAugment layers and 2 erasing boxes."""
+    cols = ParamLayout(num_layers=2, boxes=2)
+    assert (cols.CROP, cols.FLIP) == (slice(0, 4), 4)
+    assert [(cols.op(k), cols.arg(k), cols.affine(k)) for k in (0, 1)] == [(5, 6, slice(7, 13)), (13, 14, slice(15, 21))]
+    assert (cols.erase, cols.width) == (slice(21, 29), 29)
+    assert (ParamLayout().erase, ParamLayout().width) == (slice(5, 5), 5)
+    spec = TrainSpec(size=(32, 32), rand_augment=parse_rand_augment(RA), re_prob=0.5, re_count=2)
+    assert spec.layout == cols and ParamDrawer(spec)(1, 40, 50).shape == (29,)
+
+
 def test_crop_parameters_equal_timm_for_the_same_seed():
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
@@ -265,11 +277,13 @@ def test_rand_augment_draws_equal_timm_for_the_same_seed():
     calls: list = []
     for op in ra.ops:
         op.aug_fn = (lambda name: lambda img, *a, **k: calls.append((name, a[0] if a else None)) or img)(op.name)
-    drawer = ParamDrawer(TrainSpec(size=(64, 64), hflip=0.0, rand_augment=parse_rand_augment(RA)))
+    spec = TrainSpec(size=(64, 64), hflip=0.0, rand_augment=parse_rand_augment(RA))
+    drawer, cols = ParamDrawer(spec), spec.layout
     for i in range(200):
         s = mix_seed(5, 0, i, 0)
         p = drawer(s, 64, 64)
-        mine = [(RAND_INCREASING_TRANSFORMS[int(p[5 + 8 * k])], p[6 + 8 * k]) for k in range(2) if p[5 + 8 * k] >= 0]
+        mine = [(RAND_INCREASING_TRANSFORMS[int(p[cols.op(k)])], p[cols.arg(k)]) for k in range(2)
+                if p[cols.op(k)] >= 0]
         # timm, seeded as SeededDataset seeds it, after the crop's draws (made by timm's own get_params)
         random.seed(s)
         np.random.seed(s & 0xFFFFFFFF)
@@ -301,18 +315,20 @@ def test_parameter_distributions_match_timm():
     spec = TrainSpec(size=(224, 224), rand_augment=parse_rand_augment(RA), re_prob=0.25)
     drawer = ParamDrawer(spec)
     ours = np.stack([drawer(mix_seed(1, 2, i, 0), H, W) for i in range(n)])
+    cols = spec.layout
+    mine = ours[:, cols.CROP]  # top, left, h, w
     random.seed(123)
     crops = np.array([RandomResizedCropAndInterpolation.get_params(Image.new("RGB", (W, H)), (0.08, 1), (3 / 4, 4 / 3))
                       for _ in range(n)], float)
-    for name, a, b in [("crop area", ours[:, 2] * ours[:, 3], crops[:, 2] * crops[:, 3]),
-                       ("crop aspect", np.log(ours[:, 3] / ours[:, 2]), np.log(crops[:, 3] / crops[:, 2])),
-                       ("crop top", ours[:, 0] / (H - ours[:, 2] + 1), crops[:, 0] / (H - crops[:, 2] + 1))]:
+    for name, a, b in [("crop area", mine[:, 2] * mine[:, 3], crops[:, 2] * crops[:, 3]),
+                       ("crop aspect", np.log(mine[:, 3] / mine[:, 2]), np.log(crops[:, 3] / crops[:, 2])),
+                       ("crop top", mine[:, 0] / (H - mine[:, 2] + 1), crops[:, 0] / (H - crops[:, 2] + 1))]:
         assert _ks(a, b) < _ks_limit(n, n), name
-    assert abs(ours[:, 4].mean() - 0.5) < 3.3 * math.sqrt(0.25 / n)
+    assert abs(ours[:, cols.FLIP].mean() - 0.5) < 3.3 * math.sqrt(0.25 / n)
     # RandAugment: op frequencies (chi-square, 15 ops + "not applied") and per-op argument distributions
     timm_draws = _timm_ra_draws(n, 7)
-    ours_ops = [(RAND_INCREASING_TRANSFORMS[int(r[5 + 8 * k])], r[6 + 8 * k]) for r in ours for k in range(2)
-                if r[5 + 8 * k] >= 0]
+    ours_ops = [(RAND_INCREASING_TRANSFORMS[int(r[cols.op(k)])], r[cols.arg(k)]) for r in ours for k in range(2)
+                if r[cols.op(k)] >= 0]
     timm_ops = [c for s in timm_draws for c in s]
     names = list(RAND_INCREASING_TRANSFORMS)
     cnt_o = np.array([sum(o == nm for o, _ in ours_ops) for nm in names] + [2 * n - len(ours_ops)], float)
@@ -324,8 +340,8 @@ def test_parameter_distributions_match_timm():
         b = [float(v) for o, v in timm_ops if o == nm]
         assert _ks(a, b) < _ks_limit(len(a), len(b)), nm
     # erasing: rate, area, aspect
-    base = 5 + 16
-    eh, ew = ours[:, base + 2], ours[:, base + 3]
+    boxes = ours[:, cols.erase]
+    eh, ew = boxes[:, 2], boxes[:, 3]
     re = RandomErasing(0.25, mode="const", device="cpu")
     random.seed(99)
     ref = []

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["RAND_TRANSFORMS", "RAND_INCREASING_TRANSFORMS", "GEOMETRIC_OPS", "RandAugmentSpec",
-           "parse_rand_augment", "level_to_arg", "affine_data", "TrainSpec", "ParamDrawer", "LAYER_WIDTH"]
+           "parse_rand_augment", "level_to_arg", "affine_data", "ParamLayout", "TrainSpec", "ParamDrawer"]
 
 # the op lists of timm.data.auto_augment (_RAND_TRANSFORMS and _RAND_INCREASING_TRANSFORMS), in timm's order:
 # the order matters, RandAugment picks ops by index
@@ -36,7 +36,6 @@ RAND_INCREASING_TRANSFORMS = (
     "TranslateXRel", "TranslateYRel")
 GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"})
 _LEVEL_DENOM = 10.0
-LAYER_WIDTH = 8  # per RandAugment layer: op index (-1: not applied), argument, 6 affine coefficients
 
 
 @dataclass(frozen=True)
@@ -147,6 +146,56 @@ def affine_data(name: str, arg: float, width: int, height: int) -> tuple[float, 
 
 
 @dataclass(frozen=True)
+class ParamLayout:
+    """The columns of one sample's parameter vector (float64), the one description of it that the drawer, the
+    device pipeline and the tests use::
+
+        crop (top, left, h, w) | flip | per RandAugment layer: op index (-1: not applied), argument,
+        6 affine coefficients (a geometric op's, else zeros) | per erasing box: top, left, h, w (h = 0: no box)
+
+    Args:
+        num_layers: RandAugment layers (0: none).
+        boxes: erasing boxes (0: no erasing).
+    """
+
+    num_layers: int = 0
+    boxes: int = 0
+
+    CROP = slice(0, 4)
+    FLIP = 4
+    _LAYERS = 5
+    _LAYER_WIDTH = 8
+
+    def layer(self, k: int) -> slice:
+        """All columns of RandAugment layer ``k``."""
+        start = self._LAYERS + self._LAYER_WIDTH * k
+        return slice(start, start + self._LAYER_WIDTH)
+
+    def op(self, k: int) -> int:
+        """The column of layer ``k``'s op index (into the op list; -1: not applied)."""
+        return self.layer(k).start
+
+    def arg(self, k: int) -> int:
+        """The column of layer ``k``'s op argument."""
+        return self.layer(k).start + 1
+
+    def affine(self, k: int) -> slice:
+        """Layer ``k``'s 6 affine coefficients (Pillow's ``Image.transform(AFFINE)`` data)."""
+        return slice(self.layer(k).start + 2, self.layer(k).stop)
+
+    @property
+    def erase(self) -> slice:
+        """The erasing boxes, ``4 * boxes`` columns: ``[top, left, h, w]`` per box."""
+        start = self._LAYERS + self._LAYER_WIDTH * self.num_layers
+        return slice(start, start + 4 * self.boxes)
+
+    @property
+    def width(self) -> int:
+        """Length of the vector."""
+        return self.erase.stop
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """What the training augmentation needs to draw its parameters (see :func:`pitvit.data.resolve_aug`)."""
 
@@ -167,18 +216,14 @@ class TrainSpec:
         return self.rand_augment.num_layers if self.rand_augment is not None else 0
 
     @property
-    def width(self) -> int:
-        """Length of one sample's parameter vector."""
-        return 5 + LAYER_WIDTH * self.num_layers + 4 * (self.re_count if self.re_prob > 0 else 0)
+    def layout(self) -> ParamLayout:
+        """The columns of a sample's parameter vector under this spec."""
+        return ParamLayout(self.num_layers, self.re_count if self.re_prob > 0 else 0)
 
 
 class ParamDrawer:
-    """Draws the parameter vector of one sample from its seed; holds reusable generators (one per process).
-
-    The vector (float64) is ``[top, left, h, w, flip]``, then per RandAugment layer ``[op index or -1, argument,
-    a0..a5]`` (the affine coefficients of a geometric op, else zeros), then per erasing box ``[top, left, h, w]``
-    (``h = 0``: no box).
-    """
+    """Draws the parameter vector of one sample from its seed (columns: :class:`ParamLayout`); holds reusable
+    generators (one per process)."""
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
@@ -186,24 +231,21 @@ class ParamDrawer:
         self._torch = torch.Generator()
 
     def __call__(self, sample_seed: int, img_h: int, img_w: int) -> np.ndarray:
-        s = self.spec
+        s, cols = self.spec, self.spec.layout
         rng = random.Random(sample_seed)  # what random.seed(s) gives the CPU pipeline
-        out = np.zeros(s.width, dtype=np.float64)
-        out[0:4] = rrc_params(rng, img_h, img_w, s.scale, s.ratio)
+        out = np.zeros(cols.width, dtype=np.float64)
+        out[cols.CROP] = rrc_params(rng, img_h, img_w, s.scale, s.ratio)
         if s.hflip > 0:
             self._torch.manual_seed(sample_seed)
-            out[4] = float(torch.rand(1, generator=self._torch).item() < s.hflip)  # T.RandomHorizontalFlip
-        pos = 5
+            out[cols.FLIP] = float(torch.rand(1, generator=self._torch).item() < s.hflip)  # T.RandomHorizontalFlip
         ra = s.rand_augment
         if ra is not None:
             self._np.seed(sample_seed & 0xFFFFFFFF)
             chosen = self._np.randint(0, len(ra.ops), size=ra.num_layers)  # np.random.choice(ops, n), replace
             h, w = s.size
-            for k in chosen.tolist():
+            for layer, k in enumerate(chosen.tolist()):
                 name = ra.ops[k]
-                row = out[pos:pos + LAYER_WIDTH]
-                pos += LAYER_WIDTH
-                row[0] = -1
+                out[cols.op(layer)] = -1
                 if ra.prob < 1.0 and rng.random() > ra.prob:
                     continue
                 mag = ra.magnitude
@@ -211,12 +253,12 @@ class ParamDrawer:
                     mag = rng.uniform(0, mag) if ra.mstd == float("inf") else rng.gauss(mag, ra.mstd)
                 mag = max(0.0, min(mag, ra.mmax or _LEVEL_DENOM))
                 arg = level_to_arg(name, mag, rng, ra.translate_pct)
-                row[0] = k
-                row[1] = 0.0 if arg is None else arg
+                out[cols.op(layer)] = k
+                out[cols.arg(layer)] = 0.0 if arg is None else arg
                 if name in GEOMETRIC_OPS:
-                    row[2:8] = affine_data(name, arg, w, h)
-        if s.re_prob > 0:
-            out[pos:pos + 4 * s.re_count] = erase_params(rng, s)
+                    out[cols.affine(layer)] = affine_data(name, arg, w, h)
+        if cols.boxes:
+            out[cols.erase] = erase_params(rng, s)
         return out
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ..errors import SkippedSample
 from . import ops
-from .params import GEOMETRIC_OPS, LAYER_WIDTH, TrainSpec
+from .params import GEOMETRIC_OPS, TrainSpec
 from .source import EncodedBatch, decode_with_pil
 
 __all__ = ["DevicePipeline", "decode_batch", "eval_geometry"]
@@ -161,33 +161,31 @@ class DevicePipeline:
     # ------------------------------------------------------------------------------------------ training
     def _train(self, images: list[torch.Tensor], params: torch.Tensor, generator: torch.Generator | None
                ) -> torch.Tensor:
-        s = self.spec
+        s, cols = self.spec, self.spec.layout
         p = params.tolist()
         views = []
         for im, row in zip(images, p):
-            top, left, h, w = (int(v) for v in row[:4])
+            top, left, h, w = (int(v) for v in row[cols.CROP])
             views.append(im[:, top:top + h, left:left + w])
         n = len(views)
         zeros = [0.0] * n
         ys = ops.AxisPlan(zeros, [float(v.shape[1]) for v in views], [float(s.size[0])] * n, zeros)
         xs = ops.AxisPlan(zeros, [float(v.shape[2]) for v in views], [float(s.size[1])] * n, zeros)
-        x = ops.resample(views, ys, xs, s.size, flip=[row[4] > 0.5 for row in p], filter=self.interpolation,
+        x = ops.resample(views, ys, xs, s.size, flip=[row[cols.FLIP] > 0.5 for row in p], filter=self.interpolation,
                          max_elements=self.max_elements, exact=self.exact_resample)
         if s.rand_augment is not None:
             x = self._rand_augment(x, params)
         x = ops.normalize(x, self.mean, self.std)
-        if s.re_prob > 0:
-            base = 5 + LAYER_WIDTH * s.num_layers
-            boxes = params[:, base:base + 4 * s.re_count].reshape(n, s.re_count, 4)
-            ops.erase(x, boxes, s.re_mode, generator)
+        if cols.boxes:
+            ops.erase(x, params[:, cols.erase].reshape(n, cols.boxes, 4), s.re_mode, generator)
         return x
 
     def _rand_augment(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         names = self.spec.rand_augment.ops
+        cols = self.spec.layout
         geo = [k for k, name in enumerate(names) if name in GEOMETRIC_OPS]
-        for layer in range(self.spec.num_layers):
-            col = 5 + LAYER_WIDTH * layer
-            op = params[:, col].long()
+        for layer in range(cols.num_layers):
+            op = params[:, cols.op(layer)].long()
             groups: list[tuple[str, torch.Tensor]] = []
             sel = torch.isin(op, torch.tensor(geo)).nonzero().squeeze(1)
             if len(sel):
@@ -198,8 +196,8 @@ class DevicePipeline:
                 idx = ops.to_device(sel, self.device)
                 xs = x.index_select(0, idx)
                 if name == "affine":
-                    ys = ops.affine(xs, params[sel, col + 2:col + 8], self.fill)
+                    ys = ops.affine(xs, params[sel, cols.affine(layer)], self.fill)
                 else:
-                    ys = ops.OP_FUNCTIONS[name](xs, params[sel, col + 1])
+                    ys = ops.OP_FUNCTIONS[name](xs, params[sel, cols.arg(layer)])
                 x.index_copy_(0, idx, ys)
         return x
