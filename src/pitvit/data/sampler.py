@@ -19,9 +19,10 @@ from typing import Iterator
 
 import torch
 
+from pitvit.utils.errors import ConfigError
 from pitvit.utils.seed import mix_seed
 
-__all__ = ["mix_seed", "EpochBatchSampler"]
+__all__ = ["EpochBatchSampler"]
 
 
 class EpochBatchSampler:
@@ -48,13 +49,13 @@ class EpochBatchSampler:
                  world_size: int = 1, drop_last: bool = True, pad: bool = True, num_repeats: int = 1,
                  start_step: int = 0) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if num_repeats < 1:
-            raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
+            raise ConfigError(f"num_repeats must be >= 1, got {num_repeats}")
         if drop_last and num_samples < batch_size * world_size:
-            raise ValueError(f"{num_samples} samples do not fill one global batch of {batch_size} x "
+            raise ConfigError(f"{num_samples} samples do not fill one global batch of {batch_size} x "
                              f"{world_size}; lower the batch size or pass drop_last=False")
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -86,7 +87,7 @@ class EpochBatchSampler:
     def set_start_step(self, start_step: int) -> None:
         """Skip the first ``start_step`` batches of each iteration until set back to 0."""
         if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step must lie in 0..{self.steps_per_epoch}, got {start_step}")
+            raise ConfigError(f"start_step must lie in 0..{self.steps_per_epoch}, got {start_step}")
         self.start_step = int(start_step)
 
     def global_order(self, epoch: int | None = None) -> list[tuple[int, int, int]]:

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pitvit.utils.errors import ConfigError
+
 __all__ = ["RAND_TRANSFORMS", "RAND_INCREASING_TRANSFORMS", "GEOMETRIC_OPS", "RandAugmentSpec",
            "parse_rand_augment", "level_to_arg", "affine_data", "ParamLayout", "TrainSpec", "ParamDrawer"]
 
@@ -55,17 +57,17 @@ def parse_rand_augment(config: str) -> RandAugmentSpec:
     """Parse ``rand-m9-mstd0.5-inc1`` and the like (``m``, ``n``, ``p``, ``mstd``, ``mmax``, ``inc``).
 
     Raises:
-        ValueError: not a ``rand`` string, or a section this pipeline does not implement (``t``: weighted op
+        ConfigError: not a ``rand`` string, or a section this pipeline does not implement (``t``: weighted op
             sets); use ``data.pipeline=cpu`` for those.
     """
     parts = config.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"the GPU pipeline implements RandAugment ('rand-...') only, got {config!r}; "
+        raise ConfigError(f"the GPU pipeline implements RandAugment ('rand-...') only, got {config!r}; "
                          f"use the CPU pipeline (data.pipeline=cpu) for AutoAugment/AugMix")
     magnitude, layers, prob, mstd, mmax, inc = 10.0, 2, 0.5, 0.0, None, False
     for c in parts[1:]:
         if c.startswith("t"):
-            raise ValueError(f"RandAugment transform sets ({c!r}) are not implemented on the GPU; "
+            raise ConfigError(f"RandAugment transform sets ({c!r}) are not implemented on the GPU; "
                              f"use data.pipeline=cpu")
         cs = re.split(r"(\d.*)", c)
         if len(cs) < 2:
@@ -86,7 +88,7 @@ def parse_rand_augment(config: str) -> RandAugmentSpec:
         elif key == "p":
             prob = float(val)
         else:
-            raise ValueError(f"unknown RandAugment section {c!r} in {config!r}")
+            raise ConfigError(f"unknown RandAugment section {c!r} in {config!r}")
     return RandAugmentSpec(RAND_INCREASING_TRANSFORMS if inc else RAND_TRANSFORMS, float(magnitude), layers, prob,
                            mstd, mmax)
 
@@ -310,14 +312,14 @@ def spec_from_aug(aug: dict[str, Any], size: tuple[int, int]) -> TrainSpec:
     """A :class:`TrainSpec` from :func:`pitvit.data.resolve_aug`'s settings.
 
     Raises:
-        ValueError: a setting the GPU pipeline does not implement (crop other than ``rrc``, AutoAugment).
+        ConfigError: a setting the GPU pipeline does not implement (crop other than ``rrc``, AutoAugment).
     """
     if aug["crop"] != "rrc":
-        raise ValueError(f"the GPU pipeline implements crop='rrc' only, got {aug['crop']!r}; "
+        raise ConfigError(f"the GPU pipeline implements crop='rrc' only, got {aug['crop']!r}; "
                          f"use data.pipeline=cpu")
     ra = parse_rand_augment(aug["auto_augment"]) if aug["auto_augment"] else None
     if aug["re_mode"] not in ("pixel", "rand", "const", ""):
-        raise ValueError(f"unknown erasing mode {aug['re_mode']!r}")
+        raise ConfigError(f"unknown erasing mode {aug['re_mode']!r}; valid: pixel, rand, const")
     return TrainSpec(size=tuple(size), scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
                      hflip=float(aug["hflip"]), rand_augment=ra, re_prob=float(aug["re_prob"]),
                      re_mode=aug["re_mode"] or "const", re_count=int(aug["re_count"]))

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SkippedSample
+from pitvit.utils.errors import ConfigError
+
+from ..images import SkippedSample
 from . import ops
 from .params import GEOMETRIC_OPS, TrainSpec
 from .source import EncodedBatch, decode_with_pil
@@ -24,8 +26,8 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
 
 
 def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = False, allow_fallback: bool = True
-                 ) -> tuple[list[torch.Tensor | None], list[str], list[str]]:
-    """Decode a worker's batch on ``device``: ``(images, fallback_reasons, skipped_paths)``.
+                 ) -> tuple[list[torch.Tensor | None], list[str], list[SkippedSample]]:
+    """Decode a worker's batch on ``device``: ``(images, fallback_reasons, skipped)``.
 
     ``images[i]`` is a ``(3, H, W)`` uint8 tensor, or ``None`` when neither the device nor PIL could decode it.
     Device-decodable JPEGs go through one batched ``decode_jpeg`` call (nvjpeg on CUDA, libjpeg-turbo on the
@@ -35,7 +37,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
     n = len(batch)
     out: list[torch.Tensor | None] = [None] * n
     reasons: list[str] = []
-    skipped: list[str] = []
+    skipped: list[SkippedSample] = []
     enc = [i for i, k in enumerate(batch.kinds) if k == "device"]
     if enc:
         try:
@@ -51,7 +53,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
                         raise
                     pixels = decode_with_pil(batch.data[i].numpy().tobytes(), batch.paths[i], strict)
                     if isinstance(pixels, SkippedSample):
-                        skipped.append(batch.paths[i])
+                        skipped.append(pixels)
                         continue
                     batch.data[i], batch.kinds[i] = pixels, "device_error"
     for i, k in enumerate(batch.kinds):
@@ -108,10 +110,11 @@ class DevicePipeline:
                  fill: Sequence[int] = (128, 128, 128), max_elements: int = 1 << 25, strict_images: bool = False,
                  allow_fallback: bool = True, exact_resample: bool = True) -> None:
         if interpolation not in ops.FILTER_SUPPORT:
-            raise ValueError(f"the GPU pipeline resizes with {sorted(ops.FILTER_SUPPORT)}, got {interpolation!r}; "
+            raise ConfigError(f"the GPU pipeline resizes with {sorted(ops.FILTER_SUPPORT)}, got {interpolation!r}; "
                              f"use data.pipeline=cpu")
         if spec is not None and spec.rand_augment is not None and interpolation != "bicubic":
-            raise ValueError("the GPU pipeline's RandAugment implements bicubic geometric ops only")
+            raise ConfigError("the GPU pipeline's RandAugment implements bicubic geometric ops only; "
+                              "use data.pipeline=cpu")
         self.device = torch.device(device)
         self.size = tuple(size)
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
@@ -126,8 +129,8 @@ class DevicePipeline:
         self.exact_resample = exact_resample
 
     def __call__(self, batch: EncodedBatch, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str], list[str]]:
-        """``(images, labels, fallback_reasons, skipped_paths)``; images ``None`` when nothing was readable."""
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str], list[SkippedSample]]:
+        """``(images, labels, fallback_reasons, skipped)``; images ``None`` when nothing was readable."""
         images, reasons, skipped = decode_batch(batch, self.device, strict=self.strict_images,
                                                 allow_fallback=self.allow_fallback)
         keep = [i for i, im in enumerate(images) if im is not None]
