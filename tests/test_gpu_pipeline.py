@@ -233,7 +233,8 @@ def test_parameter_layout_columns():
     """The documented layout, written out by hand for 2 RandAugment layers and 2 erasing boxes."""
     cols = ParamLayout(num_layers=2, boxes=2)
     assert (cols.CROP, cols.FLIP) == (slice(0, 4), 4)
-    assert [(cols.op(k), cols.arg(k), cols.affine(k)) for k in (0, 1)] == [(5, 6, slice(7, 13)), (13, 14, slice(15, 21))]
+    assert [(cols.op(k), cols.arg(k), cols.affine(k)) for k in (0, 1)] == [(5, 6, slice(7, 13)),
+                                                                          (13, 14, slice(15, 21))]
     assert (cols.erase, cols.width) == (slice(21, 29), 29)
     assert (ParamLayout().erase, ParamLayout().width) == (slice(5, 5), 5)
     spec = TrainSpec(size=(32, 32), rand_augment=parse_rand_augment(RA), re_prob=0.5, re_count=2)
@@ -585,8 +586,10 @@ def test_unreadable_files_are_skipped_counted_or_fatal(tmp_path):
     assert sorted(Path(s.path).name for s in gl.skipped_files) == ["zz_bad.jpg", "zz_trunc.jpg"]
     list(gl)
     assert gl.skipped == 2 and gl.skipped_total == 4
-    with pytest.raises(CorruptImageError):
-        list(gpu_loader(root, train=False, batch_size=4, strict_images=True))
+    for workers in (0, 2):  # from a worker process too, the one-line error of the main process
+        with pytest.raises(CorruptImageError) as e:
+            list(gpu_loader(root, train=False, batch_size=4, strict_images=True, num_workers=workers))
+        assert "\n" not in str(e.value) and str(e.value).startswith("cannot read image ")
 
 
 def test_an_all_unreadable_batch_is_fatal_only_with_several_training_processes(tmp_path):
