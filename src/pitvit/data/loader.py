@@ -219,6 +219,9 @@ class _BoundCpuStage:
         for images, labels, skipped in batches:
             yield StageBatch(images, labels, skipped, [])
 
+    def __repr__(self) -> str:
+        return "CpuStage()"
+
 
 class Loader:
     """An iterable of ``(images, labels)`` batches over a :class:`torch.utils.data.DataLoader` and a stage.
