@@ -3,8 +3,9 @@
 Each row trains the same model (AdamW, bf16 autocast on CUDA, the recipe's Mixup/CutMix and soft-target loss)
 for a number of steps after a warm-up and reports images/s; the ``pipeline only`` rows iterate the loaders without
 a model. The data is a folder of baseline JPEGs of ImageNet-like sizes (about 500x375, quality 90) made from the
-20 photos in ``../shared/bench/jpegs`` when present, else from synthetic images, so decoding costs what ImageNet's
-does. The target for the GPU pipeline is at least 0.8 x the model-only rate.
+20 ImageNet photos the test suite keeps in ``tests/.cache`` (``--photos``; run the tests once to fetch them), else
+from synthetic images, so decoding costs what ImageNet's does. The target for the GPU pipeline is at least 0.8 x the
+model-only rate.
 
     python benchmarks/bench_datapipe.py                          # CPU: a small smoke configuration
     python benchmarks/bench_datapipe.py --device cuda --batch 256 --workers 16 --steps 50 --compile
@@ -28,9 +29,10 @@ from PIL import Image
 
 import pitvit
 from pitvit.data import build_dataset, build_loader, build_mixup, build_transform
-from pitvit.data.gpu import build_gpu_loader
+from pitvit.data.gpu import GpuStage
+from pitvit.utils.io import write_text
 
-PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "jpegs"
+PHOTOS = Path(__file__).resolve().parents[1] / "tests" / ".cache" / "foolbox-3.3.4"  # see tests/conftest.py
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # (width, height) of ImageNet-like files, with weights (most of ImageNet is 500 x 375 or 375 x 500)
 SHAPES = [((500, 375), 30), ((375, 500), 12), ((500, 333), 14), ((333, 500), 6), ((500, 400), 6), ((400, 500), 3),
@@ -46,9 +48,9 @@ def synthetic(seed: int, size: int = 512) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def make_folder(root: Path, n: int, classes: int = 10, seed: int = 0) -> Path:
+def make_folder(root: Path, n: int, photos: Path, classes: int = 10, seed: int = 0) -> Path:
     """``root/train/cK/*.jpg``: ``n`` baseline JPEGs cut from the photos (or synthetic images) at ImageNet sizes."""
-    files = sorted(PHOTOS.glob("*.jpg"))
+    files = sorted(photos.glob("*.jpg"))
     sources = [Image.open(f).convert("RGB") for f in files] or [synthetic(k) for k in range(8)]
     rng = random.Random(seed)
     shapes, weights = zip(*SHAPES)
@@ -123,8 +125,8 @@ def fidelity(root: Path, batch: int, device: torch.device, common: dict) -> dict
         aug = {"preset": "official", "re_mode": "const"} if train else None
         ds = build_dataset(root, "train", transform=build_transform(train, **common, aug=aug))
         cpu = next(iter(build_loader(ds, batch_size=batch, train=train, seed=0, num_workers=0)))[0]
-        gpu = next(iter(build_gpu_loader(build_dataset(root, "train"), batch_size=batch, train=train, seed=0,
-                                         device=device, num_workers=0, aug=aug, **common)))[0].cpu()
+        gpu = next(iter(build_loader(build_dataset(root, "train"), batch_size=batch, train=train, seed=0,
+                                     num_workers=0, stage=GpuStage(device, aug=aug, **common))))[0].cpu()
         d = ((cpu - gpu) * scale).abs()
         key = "train" if train else "eval"
         out[f"{key}_mean"], out[f"{key}_max"] = d.mean().item(), d.max().item()
@@ -141,6 +143,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="loader processes (default: CPU count, 1 on CPU)")
     p.add_argument("--images", type=int, default=None, help="JPEGs to generate (default 2048 / 64)")
     p.add_argument("--data", default="", help="an existing folder with train/<class>/*.jpg (skip generating)")
+    p.add_argument("--photos", default=str(PHOTOS), help="JPEGs to cut the generated files from (default: the "
+                   "test suite's 20 ImageNet photos; synthetic images when absent)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=0, help="torch threads in this process (0: leave as is)")
     p.add_argument("--out", default=os.environ.get("OUT", ""), help="folder for bench_datapipe.json")
@@ -161,7 +165,7 @@ def main() -> None:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="pitvit-bench-")
         t = time.perf_counter()
-        root = make_folder(Path(tmp.name), n_images)
+        root = make_folder(Path(tmp.name), n_images, Path(a.photos))
         print(f"made {n_images} JPEGs in {time.perf_counter() - t:.1f}s under {root}", flush=True)
 
     torch.manual_seed(0)
@@ -180,8 +184,8 @@ def main() -> None:
         return build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers)
 
     def gpu_loader():
-        return build_gpu_loader(build_dataset(root, "train"), batch_size=batch, train=True, seed=0, device=device,
-                                num_workers=workers, aug="official", **common)
+        return build_loader(build_dataset(root, "train"), batch_size=batch, train=True, seed=0, num_workers=workers,
+                            stage=GpuStage(device, aug="official", **common))
 
     x0 = torch.randn(batch, 3, 224, 224, device=device)
     y0 = torch.randint(0, 10, (batch,), device=device)
@@ -219,7 +223,7 @@ def main() -> None:
           f"max {f['eval_max']:.0f}")
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
-        (Path(a.out) / "bench_datapipe.json").write_text(json.dumps(res, indent=1))
+        write_text(Path(a.out) / "bench_datapipe.json", json.dumps(res, indent=1))
     if tmp is not None:
         tmp.cleanup()
 

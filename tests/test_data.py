@@ -209,7 +209,8 @@ def test_corrupt_images_skipped_and_counted(tmp_path, num_workers):
         n = sum(len(y) for _, y in loader)
         assert n == len(ds) - 2
         assert loader.skipped == 2 and loader.skipped_in_epoch() == 2
-        assert sorted(Path(p).name for p in loader.skipped_files) == ["cat_0.png", "zzz.jpg"]
+        assert sorted(Path(s.path).name for s in loader.skipped_files) == ["cat_0.png", "zzz.jpg"]
+        assert all(s.reason for s in loader.skipped_files)
     assert loader.skipped_total == 4
 
 
@@ -494,3 +495,83 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
     assert out.size == img.size and out.getextrema() == ((0, 0), (0, 0), (0, 0))
     op.magnitude = 5  # 2 bits kept: 200 -> 192, 100 -> 64, 50 -> 0
     assert op(img).getpixel((0, 0)) == (192, 64, 0)
+
+
+# ---------------------------------------------------------------------------- faults (issue 11)
+@pytest.mark.parametrize("persistent", [False, True], ids=["fresh-workers", "persistent-workers"])
+def test_mid_epoch_resume_is_exact_with_any_number_of_workers(persistent):
+    """Reference: the uninterrupted epoch read in the main process. Resuming at step k (what a run restarted after
+    SIGTERM does) must give exactly its batches k.., whatever the number of workers; torch's multi-process
+    iterator calls ``iter(batch_sampler)`` twice on first use, which once made 1 worker replay 6 batches
+    instead of 2."""
+    ds = ToyDataset(24)
+    ref = build_loader(ds, batch_size=4, train=True, seed=3, num_workers=0)
+    full = epoch_batches(ref, 1)
+    assert len(full) == 6
+    for workers in (0, 1, 2):
+        loader = build_loader(ds, batch_size=4, train=True, seed=3, num_workers=workers,
+                              persistent_workers=persistent)
+        for start in (4, 0, 2, 6, 1):
+            loader.set_epoch(1, start_step=start)
+            assert len(loader) == 6 - start
+            got = [(x.clone(), y.clone()) for x, y in loader]
+            assert len(got) == 6 - start, (workers, start)
+            for (x, y), (xr, yr) in zip(got, full[start:]):
+                assert torch.equal(x, xr) and torch.equal(y, yr), (workers, start)
+            assert len(loader) == 6  # the start step applied to that iteration only
+        loader.sampler.set_start_step(3)  # the engine's way of resuming
+        assert len([b for b in loader]) == 3 and len(loader) == 6
+
+
+def test_16_bit_grayscale_images_are_scaled_not_clipped(tmp_path):
+    """A 16-bit value v becomes round(v * 255 / 65535), computed by hand below; before, PIL's conversion clipped
+    every value above 255 to white."""
+    from pitvit.data.images import load_image
+
+    v = np.array([[0, 128, 129, 257], [32767, 32896, 65278, 65535]], dtype=np.uint16)
+    expected = np.array([[0, 0, 1, 1], [127, 128, 254, 255]], dtype=np.uint8)
+    Image.fromarray(v).save(tmp_path / "g16.png")  # mode I;16
+    Image.fromarray(v.astype(np.int32)).save(tmp_path / "g32.tif")  # mode I (32-bit integers)
+    for name in ("g16.png", "g32.tif"):
+        img = load_image(str(tmp_path / name), strict=True)
+        assert img.mode == "L", name
+        np.testing.assert_array_equal(np.asarray(img), expected, err_msg=name)
+    tf = build_transform(False, input_size=(2, 4), mean=(0.0,), std=(1.0,), crop_pct=1.0)
+    make_folder(tmp_path / "ds", per_class=1)
+    (tmp_path / "g16.png").rename(tmp_path / "ds" / "train" / "cat" / "g16.png")
+    ds = build_dataset(tmp_path / "ds", "train", transform=tf)
+    x, _ = ds[[Path(p).name for p, _ in ds.samples].index("g16.png")]
+    np.testing.assert_array_equal((x[0] * 255).round().numpy().astype(np.uint8), expected)
+
+
+def test_a_skipped_image_names_its_reason(tmp_path, monkeypatch, caplog):
+    """An image over Pillow's decompression-bomb limit (more than twice ``MAX_IMAGE_PIXELS``) is skipped with
+    Pillow's reason in the log and beside the path, not as an anonymous "unreadable" file."""
+    make_folder(tmp_path, per_class=2)  # 20 x 16 = 320 pixels each
+    save_image(tmp_path / "train" / "dog" / "huge.png", seed=9, size=(64, 64))  # 4096 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    tf = build_transform(False, input_size=16, mean=MEAN3, std=STD3, crop_pct=1.0)
+    loader = build_loader(build_dataset(tmp_path, "train", transform=tf), batch_size=5, train=False, seed=0,
+                          num_workers=0)
+    with caplog.at_level("WARNING", logger="pitvit"):
+        assert sum(len(y) for _, y in loader) == 4
+    (record,) = [r for r in caplog.records if "huge.png" in r.getMessage()]
+    assert "DecompressionBombError" in record.getMessage()
+    (skipped,) = loader.skipped_files
+    assert Path(skipped.path).name == "huge.png" and "DecompressionBombError" in skipped.reason
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_strict_corrupt_image_error_is_one_line_from_workers(tmp_path, num_workers):
+    """Reference: the error the dataset raises for the file in the main process. From a worker process it must
+    reach the caller as the same one-line CorruptImageError, not torch's 30-line worker traceback."""
+    root = corrupt_folder(tmp_path)
+    tf = build_transform(False, input_size=16, mean=MEAN3, std=STD3, crop_pct=1.0)
+    ds = build_dataset(root, "train", transform=tf, strict_images=True)
+    with pytest.raises(CorruptImageError) as direct:
+        ds[0]
+    loader = build_loader(ds, batch_size=4, train=False, seed=0, num_workers=num_workers)
+    with pytest.raises(CorruptImageError) as raised:
+        list(loader)
+    assert str(raised.value) == str(direct.value)
+    assert "\n" not in str(raised.value) and "cat_0.png" in str(raised.value)

@@ -2,9 +2,9 @@
 parameters, the parameter draws against timm's (exactly, and as distributions), whole batches against the CPU
 pipeline, and the loader contract (resume, ranks, workers, fallbacks, skipped files).
 
-Real photos come from ``../shared/bench/jpegs`` beside the repository (20 ImageNet JPEGs) when present; every op
-test also runs on a synthetic image so that nothing is silently skipped. Fidelity is measured in uint8 levels:
-mean |diff| <= 0.05 and max <= 2.
+Real photos are the 20 ImageNet JPEGs of the ``imagenet_photos`` fixture (tests/conftest.py: PyPI's foolbox
+wheel, fetched once); every op test also runs on synthetic images. Fidelity is measured in uint8 levels: mean
+|diff| <= 0.05 and max <= 2; the worst measured values are printed at the end of the module with ``-s``.
 """
 from __future__ import annotations
 
@@ -18,27 +18,29 @@ import pytest
 import torch
 from PIL import Image
 
-from pitvit.data import CorruptImageError, DatasetError, build_dataset, build_loader, build_transform
-from pitvit.data.gpu import build_gpu_loader, jpeg_info, parse_rand_augment
+from pitvit.data import CorruptImageError, DatasetError, SeededDataset, build_dataset, build_loader, build_transform
+from pitvit.data.gpu import EncodedDataset, GpuStage, ParamLayout, jpeg_info, parse_rand_augment
 from pitvit.data.gpu import ops
 from pitvit.data.gpu.params import (GEOMETRIC_OPS, RAND_INCREASING_TRANSFORMS, RAND_TRANSFORMS, ParamDrawer,
                                     TrainSpec, affine_data, erase_params, level_to_arg, rrc_params)
 from pitvit.data.gpu.pipeline import eval_geometry
-from pitvit.data.sampler import mix_seed
+from pitvit.utils.errors import ConfigError
+from pitvit.utils.seed import mix_seed
 
-PHOTO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "jpegs"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-FILL = tuple(min(255, round(255 * m)) for m in MEAN)
+FILL = (124, 116, 104)  # timm's img_mean for ImageNet's mean: round(255 * m) per channel, by hand
 RA = "rand-m9-mstd0.5-inc1"
-FIDELITY: dict[str, tuple[float, float]] = {}  # name -> (mean, max) levels, printed at the end with -s
+FIDELITY: dict[str, tuple[float, float]] = {}  # name -> (mean, max) levels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI box has 2 shared cores
+@pytest.fixture(scope="module", autouse=True)
+def fidelity_summary():
+    """The worst fidelity each comparison measured (what docs/gpu_pipeline.md reports); shown with ``-s``."""
     yield
-    torch.set_num_threads(n)
+    for name, (m, mx) in sorted(FIDELITY.items()):
+        print(f"  {name:48s} mean {m:.4f}  max {mx:.0f} levels")
 
 
 # ---------------------------------------------------------------------------- images
@@ -54,19 +56,18 @@ def synthetic(h: int = 150, w: int = 200, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def photos(n: int = 4, size: tuple[int, int] = (200, 150)) -> list[Image.Image]:
-    files = sorted(PHOTO_DIR.glob("*.jpg"))[:n]
-    return [Image.open(f).convert("RGB").resize(size, Image.Resampling.BICUBIC) for f in files]
+def photos(files: list[Path], n: int = 4, size: tuple[int, int] = (200, 150)) -> list[Image.Image]:
+    return [Image.open(f).convert("RGB").resize(size, Image.Resampling.BICUBIC) for f in files[:n]]
 
 
 SOURCES = ["synthetic", "photos"]
 
 
-def images_for(source: str) -> list[Image.Image]:
+@pytest.fixture
+def images(request, source: str) -> list[Image.Image]:
+    """The test's images: 4 of the real photos, or 2 synthetic ones (``source`` is the test's parameter)."""
     if source == "photos":
-        if not PHOTO_DIR.is_dir():
-            pytest.skip(f"real photos not found at {PHOTO_DIR} (the synthetic variant of this test still runs)")
-        return photos()
+        return photos(request.getfixturevalue("imagenet_photos"))
     return [synthetic(150, 200, 0), synthetic(171, 128, 1)]
 
 
@@ -90,10 +91,10 @@ def crop_plan(h: int, w: int, size: int):
 
 @pytest.mark.parametrize("exact", [True, False], ids=["fixed-point", "float32"])
 @pytest.mark.parametrize("source", SOURCES)
-def test_random_resized_crop_and_flip_match_pil(source, exact):
+def test_random_resized_crop_and_flip_match_pil(source, images, exact):
     size = 112
     rng = random.Random(0)
-    for k, img in enumerate(images_for(source)):
+    for k, img in enumerate(images):
         for trial in range(4):
             top, left, h, w = rrc_params(rng, img.height, img.width, (0.08, 1.0), (3 / 4, 4 / 3))
             if trial == 3:
@@ -137,10 +138,10 @@ def test_resample_memory_bound_is_exact():
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("crop_pct", [0.875, 0.9])
-def test_eval_resize_center_crop_matches_cpu_transform(source, crop_pct):
+def test_eval_resize_center_crop_matches_cpu_transform(source, images, crop_pct):
     size = 96
     tf = build_transform(False, input_size=size, mean=MEAN, std=STD, crop_pct=crop_pct)
-    imgs = images_for(source) + [synthetic(97, 131, 3)]
+    imgs = images + [synthetic(97, 131, 3)]
     resize = int(size / crop_pct)
     for img in imgs:
         (ylo, yhi, yt, yo), (xlo, xhi, xt, xo) = eval_geometry(img.height, img.width, resize, (size, size))
@@ -165,10 +166,10 @@ def _timm_op(name: str, img: Image.Image, arg) -> Image.Image:
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("name", sorted(set(RAND_INCREASING_TRANSFORMS) | set(RAND_TRANSFORMS)))
-def test_rand_augment_op_matches_timm(source, name):
+def test_rand_augment_op_matches_timm(source, images, name):
     size = 64
-    rng = random.Random(hash(name) % 1000)
-    base = [im.resize((size, size), Image.Resampling.BICUBIC) for im in images_for(source)]
+    rng = random.Random(sum(map(ord, name)))  # hash() of a str changes from run to run
+    base = [im.resize((size, size), Image.Resampling.BICUBIC) for im in images]
     for k, img in enumerate(base):
         for mag in (9.0, rng.uniform(5.0, 10.0), 0.5):
             arg = level_to_arg(name, mag, rng)
@@ -228,6 +229,18 @@ def test_parse_rand_augment():
         parse_rand_augment("original")
 
 
+def test_parameter_layout_columns():
+    """The documented layout, written out by hand for 2 RandAugment layers and 2 erasing boxes."""
+    cols = ParamLayout(num_layers=2, boxes=2)
+    assert (cols.CROP, cols.FLIP) == (slice(0, 4), 4)
+    assert [(cols.op(k), cols.arg(k), cols.affine(k)) for k in (0, 1)] == [(5, 6, slice(7, 13)),
+                                                                          (13, 14, slice(15, 21))]
+    assert (cols.erase, cols.width) == (slice(21, 29), 29)
+    assert (ParamLayout().erase, ParamLayout().width) == (slice(5, 5), 5)
+    spec = TrainSpec(size=(32, 32), rand_augment=parse_rand_augment(RA), re_prob=0.5, re_count=2)
+    assert spec.layout == cols and ParamDrawer(spec)(1, 40, 50).shape == (29,)
+
+
 def test_crop_parameters_equal_timm_for_the_same_seed():
     from timm.data.transforms import RandomResizedCropAndInterpolation
 
@@ -265,11 +278,13 @@ def test_rand_augment_draws_equal_timm_for_the_same_seed():
     calls: list = []
     for op in ra.ops:
         op.aug_fn = (lambda name: lambda img, *a, **k: calls.append((name, a[0] if a else None)) or img)(op.name)
-    drawer = ParamDrawer(TrainSpec(size=(64, 64), hflip=0.0, rand_augment=parse_rand_augment(RA)))
+    spec = TrainSpec(size=(64, 64), hflip=0.0, rand_augment=parse_rand_augment(RA))
+    drawer, cols = ParamDrawer(spec), spec.layout
     for i in range(200):
         s = mix_seed(5, 0, i, 0)
         p = drawer(s, 64, 64)
-        mine = [(RAND_INCREASING_TRANSFORMS[int(p[5 + 8 * k])], p[6 + 8 * k]) for k in range(2) if p[5 + 8 * k] >= 0]
+        mine = [(RAND_INCREASING_TRANSFORMS[int(p[cols.op(k)])], p[cols.arg(k)]) for k in range(2)
+                if p[cols.op(k)] >= 0]
         # timm, seeded as SeededDataset seeds it, after the crop's draws (made by timm's own get_params)
         random.seed(s)
         np.random.seed(s & 0xFFFFFFFF)
@@ -301,18 +316,20 @@ def test_parameter_distributions_match_timm():
     spec = TrainSpec(size=(224, 224), rand_augment=parse_rand_augment(RA), re_prob=0.25)
     drawer = ParamDrawer(spec)
     ours = np.stack([drawer(mix_seed(1, 2, i, 0), H, W) for i in range(n)])
+    cols = spec.layout
+    mine = ours[:, cols.CROP]  # top, left, h, w
     random.seed(123)
     crops = np.array([RandomResizedCropAndInterpolation.get_params(Image.new("RGB", (W, H)), (0.08, 1), (3 / 4, 4 / 3))
                       for _ in range(n)], float)
-    for name, a, b in [("crop area", ours[:, 2] * ours[:, 3], crops[:, 2] * crops[:, 3]),
-                       ("crop aspect", np.log(ours[:, 3] / ours[:, 2]), np.log(crops[:, 3] / crops[:, 2])),
-                       ("crop top", ours[:, 0] / (H - ours[:, 2] + 1), crops[:, 0] / (H - crops[:, 2] + 1))]:
+    for name, a, b in [("crop area", mine[:, 2] * mine[:, 3], crops[:, 2] * crops[:, 3]),
+                       ("crop aspect", np.log(mine[:, 3] / mine[:, 2]), np.log(crops[:, 3] / crops[:, 2])),
+                       ("crop top", mine[:, 0] / (H - mine[:, 2] + 1), crops[:, 0] / (H - crops[:, 2] + 1))]:
         assert _ks(a, b) < _ks_limit(n, n), name
-    assert abs(ours[:, 4].mean() - 0.5) < 3.3 * math.sqrt(0.25 / n)
+    assert abs(ours[:, cols.FLIP].mean() - 0.5) < 3.3 * math.sqrt(0.25 / n)
     # RandAugment: op frequencies (chi-square, 15 ops + "not applied") and per-op argument distributions
     timm_draws = _timm_ra_draws(n, 7)
-    ours_ops = [(RAND_INCREASING_TRANSFORMS[int(r[5 + 8 * k])], r[6 + 8 * k]) for r in ours for k in range(2)
-                if r[5 + 8 * k] >= 0]
+    ours_ops = [(RAND_INCREASING_TRANSFORMS[int(r[cols.op(k)])], r[cols.arg(k)]) for r in ours for k in range(2)
+                if r[cols.op(k)] >= 0]
     timm_ops = [c for s in timm_draws for c in s]
     names = list(RAND_INCREASING_TRANSFORMS)
     cnt_o = np.array([sum(o == nm for o, _ in ours_ops) for nm in names] + [2 * n - len(ours_ops)], float)
@@ -324,8 +341,8 @@ def test_parameter_distributions_match_timm():
         b = [float(v) for o, v in timm_ops if o == nm]
         assert _ks(a, b) < _ks_limit(len(a), len(b)), nm
     # erasing: rate, area, aspect
-    base = 5 + 16
-    eh, ew = ours[:, base + 2], ours[:, base + 3]
+    boxes = ours[:, cols.erase]
+    eh, ew = boxes[:, 2], boxes[:, 3]
     re = RandomErasing(0.25, mode="const", device="cpu")
     random.seed(99)
     ref = []
@@ -350,11 +367,11 @@ def _save(img: Image.Image, path: Path, **kw) -> Path:
     return path
 
 
-def make_folder(root: Path, n: int = 8, source: str = "synthetic", scale: float = 0.4) -> Path:
+def make_folder(root: Path, n: int = 8, photo_files: list[Path] | None = None, scale: float = 0.4) -> Path:
     """``root/train/c{0,1}/*.jpg``: baseline JPEGs of ImageNet-like shapes (500 x 375 and the like, times
-    ``scale``)."""
-    if source == "photos" and PHOTO_DIR.is_dir():
-        base = photos(n, (512, 512))
+    ``scale``), made from ``photo_files`` or from synthetic images."""
+    if photo_files:
+        base = photos(photo_files, n, (512, 512))
     else:
         base = [synthetic(375, 500, k) for k in range(n)]
     shapes = [(round(w * scale), round(h * scale)) for w, h in [(500, 375), (375, 500), (450, 300), (300, 450)]]
@@ -372,10 +389,16 @@ def cpu_batches(root, *, train, aug=None, batch_size=4, seed=3, **kw):
     return list(build_loader(ds, batch_size=batch_size, train=train, seed=seed, num_workers=0, **kw))
 
 
-def gpu_loader(root, *, train, aug=None, batch_size=4, seed=3, **kw):
-    kw.setdefault("num_workers", 0)
-    return build_gpu_loader(build_dataset(root, "train"), batch_size=batch_size, train=train, seed=seed,
-                            device="cpu", aug=aug, **COMMON, **kw)
+LOADER_ARGS = ("num_workers", "rank", "world_size", "repeated_aug")
+
+
+def gpu_loader(root, *, train, aug=None, batch_size=4, seed=3, device="cpu", **kw):
+    """``build_loader`` with the GPU stage on ``device``; ``kw`` goes to the loader or the stage."""
+    loader_kw = {k: kw.pop(k) for k in LOADER_ARGS if k in kw}
+    loader_kw.setdefault("num_workers", 0)
+    stage = GpuStage(device, aug=aug, **{**COMMON, **kw})
+    return build_loader(build_dataset(root, "train"), batch_size=batch_size, train=train, seed=seed, stage=stage,
+                        **loader_kw)
 
 
 def compare_batches(cpu, gpu, name):
@@ -397,12 +420,11 @@ def compare_batches(cpu, gpu, name):
 
 
 @pytest.mark.parametrize("source", SOURCES)
-def test_training_batches_equal_the_cpu_pipeline(tmp_path, source):
+def test_training_batches_equal_the_cpu_pipeline(tmp_path, request, source):
     """Same seed, same sample keys: the same crops, flips, RandAugment ops and erasing boxes (constant fill, so
     that the noise does not differ) as the CPU pipeline, over two epochs."""
-    if source == "photos" and not PHOTO_DIR.is_dir():
-        pytest.skip(f"real photos not found at {PHOTO_DIR}")
-    root = make_folder(tmp_path, 8, source)
+    files = request.getfixturevalue("imagenet_photos") if source == "photos" else None
+    root = make_folder(tmp_path, 8, files)
     aug = {"preset": "official", "re_mode": "const", "re_prob": 0.5}
     gl = gpu_loader(root, train=True, aug=aug)
     for epoch in (0, 1):
@@ -462,9 +484,8 @@ def test_cuda_device_matches_the_cpu_device(tmp_path):
         _save(synthetic(150 + 10 * k, 200 - 10 * k, k), root / "train" / f"c{k % 2}" / f"{k}.png")
     aug = {"preset": "official", "re_mode": "const"}
     for train in (True, False):
-        kw = dict(batch_size=4, train=train, seed=3, num_workers=0, aug=aug, **COMMON)
-        cpu = list(build_gpu_loader(build_dataset(root, "train"), device="cpu", **kw))
-        cuda = list(build_gpu_loader(build_dataset(root, "train"), device="cuda", **kw))
+        cpu = list(gpu_loader(root, train=train, aug=aug, device="cpu"))
+        cuda = list(gpu_loader(root, train=train, aug=aug, device="cuda"))
         name = f"CUDA vs CPU device ({'train' if train else 'eval'})"
         compare_batches(cpu, [(x.cpu(), y.cpu()) for x, y in cuda], name)
 
@@ -534,16 +555,17 @@ def test_jpeg_info_sorts_files():
 
 
 def test_fallback_files_are_decoded_counted_and_equal_the_cpu_pipeline(tmp_path):
-    root = make_folder(tmp_path, 4)
+    root = make_folder(tmp_path, 3)
     base = synthetic(120, 160, 9)
     _save(base, root / "train" / "c0" / "p.jpg", quality=90, progressive=True)
     _save(base.convert("CMYK"), root / "train" / "c0" / "q.jpg", quality=90)
     _save(base, root / "train" / "c1" / "r.png")
+    _save(Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257), root / "train" / "c1" / "t.png")
     _save(base.convert("L"), root / "train" / "c1" / "s.jpg", quality=90)  # gray baseline: on the device
     for train in (True, False):
         gl = gpu_loader(root, train=train, batch_size=4)
         got = list(gl)
-        assert dict(gl.fallback) == {"progressive": 1, "cmyk": 1, "png": 1} and gl.skipped == 0
+        assert dict(gl.fallback) == {"progressive": 1, "cmyk": 1, "png": 2} and gl.skipped == 0
         compare_batches(cpu_batches(root, train=train, aug={"preset": "official", "re_prob": 0.0} if train else None,
                                     batch_size=4),
                         got if not train else list(gpu_loader(root, train=True, batch_size=4,
@@ -561,11 +583,13 @@ def test_unreadable_files_are_skipped_counted_or_fatal(tmp_path):
     gl = gpu_loader(root, train=False, batch_size=4)
     n = sum(len(y) for _, y in gl)
     assert n == 6 and gl.skipped == 2 and gl.skipped_total == 2
-    assert sorted(Path(p).name for p in gl.skipped_files) == ["zz_bad.jpg", "zz_trunc.jpg"]
+    assert sorted(Path(s.path).name for s in gl.skipped_files) == ["zz_bad.jpg", "zz_trunc.jpg"]
     list(gl)
     assert gl.skipped == 2 and gl.skipped_total == 4
-    with pytest.raises(CorruptImageError):
-        list(gpu_loader(root, train=False, batch_size=4, strict_images=True))
+    for workers in (0, 2):  # from a worker process too, the one-line error of the main process
+        with pytest.raises(CorruptImageError) as e:
+            list(gpu_loader(root, train=False, batch_size=4, strict_images=True, num_workers=workers))
+        assert "\n" not in str(e.value) and str(e.value).startswith("cannot read image ")
 
 
 def test_an_all_unreadable_batch_is_fatal_only_with_several_training_processes(tmp_path):
@@ -581,18 +605,18 @@ def test_an_all_unreadable_batch_is_fatal_only_with_several_training_processes(t
 def test_unsupported_settings_name_the_cpu_pipeline(tmp_path):
     root = make_folder(tmp_path, 4)
     for aug in ({"preset": "paddle"}, {"preset": "small"}):
-        with pytest.raises(ValueError, match="pipeline=cpu"):
+        with pytest.raises(ConfigError, match="pipeline=cpu"):
             gpu_loader(root, train=True, aug=aug)
+    with pytest.raises(ConfigError, match="pipeline=cpu"):
+        gpu_loader(root, train=True, interpolation="nearest")
     with pytest.raises(DatasetError, match="image files"):
-        build_gpu_loader([(torch.zeros(1), 0)], batch_size=1, train=True, seed=0, device="cpu")
+        build_loader([(torch.zeros(1), 0)], batch_size=1, train=True, seed=0, stage=GpuStage("cpu"))
 
 
 def test_training_config_selects_the_pipeline(tmp_path):
     """``data.pipeline: gpu`` is the only change a recipe needs; the CPU pipeline stays the default."""
     import shutil
 
-    from pitvit.data import Loader
-    from pitvit.data.gpu import GpuLoader
     from pitvit.train.config import load_config
     from pitvit.utils.distributed import DistInfo
     from pitvit.train.runner import build_data
@@ -602,7 +626,8 @@ def test_training_config_selects_the_pipeline(tmp_path):
     base = [f"data.path={root}", "data.batch_size=2", "data.num_workers=0", "data.input_size=64"]
     cpu = build_data(load_config(None, base), DistInfo())
     gpu = build_data(load_config(None, base + ["data.pipeline=gpu"]), DistInfo())
-    assert isinstance(cpu.train, Loader) and isinstance(gpu.train, GpuLoader) and isinstance(gpu.val, GpuLoader)
+    assert isinstance(cpu.train.stage.dataset, SeededDataset) and isinstance(gpu.train.stage.dataset, EncodedDataset)
+    assert isinstance(gpu.val.stage.dataset, EncodedDataset) and gpu.val.stage.device == torch.device("cpu")
     assert gpu.train.steps_per_epoch == cpu.train.steps_per_epoch and gpu.classes == cpu.classes
     compare_batches(list(cpu.val), list(gpu.val), "evaluation batch via build_data")
     with pytest.raises(ValueError, match="data.pipeline"):
@@ -610,24 +635,22 @@ def test_training_config_selects_the_pipeline(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_training_and_evaluation_batches_equal_the_cpu_pipeline(tmp_path):
+def test_full_size_training_and_evaluation_batches_equal_the_cpu_pipeline(tmp_path, imagenet_photos):
     """The recipe at 224 px on the 20 photos at ImageNet sizes, two epochs (fidelity printed with -s)."""
-    if not PHOTO_DIR.is_dir():
-        pytest.skip(f"real photos not found at {PHOTO_DIR}")
-    root = make_folder(tmp_path, 20, "photos", scale=1.0)
+    root = make_folder(tmp_path, 20, imagenet_photos, scale=1.0)
     common = dict(COMMON, input_size=224)
     aug = {"preset": "official", "re_mode": "const"}
+    stage = GpuStage("cpu", aug=aug, **common)
     for epoch in (0, 1):
         ds = build_dataset(root, "train", transform=build_transform(True, **common, aug=aug))
         cl = build_loader(ds, batch_size=10, train=True, seed=0, num_workers=0)
-        gl = build_gpu_loader(build_dataset(root, "train"), batch_size=10, train=True, seed=0, device="cpu",
-                              num_workers=0, aug=aug, **common)
+        gl = build_loader(build_dataset(root, "train"), batch_size=10, train=True, seed=0, num_workers=0,
+                          stage=stage)
         cl.set_epoch(epoch)
         gl.set_epoch(epoch)
         compare_batches(list(cl), list(gl), "224 px training batch vs CPU pipeline (photos)")
     ds = build_dataset(root, "train", transform=build_transform(False, **common))
-    gl = build_gpu_loader(build_dataset(root, "train"), batch_size=10, train=False, seed=0, device="cpu",
-                          num_workers=0, **common)
+    gl = build_loader(build_dataset(root, "train"), batch_size=10, train=False, seed=0, num_workers=0, stage=stage)
     compare_batches(list(build_loader(ds, batch_size=10, train=False, seed=0, num_workers=0)), list(gl),
                     "224 px evaluation batch vs CPU pipeline (photos)")
 
@@ -672,8 +695,3 @@ def test_two_gloo_processes_with_the_gpu_pipeline_match_one(tmp_path):
     for k, v in one.items():
         torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5)
 
-
-def test_print_fidelity():
-    """Summary of the measured fidelity (run with -s to see it)."""
-    for name, (m, mx) in sorted(FIDELITY.items()):
-        print(f"  {name:48s} mean {m:.4f}  max {mx:.0f} levels")

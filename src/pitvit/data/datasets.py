@@ -10,43 +10,20 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from PIL import Image
+from pitvit.utils.errors import ConfigError, DatasetError
 
-from .errors import CorruptImageError, DatasetError, SkippedSample
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
+from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolderDataset", "ListDataset", "FashionMNIST", "build_dataset",
+__all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "build_dataset",
            "detect_kind"]
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 KINDS = ("auto", "imagefolder", "list", "fashion_mnist")
 SPLITS = ("train", "val", "test")
 
 _FOLDER_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
 _LIST_LAYOUT = ("ROOT/train_list.txt and ROOT/val_list.txt, one '<path relative to ROOT> <integer label>' "
                 "per line (optional ROOT/labels.txt: one class name per line, line i names label i)")
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
-
-
-def load_image(path: str, strict: bool) -> Image.Image | SkippedSample:
-    """Decode an image fully. ``L`` and ``RGB`` images keep their mode, any other mode becomes ``RGB``.
-
-    A file that cannot be decoded gives a :class:`SkippedSample`, or :class:`CorruptImageError` when strict.
-    """
-    try:
-        with open(path, "rb") as f:  # our handle, closed here; the decoded pixels stay with the image
-            img = Image.open(f)
-            img.load()  # decode now: Image.open is lazy and a truncated file fails only here
-        return img if img.mode in ("L", "RGB") else img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL reports undecodable data as OSError (UnidentifiedImageError, "image file is truncated"),
-        # SyntaxError (some plugins) or ValueError; a file deleted mid-run is an OSError too.
-        if strict:
-            raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-        return SkippedSample(path, f"{type(e).__name__}: {e}")
 
 
 class _ImageFileDataset:
@@ -111,7 +88,7 @@ class ImageFolderDataset(_ImageFileDataset):
             samples += [(f, index[c]) for f in files]
         if empty:
             raise DatasetError(f"{len(empty)} class folder(s) in {root} hold no image "
-                               f"(extensions {', '.join(IMG_EXTENSIONS)}): {empty[:5]}")
+                               f"(extensions {', '.join(IMAGE_EXTENSIONS)}): {empty[:5]}")
         self.root = str(root)
         self.classes = classes
         self.samples = samples
@@ -130,7 +107,7 @@ def _walk_images(folder: Path) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [os.path.join(dirpath, f) for f in filenames if _is_image(f)]
+        out += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
     return out
 
 
@@ -266,13 +243,14 @@ def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "au
             naming the file; by default the sample is skipped and counted by the loader.
 
     Raises:
+        ConfigError: an unknown ``kind`` or ``split``.
         DatasetError: the layout is not found or is inconsistent; the message names the path and the
             expected layout.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; valid: {', '.join(KINDS)}")
+        raise ConfigError(f"unknown dataset kind {kind!r}; valid: {', '.join(KINDS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     if kind == "auto":
         kind = detect_kind(root, split)
     if kind == "fashion_mnist":

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetError
+from pitvit.utils.errors import DatasetError
 
 __all__ = ["FASHION_MNIST_CLASSES", "DEFAULT_FASHION_MNIST_DIR", "read_idx", "FashionMNIST"]
 

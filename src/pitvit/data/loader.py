@@ -1,42 +1,105 @@
-"""The training and evaluation loaders: per-sample seeding, skipping unreadable images, sharding, resume.
+"""The loader: ordering, sharding and resume (the sampler), a pluggable decode-and-augment *stage*, and the
+counting of images that could not be read. One builder, :func:`build_loader`, for both stages.
 
-Batch format: iterating a :class:`Loader` yields ``(images, labels)``: a float tensor ``(b, C, H, W)`` and
-an int64 tensor ``(b,)``, where ``b`` is the batch size minus the images that could not be decoded. Under
-the hood the collate function returns a third element, the list of skipped file paths; it travels from the
-worker processes with the batch, and the loader adds it up in the main process: ``loader.skipped`` is the
-count for the current (or last) epoch, ``loader.skipped_files`` the paths, ``loader.skipped_total`` the
-count since the loader was built.
+A stage turns batches of sample keys into batches of images. :class:`CpuStage` (the default) runs the dataset's
+own transform in the worker processes, seeded per sample; :class:`pitvit.data.gpu.GpuStage` has the workers read
+file bytes and decodes and augments on a device. Everything else (the sampler, the DataLoader, resume, skipped
+images, how an error from a worker reaches the caller) is the same for both.
+
+Batch format: iterating a :class:`Loader` yields ``(images, labels)``: a float tensor ``(b, C, H, W)`` and an
+int64 tensor ``(b,)``, where ``b`` is the batch size minus the images that could not be decoded. The records of
+those images (:class:`SkippedSample`: path and reason) travel from the worker processes with the batch and the
+loader counts them in the main process: ``loader.skipped`` is the count for the current (or last) epoch,
+``loader.skipped_files`` the records, ``loader.skipped_total`` the count since the loader was built.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import random
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from .errors import DatasetError, SkippedSample
-from .sampler import EpochBatchSampler, mix_seed
+from pitvit.utils.errors import DatasetError, PitvitError
+from pitvit.utils.seed import mix_seed
 
-__all__ = ["SeededDataset", "collate_skipping", "Loader", "build_loader"]
+from .images import SkippedSample
+from .sampler import EpochBatchSampler
+
+__all__ = ["KeyedDataset", "SeededDataset", "collate_skipping", "StageBatch", "BoundStage", "Stage", "CpuStage",
+           "Loader", "build_loader"]
 
 log = logging.getLogger(__name__)
 
 _MAX_WARNINGS_PER_EPOCH = 10
 
 
-class SeededDataset:
+class KeyedDataset:
+    """What a stage's worker processes index: sample keys ``(index, epoch, repeat)`` from
+    :class:`EpochBatchSampler` (or a bare index, read at ``self.epoch`` with repeat 0).
+
+    Subclasses implement :meth:`load`. An error a user can cause (a :class:`~pitvit.utils.errors.PitvitError`,
+    e.g. a strict :class:`~pitvit.utils.errors.CorruptImageError`) raised in a worker process is returned as a
+    :class:`WorkerError` and raised again, unchanged, by the :class:`Loader` in the main process: torch would
+    otherwise replace its one-line message with the worker's traceback.
+    """
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def load(self, index: int, epoch: int, repeat: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, key: int | tuple[int, int, int]) -> Any:
+        index, epoch, repeat = key if isinstance(key, tuple) else (int(key), self.epoch, 0)
+        try:
+            return self.load(index, epoch, repeat)
+        except PitvitError as e:
+            if get_worker_info() is None:
+                raise
+            return WorkerError(e)
+
+
+class WorkerError:
+    """An expected error raised in a worker process, carried to the main process with the batch."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: PitvitError) -> None:
+        self.error = error
+
+    def __reduce__(self):  # plain pickling across processes, despite __slots__
+        return (WorkerError, (self.error,))
+
+
+class _CollateOrError:
+    """A stage's collate function, except that a batch holding a :class:`WorkerError` becomes that error."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        for item in items:
+            if isinstance(item, WorkerError):
+                return item
+        return self.collate(items)
+
+
+class SeededDataset(KeyedDataset):
     """Wraps a dataset so that sample ``i`` of epoch ``e`` is augmented as a function of (seed, e, i) only.
 
-    ``__getitem__`` accepts the sampler's keys ``(index, epoch, repeat)`` (or a bare index, read at
-    ``self.epoch`` with repeat 0). Before calling the wrapped dataset it seeds python ``random``, numpy's
-    global generator and torch's default CPU generator from a hash of (seed, epoch, index, repeat). In the
-    main process (``num_workers=0``) the three generators are restored afterwards, so data loading does not
-    disturb the training loop's randomness (dropout, mixup); worker processes have no other use for them.
-    Numpy is left alone when the dataset's transform says it does not draw from it (``uses_numpy_rng``
-    set False by :func:`pitvit.data.build_transform`): saving and restoring numpy's state is the slow part.
+    Before calling the wrapped dataset it seeds python ``random``, numpy's global generator and torch's default
+    CPU generator from a hash of (seed, epoch, index, repeat). In the main process (``num_workers=0``) the three
+    generators are restored afterwards, so data loading does not disturb the training loop's randomness
+    (dropout, mixup); worker processes have no other use for them. Numpy is left alone when the dataset's
+    transform says it does not draw from it (``uses_numpy_rng`` set False by
+    :func:`pitvit.data.build_transform`): saving and restoring numpy's state is the slow part.
 
     Attributes other than these are forwarded to the wrapped dataset (``classes``, ``targets``...).
     """
@@ -46,9 +109,6 @@ class SeededDataset:
         self.seed = int(seed)
         self.seeded = seeded
         self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -61,11 +121,7 @@ class SeededDataset:
     def sample_seed(self, index: int, epoch: int, repeat: int = 0) -> int:
         return mix_seed(self.seed, epoch, index, repeat)
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> Any:
-        if isinstance(key, tuple):
-            index, epoch, repeat = key
-        else:
-            index, epoch, repeat = int(key), self.epoch, 0
+    def load(self, index: int, epoch: int, repeat: int) -> Any:
         if not self.seeded:
             return self.dataset[index]
         s = self.sample_seed(index, epoch, repeat)
@@ -91,42 +147,110 @@ class SeededDataset:
         return f"SeededDataset({self.dataset!r}, seed={self.seed})"
 
 
-def collate_skipping(batch: list[Any]) -> tuple[Any, Any, list[str]]:
-    """Collate ``(image, label)`` samples, dropping :class:`SkippedSample` markers.
+def collate_skipping(batch: list[Any]) -> tuple[Any, Any, list[SkippedSample]]:
+    """Collate ``(image, label)`` samples, setting :class:`SkippedSample` records aside.
 
     Returns:
-        ``(images, labels, skipped_paths)``; ``images`` and ``labels`` are ``None`` when every sample of
-        the batch was skipped.
+        ``(images, labels, skipped)``; ``images`` and ``labels`` are ``None`` when every sample of the batch
+        was skipped.
     """
     good = [b for b in batch if not isinstance(b, SkippedSample)]
-    skipped = [b.path for b in batch if isinstance(b, SkippedSample)]
+    skipped = [b for b in batch if isinstance(b, SkippedSample)]
     if not good:
         return None, None, skipped
     images, labels = default_collate(good)
     return images, labels, skipped
 
 
-class Loader:
-    """An iterable of ``(images, labels)`` batches over a :class:`torch.utils.data.DataLoader`.
+class StageBatch(NamedTuple):
+    """A finished batch: ``images`` and ``labels`` (``None`` when nothing was readable), the records of the
+    images that were skipped, and the reasons of those a stage decoded by a slower path (``fallback``)."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    skipped: list[SkippedSample]
+    fallback: list[str]
+
+
+class BoundStage(Protocol):
+    """A stage bound to one loader's dataset.
 
     Attributes:
-        dataset: the dataset (wrapped in a :class:`SeededDataset`).
+        dataset: what the worker processes index with sample keys.
+        pin_memory: whether the DataLoader should pin its batches by default.
+    """
+
+    dataset: KeyedDataset
+    pin_memory: bool
+
+    def collate(self, items: list[Any]) -> Any:
+        """In a worker: the dataset's items to one batch (picklable)."""
+
+    def run(self, batches: Iterator[Any], epoch: int, step0: int) -> Iterator[StageBatch]:
+        """In the main process: the workers' batches of one iteration, starting at step ``step0``, finished."""
+
+
+class Stage(Protocol):
+    """How a loader turns sample keys into images: :class:`CpuStage` or :class:`pitvit.data.gpu.GpuStage`."""
+
+    def bind(self, dataset: Any, *, seed: int, train: bool, rank: int) -> BoundStage:
+        """The stage for one loader over ``dataset``."""
+
+
+class CpuStage:
+    """The dataset's own transform (:func:`pitvit.data.build_transform`) in the worker processes, each training
+    sample seeded from (seed, epoch, index, repeat) by :class:`SeededDataset`."""
+
+    def bind(self, dataset: Any, *, seed: int, train: bool, rank: int) -> _BoundCpuStage:
+        wrapped = dataset if isinstance(dataset, SeededDataset) else SeededDataset(dataset, seed, seeded=train)
+        return _BoundCpuStage(wrapped)
+
+    def __repr__(self) -> str:
+        return "CpuStage()"
+
+
+class _BoundCpuStage:
+    def __init__(self, dataset: SeededDataset) -> None:
+        self.dataset = dataset
+        self.pin_memory = torch.cuda.is_available()
+        self.collate = collate_skipping
+
+    def run(self, batches: Iterator[Any], epoch: int, step0: int) -> Iterator[StageBatch]:
+        for images, labels, skipped in batches:
+            yield StageBatch(images, labels, skipped, [])
+
+    def __repr__(self) -> str:
+        return "CpuStage()"
+
+
+class Loader:
+    """An iterable of ``(images, labels)`` batches over a :class:`torch.utils.data.DataLoader` and a stage.
+
+    Attributes:
+        dataset: the dataset the workers index (a :class:`KeyedDataset`).
         sampler: the :class:`EpochBatchSampler` (``set_epoch``, ``set_start_step``, ``state_dict``).
-        loader: the underlying DataLoader, whose batches carry the skipped paths as a third element.
+        loader: the underlying DataLoader, whose batches the stage finishes.
+        stage: the bound stage.
         skipped: images skipped in the current (or last) iteration.
-        skipped_files: their paths.
+        skipped_files: their :class:`SkippedSample` records (``path``, ``reason``).
         skipped_total: images skipped since the loader was built.
+        fallback: images of the current (or last) iteration the stage decoded by a slower path, by reason
+            (a ``Counter``; the GPU stage's CPU decodes, always empty with the CPU stage).
+        fallback_total: those since the loader was built.
         train: built for training (shuffled, seeded, lockstep across processes).
     """
 
-    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler, *, train: bool) -> None:
+    def __init__(self, loader: DataLoader, sampler: EpochBatchSampler, stage: BoundStage, *, train: bool) -> None:
         self.loader = loader
         self.train = train
         self.sampler = sampler
-        self.dataset = loader.dataset
+        self.stage = stage
+        self.dataset = stage.dataset
         self.skipped = 0
-        self.skipped_files: list[str] = []
+        self.skipped_files: list[SkippedSample] = []
         self.skipped_total = 0
+        self.fallback: collections.Counter[str] = collections.Counter()
+        self.fallback_total = 0
 
     @property
     def batch_size(self) -> int:
@@ -157,37 +281,57 @@ class Loader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.skipped = 0
         self.skipped_files = []
-        step0 = self.sampler.start_step
-        for i, (images, labels, skipped) in enumerate(self.loader):
-            if self._keep(images, skipped, step0 + i):
-                yield images, labels
+        self.fallback = collections.Counter()
+        epoch, step0 = self.sampler.epoch, self.sampler.start_step
+        try:
+            # torch calls iter(batch_sampler) in here, once or (a new multi-process iterator) twice; the start
+            # step holds for all of those calls and is spent once the iteration exists
+            batches = iter(self.loader)
+        finally:
+            self.sampler.set_start_step(0)
+        with contextlib.closing(self.stage.run(_raise_worker_errors(batches), epoch, step0)) as finished:
+            for i, b in enumerate(finished):
+                self._count(b)
+                if self._keep(b, step0 + i):
+                    yield b.images, b.labels
+        if self.fallback:
+            log.info("epoch %d, rank %d: %d image(s) decoded by the CPU fallback (%s)", epoch, self.sampler.rank,
+                     sum(self.fallback.values()), ", ".join(f"{k}: {v}" for k, v in sorted(self.fallback.items())))
 
-    def _keep(self, images: Any, skipped: list[str], step: int) -> bool:
-        """Count a batch's unreadable files; False when none of its images could be read (drop it)."""
-        if skipped:
-            self._count(skipped)
-        if images is not None:
+    def _keep(self, b: StageBatch, step: int) -> bool:
+        """False when none of the batch's images could be read (drop it), or an error where dropping is fatal."""
+        if b.images is not None:
             return True
         if self.train and self.sampler.world_size > 1:
             # dropping the batch here would leave this rank one step behind the others and hang
             # the next gradient all-reduce (evaluation only reduces at the end, so it may drop)
             raise DatasetError(
                 f"every image of batch {step} of epoch {self.epoch} on rank {self.sampler.rank} "
-                f"is unreadable (e.g. {skipped[0]}); remove the corrupt files")
+                f"is unreadable (e.g. {b.skipped[0].path}: {b.skipped[0].reason}); remove the corrupt files")
         return False
 
-    def _count(self, paths: list[str]) -> None:
-        for p in paths:
+    def _count(self, b: StageBatch) -> None:
+        for s in b.skipped:
             if self.skipped < _MAX_WARNINGS_PER_EPOCH:
-                log.warning("skipped unreadable image %s", p)
+                log.warning("skipped unreadable image %s: %s", s.path, s.reason)
             self.skipped += 1
             self.skipped_total += 1
-            self.skipped_files.append(p)
+            self.skipped_files.append(s)
+        self.fallback.update(b.fallback)
+        self.fallback_total += len(b.fallback)
 
     def __repr__(self) -> str:
         s = self.sampler
         return (f"Loader(batch_size={s.batch_size}, rank={s.rank}/{s.world_size}, shuffle={s.shuffle}, "
-                f"steps={len(self)}, workers={self.loader.num_workers}, dataset={self.dataset.dataset!r})")
+                f"steps={len(self)}, workers={self.loader.num_workers}, stage={self.stage!r}, "
+                f"dataset={self.dataset!r})")
+
+
+def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    for b in batches:
+        if isinstance(b, WorkerError):
+            raise b.error
+        yield b
 
 
 def build_loader(
@@ -196,6 +340,7 @@ def build_loader(
     batch_size: int,
     train: bool,
     seed: int,
+    stage: Stage | None = None,
     num_workers: int = 4,
     rank: int = 0,
     world_size: int = 1,
@@ -214,11 +359,14 @@ def build_loader(
     :mod:`pitvit.data.sampler`.
 
     Args:
-        dataset: a map-style dataset of ``(image, label)`` (e.g. from :func:`build_dataset`).
+        dataset: a map-style dataset of ``(image, label)`` (e.g. from :func:`build_dataset`); for the GPU stage,
+            an image dataset whose transform is not used.
         batch_size: per-process batch size.
         train: shuffle, seed augmentations, pad the last batch; otherwise keep the dataset's order and
             split the last batch between processes without duplicating any sample.
         seed: the run's seed, the same in every process.
+        stage: what turns keys into images: :class:`CpuStage` (default: the dataset's transform in the workers)
+            or :class:`pitvit.data.gpu.GpuStage` (decoded and augmented on a device; batches arrive there).
         num_workers: worker processes (0 loads in the main process).
         rank: this process's rank.
         world_size: number of processes.
@@ -228,24 +376,23 @@ def build_loader(
         drop_last: drop the incomplete last global batch (default: ``train``).
         start_step: skip this many batches at the start of the first iteration (mid-epoch resume).
         num_repeats: repeats for ``repeated_aug``.
-        pin_memory: default: when CUDA is available.
+        pin_memory: default: the stage's (the CPU stage's: when CUDA is available).
         persistent_workers: keep workers between epochs (default: when ``num_workers > 0``).
     """
+    bound = (stage or CpuStage()).bind(dataset, seed=seed, train=train, rank=rank)
     if drop_last is None:
         drop_last = train
-    sampler = EpochBatchSampler(len(dataset), batch_size=batch_size, shuffle=train, seed=seed, rank=rank,
+    sampler = EpochBatchSampler(len(bound.dataset), batch_size=batch_size, shuffle=train, seed=seed, rank=rank,
                                 world_size=world_size, drop_last=drop_last, pad=train,
                                 num_repeats=num_repeats if repeated_aug else 1, start_step=start_step)
-    wrapped = dataset if isinstance(dataset, SeededDataset) else SeededDataset(dataset, seed, seeded=train)
-    if pin_memory is None:
-        pin_memory = torch.cuda.is_available()
     if persistent_workers is None:
         persistent_workers = num_workers > 0
     loader = DataLoader(
-        wrapped, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_skipping,
-        pin_memory=pin_memory, persistent_workers=persistent_workers and num_workers > 0,
+        bound.dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_CollateOrError(bound.collate),
+        pin_memory=bound.pin_memory if pin_memory is None else pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
         # the DataLoader draws a base seed per iteration; a private generator keeps it from consuming the
         # global torch generator (and the per-sample seeding makes that base seed irrelevant)
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
     )
-    return Loader(loader, sampler, train=train)
+    return Loader(loader, sampler, bound, train=train)

@@ -9,6 +9,8 @@ from timm.data.mixup import Mixup, mixup_target
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
+from pitvit.utils.errors import ConfigError
+
 __all__ = ["BatchMixup", "build_mixup", "build_train_loss"]
 
 _MODES = ("batch", "pair", "elem")
@@ -57,7 +59,7 @@ def build_mixup(
         label_smoothing: smoothing folded into the soft targets.
     """
     if mode not in _MODES:
-        raise ValueError(f"unknown mixup mode {mode!r}; valid: {', '.join(_MODES)}")
+        raise ConfigError(f"unknown mixup mode {mode!r}; valid: {', '.join(_MODES)}")
     if (mixup_alpha <= 0 and cutmix_alpha <= 0) or prob <= 0:
         return None
     return BatchMixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,

@@ -19,9 +19,10 @@ from typing import Iterator
 
 import torch
 
+from pitvit.utils.errors import ConfigError
 from pitvit.utils.seed import mix_seed
 
-__all__ = ["mix_seed", "EpochBatchSampler"]
+__all__ = ["EpochBatchSampler"]
 
 
 class EpochBatchSampler:
@@ -40,20 +41,21 @@ class EpochBatchSampler:
             none (evaluation, where duplicates would bias the metrics).
         pad: see ``drop_last``.
         num_repeats: repeated augmentation: each index appears this many times in a row (1 = off).
-        start_step: number of batches to skip at the start of the next iteration only (mid-epoch resume).
+        start_step: number of batches to skip at the start of an iteration (mid-epoch resume); it holds until
+            ``set_start_step(0)``, which :class:`pitvit.data.Loader` calls once its iteration has started.
     """
 
     def __init__(self, num_samples: int, *, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, pad: bool = True, num_repeats: int = 1,
                  start_step: int = 0) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if num_repeats < 1:
-            raise ValueError(f"num_repeats must be >= 1, got {num_repeats}")
+            raise ConfigError(f"num_repeats must be >= 1, got {num_repeats}")
         if drop_last and num_samples < batch_size * world_size:
-            raise ValueError(f"{num_samples} samples do not fill one global batch of {batch_size} x "
+            raise ConfigError(f"{num_samples} samples do not fill one global batch of {batch_size} x "
                              f"{world_size}; lower the batch size or pass drop_last=False")
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -83,9 +85,9 @@ class EpochBatchSampler:
         self.epoch = int(epoch)
 
     def set_start_step(self, start_step: int) -> None:
-        """Skip the first ``start_step`` batches of the next iteration (then start at 0 again)."""
+        """Skip the first ``start_step`` batches of each iteration until set back to 0."""
         if not 0 <= start_step <= self.steps_per_epoch:
-            raise ValueError(f"start_step must lie in 0..{self.steps_per_epoch}, got {start_step}")
+            raise ConfigError(f"start_step must lie in 0..{self.steps_per_epoch}, got {start_step}")
         self.start_step = int(start_step)
 
     def global_order(self, epoch: int | None = None) -> list[tuple[int, int, int]]:
@@ -122,11 +124,9 @@ class EpochBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        # Evaluated eagerly (not a generator) so that the start step in force when the loader starts its
-        # iteration is the one used, then cleared.
-        batches = self._rank_batches(self.global_order())[self.start_step:]
-        self.start_step = 0
-        return iter(batches)
+        # No side effect: torch's multi-process DataLoader iterator calls iter() twice when it is created, and
+        # both calls must see the same start step (clearing it here made a resume with workers replay the epoch)
+        return iter(self._rank_batches(self.global_order())[self.start_step:])
 
     def __len__(self) -> int:
         """Batches the next iteration yields on this rank (after any pending ``start_step``)."""

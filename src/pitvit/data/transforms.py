@@ -28,8 +28,10 @@ from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_i
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-__all__ = ["AUG_PRESETS", "resolve_aug", "build_transform", "ToMode", "ResizeCenterCrop", "RandomPadCropFlip",
-           "ToNormalizedTensor"]
+from pitvit.utils.errors import ConfigError
+
+__all__ = ["AUG_PRESETS", "resolve_aug", "size_hw", "fill_color", "build_transform", "ToMode", "ResizeCenterCrop",
+           "RandomPadCropFlip", "ToNormalizedTensor"]
 
 # Named training augmentations; a dict passed as ``aug`` starts from ``aug.get("preset", "official")``.
 AUG_PRESETS: dict[str, dict[str, Any]] = {
@@ -56,7 +58,7 @@ def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
     ``auto_augment`` of ``None``, ``""`` or ``"none"`` disables RandAugment/AutoAugment.
 
     Raises:
-        ValueError: an unknown preset or key (the message lists the valid ones).
+        ConfigError: an unknown preset or key (the message lists the valid ones).
     """
     if aug is None:
         aug = "official"
@@ -65,14 +67,14 @@ def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
     aug = dict(aug)
     preset = aug.pop("preset", "official")
     if preset not in AUG_PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUG_PRESETS)}")
+        raise ConfigError(f"unknown augmentation preset {preset!r}; valid: {', '.join(AUG_PRESETS)}")
     out = dict(AUG_PRESETS[preset])
     unknown = sorted(set(aug) - set(out))
     if unknown:
-        raise ValueError(f"unknown augmentation setting(s) {unknown}; valid: {['preset'] + sorted(out)}")
+        raise ConfigError(f"unknown augmentation setting(s) {unknown}; valid: {['preset'] + sorted(out)}")
     out.update(aug)
     if out["crop"] not in _CROPS:
-        raise ValueError(f"unknown crop {out['crop']!r}; valid: {', '.join(_CROPS)}")
+        raise ConfigError(f"unknown crop {out['crop']!r}; valid: {', '.join(_CROPS)}")
     if out["auto_augment"] in ("", "none", "None"):
         out["auto_augment"] = None
     out["scale"], out["ratio"] = tuple(out["scale"]), tuple(out["ratio"])
@@ -163,7 +165,8 @@ class ArrayToPIL:
 
 
 class ToNormalizedTensor:
-    """PIL ``L``/``RGB`` image (or uint8 array ``(H, W[, C])``) to a float tensor ``(C, H, W)`` holding ``(pixel / 255 - mean) / std``.
+    """PIL ``L``/``RGB`` image (or uint8 array ``(H, W[, C])``) to a float tensor ``(C, H, W)`` holding
+    ``(pixel / 255 - mean) / std``.
 
     The same float32 operations as torchvision's ``ToTensor`` then ``Normalize`` (bit-identical results),
     done in one numpy pass: several times faster on small images, where per-op overhead dominates.
@@ -188,16 +191,27 @@ class ToNormalizedTensor:
         return f"{type(self).__name__}(mean={self.mean.ravel().tolist()}, std={self.std.ravel().tolist()})"
 
 
-def _size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+def size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` from an int, ``(H, W)`` or ``(C, H, W)`` (``PretrainedCfg.input_size``).
+
+    Raises:
+        ConfigError: any other shape.
+    """
     if isinstance(input_size, int):
         return input_size, input_size
     size = tuple(int(s) for s in input_size)
     if len(size) == 3:
         size = size[1:]
     if len(size) != 2:
-        raise ValueError(f"input_size must be an int, (height, width) or (channels, height, width); "
-                         f"got {input_size!r}")
+        raise ConfigError(f"input_size must be an int, (height, width) or (channels, height, width); "
+                          f"got {input_size!r}")
     return size
+
+
+def fill_color(mean: Sequence[float]) -> tuple[int, ...]:
+    """The fill of RandAugment's and AutoAugment's geometric ops, as timm's ``create_transform`` sets it: the
+    mean colour in 0..255."""
+    return tuple(min(255, round(255 * m)) for m in mean)
 
 
 def build_transform(
@@ -226,20 +240,20 @@ def build_transform(
             dict of overrides (see :func:`resolve_aug`), or ``None`` for ``official``. Ignored for eval.
 
     Raises:
-        ValueError: inconsistent channels, sizes or augmentation settings.
+        ConfigError: inconsistent channels, sizes or augmentation settings.
     """
-    h, w = _size_hw(input_size)
+    h, w = size_hw(input_size)
     if in_chans is None:
         in_chans = int(input_size[0]) if not isinstance(input_size, int) and len(input_size) == 3 else len(mean)
     elif not isinstance(input_size, int) and len(input_size) == 3 and int(input_size[0]) != in_chans:
-        raise ValueError(f"in_chans={in_chans} disagrees with input_size={tuple(input_size)}")
+        raise ConfigError(f"in_chans={in_chans} disagrees with input_size={tuple(input_size)}")
     if in_chans not in (1, 3):
-        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+        raise ConfigError(f"in_chans must be 1 or 3, got {in_chans}")
     if len(mean) != in_chans or len(std) != in_chans:
-        raise ValueError(f"mean and std need {in_chans} value(s) each for in_chans={in_chans}; "
+        raise ConfigError(f"mean and std need {in_chans} value(s) each for in_chans={in_chans}; "
                          f"got mean={tuple(mean)}, std={tuple(std)}")
     if not 0 < crop_pct <= 1:
-        raise ValueError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+        raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
     pil_interp = str_to_pil_interp(interpolation)
     size = (h, w)
     first: list[Any] = [ToMode("L" if in_chans == 1 else "RGB")]
@@ -270,7 +284,7 @@ def build_transform(
         # the hyper-parameters timm's create_transform passes: fill with the mean colour, translate by
         # 45% of the image, resize with the recipe's filter
         hparams = dict(translate_const=int(min(h, w) * 0.45),
-                       img_mean=tuple(min(255, round(255 * m)) for m in mean),
+                       img_mean=fill_color(mean),
                        interpolation=pil_interp)
         name = a["auto_augment"]
         color.append(_posterize_zero_bits_safe(rand_augment_transform(name, hparams) if name.startswith("rand")

@@ -17,12 +17,13 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
 
 __all__ = ["Prediction", "expand_inputs", "predict_files", "predict", "format_predictions"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 FORMATS = ("table", "json", "csv")
 
 
@@ -48,23 +49,15 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name))
             if not found:
-                problems.append((str(p), f"no images in this folder (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"))
+                problems.append((str(p), f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
             files.extend(found)
         elif p.is_file():
             files.append(p)
         else:
             problems.append((str(p), "no such file or folder"))
     return files, problems
-
-
-def _read(path: Path, transform) -> torch.Tensor:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decode now: a truncated file fails here, with its name at hand
-        return transform(im)
 
 
 @torch.no_grad()
@@ -108,11 +101,11 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         batch.clear()
 
     for f in files:
-        try:
-            batch.append((str(f), _read(Path(f), transform)))
-        except Exception as e:  # PIL raises many types for a bad file; report it and go on
-            errors.append((str(f), f"{type(e).__name__}: {e}"))
+        img = load_image(f, strict=False)
+        if isinstance(img, SkippedSample):  # report it and go on
+            errors.append((str(f), img.reason))
             continue
+        batch.append((str(f), transform(img)))
         if len(batch) >= batch_size:
             flush()
     flush()

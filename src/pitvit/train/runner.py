@@ -13,7 +13,6 @@ import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,18 +101,17 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
         train_set, val_set = datasets
     common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
                          world_size=info.world_size)
-    build_loader = D.build_loader
     if cfg.data.pipeline == "gpu":  # same batches and loader contract, decoded and augmented on info.device
-        from pitvit.data.gpu import build_gpu_loader
+        from pitvit.data.gpu import GpuStage
 
-        build_loader = partial(build_gpu_loader, device=info.device, aug=_aug_dict(cfg),
-                               **{k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")})
-    train = build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
-                         repeated_aug=cfg.aug.repeated_aug, **common_loader)
+        common_loader["stage"] = GpuStage(info.device, aug=_aug_dict(cfg), **{
+            k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")})
+    train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
+                           repeated_aug=cfg.aug.repeated_aug, **common_loader)
     val = None
     if val_set is not None:
-        val = build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
-                           drop_last=False, **common_loader)
+        val = D.build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
+                             drop_last=False, **common_loader)
     a = cfg.aug
     mixup = None
     if a.mixup > 0 or a.cutmix > 0:

@@ -22,7 +22,7 @@ import torch
 
 __all__ = ["to_device", "AxisPlan", "axis_weights", "vertical_first", "resample", "affine", "autocontrast",
            "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast", "brightness",
-           "sharpness", "OP_FUNCTIONS", "normalize", "erase", "fill_color"]
+           "sharpness", "OP_FUNCTIONS", "normalize", "erase"]
 
 FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 
@@ -418,7 +418,3 @@ def erase(x: torch.Tensor, boxes: torch.Tensor, mode: str = "pixel",
         x.index_copy_(0, sel, torch.where(m, fill, xs))
     return x
 
-
-def fill_color(mean: Sequence[float]) -> tuple[int, ...]:
-    """timm's fill for RandAugment's geometric ops: the mean colour in 0..255."""
-    return tuple(min(255, round(255 * m)) for m in mean)

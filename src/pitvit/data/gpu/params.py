@@ -23,8 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pitvit.utils.errors import ConfigError
+
 __all__ = ["RAND_TRANSFORMS", "RAND_INCREASING_TRANSFORMS", "GEOMETRIC_OPS", "RandAugmentSpec",
-           "parse_rand_augment", "level_to_arg", "affine_data", "TrainSpec", "ParamDrawer", "LAYER_WIDTH"]
+           "parse_rand_augment", "level_to_arg", "affine_data", "ParamLayout", "TrainSpec", "ParamDrawer"]
 
 # the op lists of timm.data.auto_augment (_RAND_TRANSFORMS and _RAND_INCREASING_TRANSFORMS), in timm's order:
 # the order matters, RandAugment picks ops by index
@@ -36,7 +38,6 @@ RAND_INCREASING_TRANSFORMS = (
     "TranslateXRel", "TranslateYRel")
 GEOMETRIC_OPS = frozenset({"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"})
 _LEVEL_DENOM = 10.0
-LAYER_WIDTH = 8  # per RandAugment layer: op index (-1: not applied), argument, 6 affine coefficients
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,17 @@ def parse_rand_augment(config: str) -> RandAugmentSpec:
     """Parse ``rand-m9-mstd0.5-inc1`` and the like (``m``, ``n``, ``p``, ``mstd``, ``mmax``, ``inc``).
 
     Raises:
-        ValueError: not a ``rand`` string, or a section this pipeline does not implement (``t``: weighted op
+        ConfigError: not a ``rand`` string, or a section this pipeline does not implement (``t``: weighted op
             sets); use ``data.pipeline=cpu`` for those.
     """
     parts = config.split("-")
     if parts[0] != "rand":
-        raise ValueError(f"the GPU pipeline implements RandAugment ('rand-...') only, got {config!r}; "
+        raise ConfigError(f"the GPU pipeline implements RandAugment ('rand-...') only, got {config!r}; "
                          f"use the CPU pipeline (data.pipeline=cpu) for AutoAugment/AugMix")
     magnitude, layers, prob, mstd, mmax, inc = 10.0, 2, 0.5, 0.0, None, False
     for c in parts[1:]:
         if c.startswith("t"):
-            raise ValueError(f"RandAugment transform sets ({c!r}) are not implemented on the GPU; "
+            raise ConfigError(f"RandAugment transform sets ({c!r}) are not implemented on the GPU; "
                              f"use data.pipeline=cpu")
         cs = re.split(r"(\d.*)", c)
         if len(cs) < 2:
@@ -87,7 +88,7 @@ def parse_rand_augment(config: str) -> RandAugmentSpec:
         elif key == "p":
             prob = float(val)
         else:
-            raise ValueError(f"unknown RandAugment section {c!r} in {config!r}")
+            raise ConfigError(f"unknown RandAugment section {c!r} in {config!r}")
     return RandAugmentSpec(RAND_INCREASING_TRANSFORMS if inc else RAND_TRANSFORMS, float(magnitude), layers, prob,
                            mstd, mmax)
 
@@ -147,6 +148,56 @@ def affine_data(name: str, arg: float, width: int, height: int) -> tuple[float, 
 
 
 @dataclass(frozen=True)
+class ParamLayout:
+    """The columns of one sample's parameter vector (float64), the one description of it that the drawer, the
+    device pipeline and the tests use::
+
+        crop (top, left, h, w) | flip | per RandAugment layer: op index (-1: not applied), argument,
+        6 affine coefficients (a geometric op's, else zeros) | per erasing box: top, left, h, w (h = 0: no box)
+
+    Args:
+        num_layers: RandAugment layers (0: none).
+        boxes: erasing boxes (0: no erasing).
+    """
+
+    num_layers: int = 0
+    boxes: int = 0
+
+    CROP = slice(0, 4)
+    FLIP = 4
+    _LAYERS = 5
+    _LAYER_WIDTH = 8
+
+    def layer(self, k: int) -> slice:
+        """All columns of RandAugment layer ``k``."""
+        start = self._LAYERS + self._LAYER_WIDTH * k
+        return slice(start, start + self._LAYER_WIDTH)
+
+    def op(self, k: int) -> int:
+        """The column of layer ``k``'s op index (into the op list; -1: not applied)."""
+        return self.layer(k).start
+
+    def arg(self, k: int) -> int:
+        """The column of layer ``k``'s op argument."""
+        return self.layer(k).start + 1
+
+    def affine(self, k: int) -> slice:
+        """Layer ``k``'s 6 affine coefficients (Pillow's ``Image.transform(AFFINE)`` data)."""
+        return slice(self.layer(k).start + 2, self.layer(k).stop)
+
+    @property
+    def erase(self) -> slice:
+        """The erasing boxes, ``4 * boxes`` columns: ``[top, left, h, w]`` per box."""
+        start = self._LAYERS + self._LAYER_WIDTH * self.num_layers
+        return slice(start, start + 4 * self.boxes)
+
+    @property
+    def width(self) -> int:
+        """Length of the vector."""
+        return self.erase.stop
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """What the training augmentation needs to draw its parameters (see :func:`pitvit.data.resolve_aug`)."""
 
@@ -167,18 +218,14 @@ class TrainSpec:
         return self.rand_augment.num_layers if self.rand_augment is not None else 0
 
     @property
-    def width(self) -> int:
-        """Length of one sample's parameter vector."""
-        return 5 + LAYER_WIDTH * self.num_layers + 4 * (self.re_count if self.re_prob > 0 else 0)
+    def layout(self) -> ParamLayout:
+        """The columns of a sample's parameter vector under this spec."""
+        return ParamLayout(self.num_layers, self.re_count if self.re_prob > 0 else 0)
 
 
 class ParamDrawer:
-    """Draws the parameter vector of one sample from its seed; holds reusable generators (one per process).
-
-    The vector (float64) is ``[top, left, h, w, flip]``, then per RandAugment layer ``[op index or -1, argument,
-    a0..a5]`` (the affine coefficients of a geometric op, else zeros), then per erasing box ``[top, left, h, w]``
-    (``h = 0``: no box).
-    """
+    """Draws the parameter vector of one sample from its seed (columns: :class:`ParamLayout`); holds reusable
+    generators (one per process)."""
 
     def __init__(self, spec: TrainSpec) -> None:
         self.spec = spec
@@ -186,24 +233,21 @@ class ParamDrawer:
         self._torch = torch.Generator()
 
     def __call__(self, sample_seed: int, img_h: int, img_w: int) -> np.ndarray:
-        s = self.spec
+        s, cols = self.spec, self.spec.layout
         rng = random.Random(sample_seed)  # what random.seed(s) gives the CPU pipeline
-        out = np.zeros(s.width, dtype=np.float64)
-        out[0:4] = rrc_params(rng, img_h, img_w, s.scale, s.ratio)
+        out = np.zeros(cols.width, dtype=np.float64)
+        out[cols.CROP] = rrc_params(rng, img_h, img_w, s.scale, s.ratio)
         if s.hflip > 0:
             self._torch.manual_seed(sample_seed)
-            out[4] = float(torch.rand(1, generator=self._torch).item() < s.hflip)  # T.RandomHorizontalFlip
-        pos = 5
+            out[cols.FLIP] = float(torch.rand(1, generator=self._torch).item() < s.hflip)  # T.RandomHorizontalFlip
         ra = s.rand_augment
         if ra is not None:
             self._np.seed(sample_seed & 0xFFFFFFFF)
             chosen = self._np.randint(0, len(ra.ops), size=ra.num_layers)  # np.random.choice(ops, n), replace
             h, w = s.size
-            for k in chosen.tolist():
+            for layer, k in enumerate(chosen.tolist()):
                 name = ra.ops[k]
-                row = out[pos:pos + LAYER_WIDTH]
-                pos += LAYER_WIDTH
-                row[0] = -1
+                out[cols.op(layer)] = -1
                 if ra.prob < 1.0 and rng.random() > ra.prob:
                     continue
                 mag = ra.magnitude
@@ -211,12 +255,12 @@ class ParamDrawer:
                     mag = rng.uniform(0, mag) if ra.mstd == float("inf") else rng.gauss(mag, ra.mstd)
                 mag = max(0.0, min(mag, ra.mmax or _LEVEL_DENOM))
                 arg = level_to_arg(name, mag, rng, ra.translate_pct)
-                row[0] = k
-                row[1] = 0.0 if arg is None else arg
+                out[cols.op(layer)] = k
+                out[cols.arg(layer)] = 0.0 if arg is None else arg
                 if name in GEOMETRIC_OPS:
-                    row[2:8] = affine_data(name, arg, w, h)
-        if s.re_prob > 0:
-            out[pos:pos + 4 * s.re_count] = erase_params(rng, s)
+                    out[cols.affine(layer)] = affine_data(name, arg, w, h)
+        if cols.boxes:
+            out[cols.erase] = erase_params(rng, s)
         return out
 
 
@@ -268,14 +312,14 @@ def spec_from_aug(aug: dict[str, Any], size: tuple[int, int]) -> TrainSpec:
     """A :class:`TrainSpec` from :func:`pitvit.data.resolve_aug`'s settings.
 
     Raises:
-        ValueError: a setting the GPU pipeline does not implement (crop other than ``rrc``, AutoAugment).
+        ConfigError: a setting the GPU pipeline does not implement (crop other than ``rrc``, AutoAugment).
     """
     if aug["crop"] != "rrc":
-        raise ValueError(f"the GPU pipeline implements crop='rrc' only, got {aug['crop']!r}; "
+        raise ConfigError(f"the GPU pipeline implements crop='rrc' only, got {aug['crop']!r}; "
                          f"use data.pipeline=cpu")
     ra = parse_rand_augment(aug["auto_augment"]) if aug["auto_augment"] else None
     if aug["re_mode"] not in ("pixel", "rand", "const", ""):
-        raise ValueError(f"unknown erasing mode {aug['re_mode']!r}")
+        raise ConfigError(f"unknown erasing mode {aug['re_mode']!r}; valid: pixel, rand, const")
     return TrainSpec(size=tuple(size), scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"]),
                      hflip=float(aug["hflip"]), rand_augment=ra, re_prob=float(aug["re_prob"]),
                      re_mode=aug["re_mode"] or "const", re_count=int(aug["re_count"]))

@@ -7,9 +7,11 @@ from typing import Sequence
 
 import torch
 
-from ..errors import SkippedSample
+from pitvit.utils.errors import ConfigError
+
+from ..images import SkippedSample
 from . import ops
-from .params import GEOMETRIC_OPS, LAYER_WIDTH, TrainSpec
+from .params import GEOMETRIC_OPS, TrainSpec
 from .source import EncodedBatch, decode_with_pil
 
 __all__ = ["DevicePipeline", "decode_batch", "eval_geometry"]
@@ -24,8 +26,8 @@ def _decode_jpegs(data: list[torch.Tensor], device: torch.device) -> list[torch.
 
 
 def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = False, allow_fallback: bool = True
-                 ) -> tuple[list[torch.Tensor | None], list[str], list[str]]:
-    """Decode a worker's batch on ``device``: ``(images, fallback_reasons, skipped_paths)``.
+                 ) -> tuple[list[torch.Tensor | None], list[str], list[SkippedSample]]:
+    """Decode a worker's batch on ``device``: ``(images, fallback_reasons, skipped)``.
 
     ``images[i]`` is a ``(3, H, W)`` uint8 tensor, or ``None`` when neither the device nor PIL could decode it.
     Device-decodable JPEGs go through one batched ``decode_jpeg`` call (nvjpeg on CUDA, libjpeg-turbo on the
@@ -35,7 +37,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
     n = len(batch)
     out: list[torch.Tensor | None] = [None] * n
     reasons: list[str] = []
-    skipped: list[str] = []
+    skipped: list[SkippedSample] = []
     enc = [i for i, k in enumerate(batch.kinds) if k == "device"]
     if enc:
         try:
@@ -51,7 +53,7 @@ def decode_batch(batch: EncodedBatch, device: torch.device, *, strict: bool = Fa
                         raise
                     pixels = decode_with_pil(batch.data[i].numpy().tobytes(), batch.paths[i], strict)
                     if isinstance(pixels, SkippedSample):
-                        skipped.append(batch.paths[i])
+                        skipped.append(pixels)
                         continue
                     batch.data[i], batch.kinds[i] = pixels, "device_error"
     for i, k in enumerate(batch.kinds):
@@ -108,10 +110,11 @@ class DevicePipeline:
                  fill: Sequence[int] = (128, 128, 128), max_elements: int = 1 << 25, strict_images: bool = False,
                  allow_fallback: bool = True, exact_resample: bool = True) -> None:
         if interpolation not in ops.FILTER_SUPPORT:
-            raise ValueError(f"the GPU pipeline resizes with {sorted(ops.FILTER_SUPPORT)}, got {interpolation!r}; "
+            raise ConfigError(f"the GPU pipeline resizes with {sorted(ops.FILTER_SUPPORT)}, got {interpolation!r}; "
                              f"use data.pipeline=cpu")
         if spec is not None and spec.rand_augment is not None and interpolation != "bicubic":
-            raise ValueError("the GPU pipeline's RandAugment implements bicubic geometric ops only")
+            raise ConfigError("the GPU pipeline's RandAugment implements bicubic geometric ops only; "
+                              "use data.pipeline=cpu")
         self.device = torch.device(device)
         self.size = tuple(size)
         self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
@@ -126,8 +129,8 @@ class DevicePipeline:
         self.exact_resample = exact_resample
 
     def __call__(self, batch: EncodedBatch, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str], list[str]]:
-        """``(images, labels, fallback_reasons, skipped_paths)``; images ``None`` when nothing was readable."""
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str], list[SkippedSample]]:
+        """``(images, labels, fallback_reasons, skipped)``; images ``None`` when nothing was readable."""
         images, reasons, skipped = decode_batch(batch, self.device, strict=self.strict_images,
                                                 allow_fallback=self.allow_fallback)
         keep = [i for i, im in enumerate(images) if im is not None]
@@ -161,33 +164,31 @@ class DevicePipeline:
     # ------------------------------------------------------------------------------------------ training
     def _train(self, images: list[torch.Tensor], params: torch.Tensor, generator: torch.Generator | None
                ) -> torch.Tensor:
-        s = self.spec
+        s, cols = self.spec, self.spec.layout
         p = params.tolist()
         views = []
         for im, row in zip(images, p):
-            top, left, h, w = (int(v) for v in row[:4])
+            top, left, h, w = (int(v) for v in row[cols.CROP])
             views.append(im[:, top:top + h, left:left + w])
         n = len(views)
         zeros = [0.0] * n
         ys = ops.AxisPlan(zeros, [float(v.shape[1]) for v in views], [float(s.size[0])] * n, zeros)
         xs = ops.AxisPlan(zeros, [float(v.shape[2]) for v in views], [float(s.size[1])] * n, zeros)
-        x = ops.resample(views, ys, xs, s.size, flip=[row[4] > 0.5 for row in p], filter=self.interpolation,
+        x = ops.resample(views, ys, xs, s.size, flip=[row[cols.FLIP] > 0.5 for row in p], filter=self.interpolation,
                          max_elements=self.max_elements, exact=self.exact_resample)
         if s.rand_augment is not None:
             x = self._rand_augment(x, params)
         x = ops.normalize(x, self.mean, self.std)
-        if s.re_prob > 0:
-            base = 5 + LAYER_WIDTH * s.num_layers
-            boxes = params[:, base:base + 4 * s.re_count].reshape(n, s.re_count, 4)
-            ops.erase(x, boxes, s.re_mode, generator)
+        if cols.boxes:
+            ops.erase(x, params[:, cols.erase].reshape(n, cols.boxes, 4), s.re_mode, generator)
         return x
 
     def _rand_augment(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         names = self.spec.rand_augment.ops
+        cols = self.spec.layout
         geo = [k for k, name in enumerate(names) if name in GEOMETRIC_OPS]
-        for layer in range(self.spec.num_layers):
-            col = 5 + LAYER_WIDTH * layer
-            op = params[:, col].long()
+        for layer in range(cols.num_layers):
+            op = params[:, cols.op(layer)].long()
             groups: list[tuple[str, torch.Tensor]] = []
             sel = torch.isin(op, torch.tensor(geo)).nonzero().squeeze(1)
             if len(sel):
@@ -198,8 +199,8 @@ class DevicePipeline:
                 idx = ops.to_device(sel, self.device)
                 xs = x.index_select(0, idx)
                 if name == "affine":
-                    ys = ops.affine(xs, params[sel, col + 2:col + 8], self.fill)
+                    ys = ops.affine(xs, params[sel, cols.affine(layer)], self.fill)
                 else:
-                    ys = ops.OP_FUNCTIONS[name](xs, params[sel, col + 1])
+                    ys = ops.OP_FUNCTIONS[name](xs, params[sel, cols.arg(layer)])
                 x.index_copy_(0, idx, ys)
         return x

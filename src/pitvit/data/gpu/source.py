@@ -3,21 +3,22 @@ draw each sample's augmentation parameters. No pixel work happens here except fo
 
 A JPEG goes to the device decoder when its header says baseline or extended sequential (SOF0/SOF1), 8-bit, with
 one (gray) or three (YCbCr) components. Everything else takes the *CPU fallback*, decoded here with PIL exactly as
-the CPU pipeline decodes it (:func:`pitvit.data.datasets.load_image`) and counted by reason: ``progressive``
+the CPU pipeline decodes it (:func:`pitvit.data.images.load_image`) and counted by reason: ``progressive``
 (nvjpeg decodes those in software, ~50x slower than baseline), ``cmyk`` (4 components), ``jpeg`` (another JPEG
 process, or an unparsable header), ``png``, ``other`` (any other format PIL reads).
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..errors import CorruptImageError, DatasetError, SkippedSample
-from ..sampler import mix_seed
+from pitvit.utils.errors import DatasetError
+from pitvit.utils.seed import mix_seed
+
+from ..images import SkippedSample, load_image, unreadable
+from ..loader import KeyedDataset
 from .params import ParamDrawer, TrainSpec
 
 __all__ = ["jpeg_info", "EncodedDataset", "EncodedBatch", "collate_encoded", "decode_with_pil"]
@@ -71,19 +72,14 @@ def jpeg_info(data: bytes) -> tuple[str, int, int]:
 
 
 def decode_with_pil(data: bytes, path: str, strict: bool) -> torch.Tensor | SkippedSample:
-    """Decode like the CPU pipeline (``load_image`` then conversion to RGB): ``(H, W, 3)`` uint8 tensor."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        img = img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        if strict:
-            raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-        return SkippedSample(path, f"{type(e).__name__}: {e}")
-    return torch.from_numpy(np.asarray(img).copy())
+    """Decode as the CPU pipeline does (:func:`pitvit.data.images.load_image`, then RGB): ``(H, W, 3)`` uint8."""
+    img = load_image(data, strict, name=path)
+    if isinstance(img, SkippedSample):
+        return img
+    return torch.from_numpy(np.asarray(img.convert("RGB")).copy())
 
 
-class EncodedDataset:
+class EncodedDataset(KeyedDataset):
     """Items are dicts: ``data`` (the file's bytes as a 1-d uint8 tensor, or the decoded ``(H, W, 3)`` fallback),
     ``kind`` (``device`` or the fallback reason), ``hw``, ``label``, ``path`` and, for training, ``params``
     drawn from ``mix_seed(seed, epoch, index, repeat)`` (see :mod:`pitvit.data.gpu.params`).
@@ -115,30 +111,25 @@ class EncodedDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_drawer"] = None  # generators are rebuilt in each worker
         return state
 
-    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any] | SkippedSample:
-        index, epoch, repeat = key if isinstance(key, tuple) else (int(key), self.epoch, 0)
+    def load(self, index: int, epoch: int, repeat: int) -> dict[str, Any] | SkippedSample:
         path, label = self.samples[index]
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            if self.strict_images:
-                raise CorruptImageError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-            return SkippedSample(path, f"{type(e).__name__}: {e}")
+            return unreadable(path, e, self.strict_images)
         kind, h, w = jpeg_info(data)
         if kind == "device":
             pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         else:
             if not self.allow_fallback:
-                raise DatasetError(f"{path} needs the CPU decoder ({kind}) and the fallback is disabled")
+                raise DatasetError(f"{path} needs the CPU decoder ({kind}) and the fallback is disabled; "
+                                   f"allow it (allow_fallback=True) or convert the file to a baseline JPEG")
             pixels = decode_with_pil(data, path, self.strict_images)
             if isinstance(pixels, SkippedSample):
                 return pixels
@@ -156,7 +147,7 @@ class EncodedDataset:
 
 class EncodedBatch:
     """What a worker sends per batch: the items' bytes or fallback pixels, their sizes, labels, parameters,
-    and the skipped paths."""
+    and the :class:`SkippedSample` records of the files that could not be read."""
 
     __slots__ = ("data", "kinds", "hw", "labels", "params", "paths", "skipped")
 
@@ -187,7 +178,7 @@ def _unpack_batch(blob, sizes, data, kinds, hw, labels, params, paths, skipped) 
 
 def collate_encoded(items: list[Any]) -> EncodedBatch:
     good = [b for b in items if not isinstance(b, SkippedSample)]
-    skipped = [b.path for b in items if isinstance(b, SkippedSample)]
+    skipped = [b for b in items if isinstance(b, SkippedSample)]
     params = None
     if good and "params" in good[0]:
         params = torch.from_numpy(np.stack([b["params"] for b in good]))
