@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
+from .sched import SCHEDULES, STEPPINGS
+
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
            "save_config", "parse_set"]
@@ -102,15 +104,20 @@ class OptimCfg:
 
 @dataclass
 class SchedCfg:
-    """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr."""
+    """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr.
+
+    ``stepping`` says where each epoch samples that curve ``lr(t)`` (``pitvit.train.sched``): ``deit``
+    (epoch e at lr(e - 1), epochs 0 and 1 at ``warmup_lr``: DeiT's main.py), ``epoch`` (epoch e at lr(e):
+    timm's train.py), ``step`` (every optimizer step, at fractional epochs) or ``paddle`` (epoch e at
+    lr(e + 1): the Paddle reproduction).
+    """
 
     name: str = "cosine"  # cosine | constant
     warmup_epochs: float = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     cooldown_epochs: int = 0
-    warmup_prefix: bool = False  # True: the cosine starts after the warmup (PaddleViT), not at epoch 0 (timm)
-    per_step: bool = False  # update every optimizer step instead of every epoch
+    stepping: str = "deit"  # deit | epoch | step | paddle
 
 
 @dataclass
@@ -339,7 +346,8 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 def validate(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
     _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
-    _choice("sched.name", cfg.sched.name, ("cosine", "constant"))
+    _choice("sched.name", cfg.sched.name, SCHEDULES)
+    _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
     _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))

@@ -163,13 +163,12 @@ def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: Di
     amp_dtype = AMP_DTYPES[cfg.train.amp]
     if amp_dtype is torch.float16 and info.device.type != "cuda":
         raise ValueError("train.amp=fp16 needs a GPU; use bf16 on the CPU")
-    o, s = cfg.optim, cfg.sched
+    o = cfg.optim
     global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
     lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
     optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd)
     opt_steps = max(steps_per_epoch // o.accum_steps, 1)
-    schedule = LRSchedule(optimizer, lr, cfg.train.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr,
-                          s.cooldown_epochs, s.warmup_prefix, s.per_step, opt_steps, s.name)
+    schedule = LRSchedule.from_config(cfg.sched, optimizer, lr, cfg.train.epochs, opt_steps)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
     ema = ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     base = ClassificationLoss(smoothing=cfg.aug.smoothing)
