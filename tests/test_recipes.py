@@ -209,3 +209,127 @@ def test_fit_trains_at_deits_rates_across_a_resume(tmp_path, one_thread):
     want = deit_main_lrs(6, base_lr=1e-3, t_initial=6, warmup_t=3, warmup_lr_init=1e-4, lr_min=1e-5)
     assert _max_rel([r["lr"] for r in rows], want) <= 1e-12
     assert not (run / "best.pt").exists()  # no validation split and no train.best_metric: no best.pt
+
+
+# ---------------------------------------------------------------------------- AdamP
+def adamp_reference(w: torch.Tensor, grads: list[torch.Tensor], *, lr: float, betas: tuple[float, float],
+                    eps: float, weight_decay: float, delta: float, wd_ratio: float, nesterov: bool):
+    """The authors' AdamP (clovaai/AdamP, vendored in timm 0.3.x) in float64, one tensor; returns the weights
+    after each step and which view (``channel``, ``layer`` or ``None``) was projected.
+
+    Per step t: Adam moments m, v; ``denom = sqrt(v) / sqrt(1 - b2^t) + eps``; ``perturb = m / denom``, or with
+    Nesterov ``(b1 m + (1 - b1) g) / denom``. For a weight of 2+ dims, try the per-row view, then the whole
+    tensor: if ``max |<g, w>| / (|g| + eps) / (|w| + eps) < delta / sqrt(row length)``, remove from ``perturb``
+    its component along ``w / (|w| + eps)`` (per row of the view) and decay by ``lr * wd * wd_ratio``, else by
+    ``lr * wd``. Then ``w -= lr / (1 - b1^t) * perturb``.
+    """
+    b1, b2 = betas
+    w = w.double().clone()
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        denom = v.sqrt() / math.sqrt(1 - b2 ** t) + eps
+        perturb = ((b1 * m + (1 - b1) * g) if nesterov else m) / denom
+        ratio, view = 1.0, None
+        if w.ndim > 1:
+            for name, rows in (("channel", w.shape[0]), ("layer", 1)):
+                wv, gv = w.reshape(rows, -1), g.reshape(rows, -1)
+                cos = (wv * gv).sum(1).abs() / (gv.norm(dim=1) + eps) / (wv.norm(dim=1) + eps)
+                if cos.max() < delta / math.sqrt(wv.shape[1]):
+                    unit = wv / (wv.norm(dim=1, keepdim=True) + eps)
+                    pv = perturb.reshape(rows, -1)
+                    perturb = (pv - unit * (unit * pv).sum(1, keepdim=True)).reshape(w.shape)
+                    ratio, view = wd_ratio, name
+                    break
+        w = w * (1 - lr * weight_decay * ratio) - lr / (1 - b1 ** t) * perturb
+        out.append((w.clone(), view))
+    return out
+
+
+def _adamp_run(w0: torch.Tensor, grads: list[torch.Tensor], **kw) -> list[torch.Tensor]:
+    p = nn.Parameter(w0.double().clone())
+    opt = AdamP([p], **kw)
+    out = []
+    for g in grads:
+        p.grad = g.double().clone()
+        opt.step()
+        out.append(p.detach().clone())
+    return out
+
+
+DEIT_ADAMP = dict(lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.5, delta=0.1, wd_ratio=0.01, nesterov=True)
+
+
+def test_adamp_first_step_by_hand():
+    # Step 1: m = 0.1 g, sqrt(v / (1 - b2)) = |g|, so Nesterov's perturb is 0.19 sign(g) (m / denom: 0.1 sign(g)),
+    # the step size lr / (1 - b1) = 1, and a projected weight decays by lr * wd * wd_ratio = 5e-4.
+    w = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+    # each row's gradient is orthogonal to it: the per-row view is projected. Row 1: unit [0.6, 0.8],
+    # 0.19 [1, -1] has radial part -0.038, leaving [0.2128, -0.1596]; row 2's [0.19, 0] is already tangential.
+    g = torch.tensor([[4.0, -3.0], [1.0, 0.0]])
+    want = torch.tensor([[3 * 0.9995 - 0.2128, 4 * 0.9995 + 0.1596], [-0.19, 2 * 0.9995]], dtype=torch.float64)
+    torch.testing.assert_close(_adamp_run(w, [g], **DEIT_ADAMP)[0], want, rtol=0, atol=1e-7)
+    # without Nesterov: 0.1 [1, -1] - (-0.02) [0.6, 0.8] = [0.112, -0.084]
+    want = torch.tensor([[3 * 0.9995 - 0.112, 4 * 0.9995 + 0.084], [-0.1, 2 * 0.9995]], dtype=torch.float64)
+    torch.testing.assert_close(_adamp_run(w, [g], **{**DEIT_ADAMP, "nesterov": False})[0], want, rtol=0, atol=1e-7)
+    # a gradient along the weight: no projection, full decay 1 - 0.1 * 0.5
+    want = torch.tensor([[3 * 0.95 - 0.19, 4 * 0.95 - 0.19], [0.0, 2 * 0.95 - 0.19]], dtype=torch.float64)
+    torch.testing.assert_close(_adamp_run(w, [w.clone()], **DEIT_ADAMP)[0], want, rtol=0, atol=1e-7)
+    # row 2's gradient is not orthogonal (|cos| 0.32 > 0.1 / sqrt(2)), the whole tensor's is (|cos| =
+    # 1 / sqrt(26 * 35) < 0.1 / sqrt(4)): the layer view is projected. perturb 0.19 sign(g) has
+    # <w, perturb> = 0.19 * 2, so perturb - w <w, perturb> / |w|^2 = 0.19 sign(g) - (0.19 / 13) w.
+    w = torch.tensor([[4.0, 3.0], [1.0, 0.0]])
+    g = torch.tensor([[3.0, -4.0], [1.0, 3.0]])
+    want = (w * 0.9995 - (0.19 * g.sign() - 0.19 / 13 * w)).double()
+    torch.testing.assert_close(_adamp_run(w, [g], **DEIT_ADAMP)[0], want, rtol=0, atol=1e-7)
+
+
+def _tangential(w: torch.Tensor, g: torch.Tensor, rows: int) -> torch.Tensor:
+    wv, gv = w.reshape(rows, -1), g.reshape(rows, -1)
+    return (gv - wv * (wv * gv).sum(1, keepdim=True) / (wv * wv).sum(1, keepdim=True)).reshape(w.shape)
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_adamp_steps_match_the_authors_algorithm(nesterov):
+    torch.manual_seed(0)
+    kw = {**DEIT_ADAMP, "lr": 1e-2, "betas": (0.9, 0.99), "weight_decay": 0.05, "nesterov": nesterov}
+    views = set()
+    for shape in [(4, 3, 2, 2), (5, 7), (6,)]:
+        w = torch.randn(shape, dtype=torch.float64)
+        # a per-row tangential gradient, a whole-tensor tangential one, then unconstrained ones (each step
+        # decides again from the weight it holds then)
+        grads = [torch.randn(shape, dtype=torch.float64) for _ in range(6)]
+        if len(shape) > 1:
+            grads[0] = _tangential(w, grads[0], shape[0])
+            grads[1] = _tangential(w, grads[1], 1)
+        ref = adamp_reference(w, grads, **kw)
+        views |= {view for _, view in ref}
+        for step, (got, (want, _)) in enumerate(zip(_adamp_run(w, grads, **kw), ref, strict=True)):
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=f"{shape} step {step + 1}")
+    assert {"channel", None} <= views  # both branches exercised
+
+
+def test_recipes_build_adamp_as_deit_did():
+    from pitvit.models import create_model
+    from pitvit.train.runner import build_training
+    from pitvit.utils.distributed import DistInfo
+
+    for name in OFFICIAL + ["pit_ti_paddle"]:
+        o = load_config(CONFIGS / f"{name}.yaml").optim
+        assert (o.wd_ratio, o.nesterov, o.delta) == (0.01, True, 0.1), name
+    cfg = load_config(CONFIGS / "pit_ti.yaml", ["optim.name=adamp", "model.name=pit_test", "train.amp=none"])
+    t = build_training(cfg, create_model("pit_test", num_classes=10), steps_per_epoch=5, info=DistInfo())
+    assert isinstance(t.optimizer, AdamP)
+    decayed = t.optimizer.param_groups[0]
+    assert (decayed["wd_ratio"], decayed["nesterov"], decayed["delta"], decayed["weight_decay"]) == \
+        (0.01, True, 0.1, 0.05)
+    assert t.optimizer.param_groups[0]["betas"] == (0.9, 0.999) and t.optimizer.param_groups[0]["eps"] == 1e-8
+    # and the three settings are config keys, like any other
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, "adamp", 1e-3, 0.05, wd_ratio=0.2, nesterov=False, delta=0.3)
+    assert {(g["wd_ratio"], g["nesterov"], g["delta"]) for g in opt.param_groups} == {(0.2, False, 0.3)}
+    cfg = load_config(None, ["optim.wd_ratio=0", "optim.nesterov=false", "optim.delta=0.2"])
+    assert (cfg.optim.wd_ratio, cfg.optim.nesterov, cfg.optim.delta) == (0.0, False, 0.2)

@@ -18,6 +18,8 @@ from typing import Any, Optional
 
 import yaml
 
+from pitvit.utils.errors import ConfigError
+
 from .sched import SCHEDULES, STEPPINGS
 
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
@@ -100,6 +102,10 @@ class OptimCfg:
     exclude_wd: bool = True  # no decay on biases, 1-d params (norms), model.no_weight_decay()
     clip_grad: float = 0.0  # max global gradient norm; 0: off
     accum_steps: int = 1
+    # AdamP only; the defaults are what timm 0.3.x built for DeiT's --opt adamp (the PiT authors' run)
+    wd_ratio: float = 0.01  # weight-decay factor on weights AdamP finds scale-invariant
+    nesterov: bool = True
+    delta: float = 0.1  # scale-invariance threshold on |cos(grad, weight)| x sqrt(dim)
 
 
 @dataclass
@@ -368,3 +374,6 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"optim.betas needs two values, got {cfg.optim.betas}")
+    if not 0.0 <= cfg.optim.wd_ratio <= 1.0 or cfg.optim.delta <= 0:
+        raise ConfigError(f"optim.wd_ratio must be in [0, 1] and optim.delta > 0; got {cfg.optim.wd_ratio} "
+                          f"and {cfg.optim.delta}")

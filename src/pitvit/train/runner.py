@@ -166,7 +166,8 @@ def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: Di
     o = cfg.optim
     global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
     lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
-    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd)
+    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd,
+                                wd_ratio=o.wd_ratio, nesterov=o.nesterov, delta=o.delta)
     opt_steps = max(steps_per_epoch // o.accum_steps, 1)
     schedule = LRSchedule.from_config(cfg.sched, optimizer, lr, cfg.train.epochs, opt_steps)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype is torch.float16 else None
