@@ -333,3 +333,44 @@ def test_recipes_build_adamp_as_deit_did():
     assert {(g["wd_ratio"], g["nesterov"], g["delta"]) for g in opt.param_groups} == {(0.2, False, 0.3)}
     cfg = load_config(None, ["optim.wd_ratio=0", "optim.nesterov=false", "optim.delta=0.2"])
     assert (cfg.optim.wd_ratio, cfg.optim.nesterov, cfg.optim.delta) == (0.0, False, 0.2)
+
+
+# ---------------------------------------------------------------------------- best.pt
+def test_every_recipe_names_the_metric_that_picks_best_pt():
+    from pitvit.train.config import resolve_best_metric
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.train.best_metric, f"{path.name} does not say which metric picks best.pt"
+        assert resolve_best_metric(cfg) == cfg.train.best_metric
+    assert load_config(CONFIGS / "pit_ti.yaml").train.best_metric == "ema_top1"
+    assert load_config(CONFIGS / "pit_ti_paddle.yaml").train.best_metric == "val_top1"  # Best_PiT.pdparams
+
+
+def test_best_metric_typos_and_uncomputed_metrics_are_config_errors():
+    with pytest.raises(ConfigError, match=r"'val_top_1' is not a metric.*val_top1, val_top5, val_loss, ema_top1"):
+        load_config(None, ["train.best_metric=val_top_1"])
+    with pytest.raises(ConfigError, match=r"'ema_top1' needs ema.enabled=true; this run computes: val_top1, "
+                                          r"val_top5, val_loss, train_loss$"):
+        load_config(None, ["train.best_metric=ema_top1", "ema.enabled=false"])
+    for name in ("val_top5", "ema_loss", "train_loss"):
+        assert load_config(None, [f"train.best_metric={name}"]).train.best_metric == name
+
+
+def test_a_val_metric_without_a_validation_split_stops_the_run_before_training(tmp_path, one_thread):
+    from pitvit.train.runner import fit
+
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match=r"'val_top1' needs a validation split; this run computes: train_loss$"):
+        fit(_toy_cfg(run, "train.best_metric=val_top1", "train.epochs=1"), datasets=(_Toy(), None))
+    assert not (run / "last.pt").exists()
+    res = fit(_toy_cfg(run, "train.best_metric=train_loss", "train.epochs=1"), datasets=(_Toy(), None))
+    assert res["best"]["name"] == "train_loss" and (run / "best.pt").exists()
+
+
+def test_cli_exit_code_for_a_wrong_best_metric(capsys):
+    from pitvit.cli import main
+
+    assert main(["train", "--config", str(CONFIGS / "pit_ti.yaml"), "--data", "unused",
+                 "--set", "train.best_metric=val_top_1"]) == 2
+    assert "val_top_1" in capsys.readouterr().err

@@ -11,6 +11,7 @@ float, ``0`` and ``false`` override any default, and an unknown key is an error 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,12 @@ from .sched import SCHEDULES, STEPPINGS
 
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
-           "save_config", "parse_set"]
+           "save_config", "parse_set", "BEST_METRICS", "resolve_best_metric"]
+
+log = logging.getLogger("pitvit.train")
+
+# What a run's metrics rows can hold, and so what can pick best.pt: losses lower, top-k higher is better.
+BEST_METRICS = ("val_top1", "val_top5", "val_loss", "ema_top1", "ema_top5", "ema_loss", "train_loss")
 
 
 @dataclass
@@ -138,7 +144,7 @@ class TrainCfg:
     output: str = ""  # the run folder; "" -> runs/<config name>
     resume: bool = True  # continue from output/last.pt when it exists
     eval_every: int = 1
-    best_metric: str = ""  # "": ema_top1 with EMA, else val_top1
+    best_metric: str = ""  # picks best.pt (BEST_METRICS); "": ema_top1 with EMA, else val_top1
     max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)
     deterministic: bool = False
     threads: int = 0  # torch intra-op threads per process; 0: torch's default
@@ -349,6 +355,28 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
+    """The metric that picks ``best.pt``: ``train.best_metric``, or by default ``ema_top1`` with EMA, else
+    ``val_top1``; ``""`` (no ``best.pt``) by default when the run has no validation split.
+
+    Raises:
+        ConfigError: the metric is unknown, or this run never computes it (EMA off, no validation split).
+    """
+    computed = [m for m in BEST_METRICS
+                if m == "train_loss" or (has_val and (cfg.ema.enabled or not m.startswith("ema_")))]
+    name = cfg.train.best_metric
+    if not name:
+        if not has_val:
+            log.info("no validation split: no best.pt is kept (train.best_metric=train_loss keeps one)")
+            return ""
+        return "ema_top1" if cfg.ema.enabled else "val_top1"
+    if name not in computed:
+        why = ("is not a metric" if name not in BEST_METRICS else
+               "needs a validation split" if not has_val else "needs ema.enabled=true")
+        raise ConfigError(f"train.best_metric {name!r} {why}; this run computes: {', '.join(computed)}")
+    return name
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
     _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
@@ -377,3 +405,4 @@ def validate(cfg: Config) -> None:
     if not 0.0 <= cfg.optim.wd_ratio <= 1.0 or cfg.optim.delta <= 0:
         raise ConfigError(f"optim.wd_ratio must be in [0, 1] and optim.delta > 0; got {cfg.optim.wd_ratio} "
                           f"and {cfg.optim.delta}")
+    resolve_best_metric(cfg)  # a typo or a metric EMA-off runs never compute fails here, before any work

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
-from .config import Config, config_to_dict, save_config
+from .config import Config, config_to_dict, resolve_best_metric, save_config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
 from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
 from pitvit.utils.logs import setup_logging
@@ -190,10 +190,6 @@ def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: Di
 # ---------------------------------------------------------------------------- checkpoints
 def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.output or os.path.join("runs", cfg.name or cfg.model.name))
-
-
-def best_metric_name(cfg: Config) -> str:
-    return cfg.train.best_metric or ("ema_top1" if cfg.ema.enabled else "val_top1")
 
 
 def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, Any]:
@@ -430,7 +426,8 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
     """
     info, run_dir, ckpt, data, t = _prepare(cfg, require_resume, datasets)
     metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
-    best: dict[str, Any] = {"name": best_metric_name(cfg), "value": None, "epoch": None}
+    best: dict[str, Any] = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None,
+                            "epoch": None}
     start_epoch, start_step, partial = 0, 0, None
     if ckpt is not None:
         restore(ckpt, t)
