@@ -368,6 +368,16 @@ def test_a_val_metric_without_a_validation_split_stops_the_run_before_training(t
     assert res["best"]["name"] == "train_loss" and (run / "best.pt").exists()
 
 
+def test_a_resumed_run_follows_a_changed_best_metric(tmp_path, one_thread):
+    from pitvit.train.runner import fit
+
+    run = tmp_path / "run"
+    res = fit(_toy_cfg(run, "train.epochs=1"), datasets=(_Toy(), _Toy()))
+    assert res["best"]["name"] == "ema_top1" and res["best"]["epoch"] == 1
+    res = fit(_toy_cfg(run, "train.epochs=2", "train.best_metric=val_loss"), datasets=(_Toy(), _Toy()))
+    assert res["best"]["name"] == "val_loss" and res["best"]["epoch"] == 2  # not the checkpoint's ema_top1
+
+
 def test_cli_exit_code_for_a_wrong_best_metric(capsys):
     from pitvit.cli import main
 

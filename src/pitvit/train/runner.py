@@ -425,14 +425,20 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         TrainingError: the loss became non-finite (the last good checkpoint is kept), or nothing to resume.
     """
     info, run_dir, ckpt, data, t = _prepare(cfg, require_resume, datasets)
-    metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
     best: dict[str, Any] = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None,
                             "epoch": None}
+    metrics = MetricsLog(run_dir, cfg.log.tensorboard, cfg.log.plot) if info.is_main else None
     start_epoch, start_step, partial = 0, 0, None
     if ckpt is not None:
         restore(ckpt, t)
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-        best, partial = dict(ckpt.get("best_metric") or best), ckpt.get("partial_epoch")
+        partial = ckpt.get("partial_epoch")
+        saved = ckpt.get("best_metric") or {}
+        if saved.get("name") == best["name"]:
+            best = dict(saved)
+        elif saved.get("name"):  # the config now names another metric: best.pt follows it from here on
+            log.warning("train.best_metric is now %s (was %s): best.pt is chosen by it from this epoch on",
+                        best["name"], saved["name"])
         log.info("resuming %s at epoch %d%s", run_dir / "last.pt", start_epoch + 1,
                  f", batch {start_step + 1}" if start_step else "")
     if metrics is not None:
