@@ -1,5 +1,6 @@
-"""Training: config, optimizers, schedule, EMA, distillation, engine and fit, against hand-computed values and
-timm's implementations. Sized for a 2-core CPU; the multi-process runs live in test_train_runs.py."""
+"""Training: config, optimizers, EMA, distillation, engine and fit, against hand-computed values and
+timm's implementations. Sized for a 2-core CPU; the multi-process runs live in test_train_runs.py, the recipes'
+schedules, AdamP settings and best.pt metric in test_recipes.py."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,7 @@ import yaml
 from torch import nn
 
 from pitvit.models import create_model
-from pitvit.train import (AdamP, ClassificationLoss, DistillationLoss, LRSchedule, ModelEma, NonFiniteLossError,
+from pitvit.train import (AdamP, ClassificationLoss, DistillationLoss, ModelEma, NonFiniteLossError,
                           TrainStep, apply_overrides, config_to_dict, evaluate, load_config, param_groups, scaled_lr,
                           train_one_epoch)
 from pitvit.train.checkpoint import capture_rng, restore_rng
@@ -168,58 +169,6 @@ def test_adamp_projects_scale_invariant_weights():
         opt.step()
     # an orthogonal step grows the norm only to second order: sqrt(n^2 + step^2)
     assert abs(w.norm().item() - norm0) < 0.05 * norm0
-
-
-# ---------------------------------------------------------------------------- schedule
-def _timm_lrs(epochs: int, per_step_steps: int = 0, **kw):
-    from timm.scheduler import CosineLRScheduler
-
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=kw.pop("base_lr"))
-    if per_step_steps:
-        s = CosineLRScheduler(opt, t_in_epochs=False, **{k: v * per_step_steps if k in ("t_initial", "warmup_t")
-                                                          else v for k, v in kw.items()})
-        out = []
-        for u in range(epochs * per_step_steps):
-            s.step_update(u)
-            out.append(opt.param_groups[0]["lr"])
-        return out
-    s = CosineLRScheduler(opt, **kw)
-    out = []
-    for e in range(epochs):
-        s.step(e)
-        out.append(opt.param_groups[0]["lr"])
-    return out
-
-
-def test_schedule_matches_timm_for_the_pit_ti_recipe():
-    cfg = load_config(CONFIGS / "pit_ti.yaml")
-    lr = scaled_lr(cfg.optim.lr, 1024)
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    s = cfg.sched
-    ours = LRSchedule(opt, lr, cfg.train.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr, s.cooldown_epochs,
-                      s.warmup_prefix, s.per_step)
-    got = [ours.set(e) for e in range(ours.total_epochs)]
-    want = _timm_lrs(300, base_lr=lr, t_initial=300, warmup_t=5, warmup_lr_init=1e-6, lr_min=1e-5)
-    assert len(got) == 300
-    for e, (a, b) in enumerate(zip(got, want)):
-        assert a == pytest.approx(b, rel=1e-12, abs=1e-15), f"epoch {e}"
-    assert got[0] == 1e-6 and got[5] == pytest.approx(1e-3, rel=1e-3)
-
-
-def test_schedule_per_step_and_cooldown():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    ours = LRSchedule(opt, 1e-3, 10, 2, 1e-6, 1e-5, cooldown_epochs=3, per_step=True, steps_per_epoch=4)
-    got = [ours.set(e, k) for e in range(10) for k in range(4)]
-    want = _timm_lrs(10, per_step_steps=4, base_lr=1e-3, t_initial=10, warmup_t=2, warmup_lr_init=1e-6,
-                     lr_min=1e-5)
-    for a, b in zip(got, want):
-        assert a == pytest.approx(b, rel=1e-12)
-    assert ours.total_epochs == 13 and [ours.set(e) for e in (10, 11, 12)] == [1e-5] * 3
-    # PaddleViT's warmup-prefix cosine: hand values at the warmup end, midway and the end
-    p = LRSchedule(opt, 1.0, 300, 20, 5e-7, 5e-6, cooldown_epochs=10, warmup_prefix=True)
-    assert p.set(0) == 5e-7 and p.set(20) == pytest.approx(1.0)
-    assert p.set(160) == pytest.approx(5e-6 + 0.5 * (1 - 5e-6))
-    assert p.set(305) == 5e-6
 
 
 # ---------------------------------------------------------------------------- EMA
@@ -621,7 +570,7 @@ def test_max_steps_per_epoch(tmp_path):
     schedule spread over 2 steps an epoch."""
     from pitvit.train.runner import fit
 
-    fit(_fit_cfg(tmp_path, "train.max_steps_per_epoch=2", "sched.per_step=true", "ema.enabled=false"),
+    fit(_fit_cfg(tmp_path, "train.max_steps_per_epoch=2", "sched.stepping=step", "ema.enabled=false"),
         datasets=(ToySet(64), ToySet(32, 1)))
     run = tmp_path / "run"
     ckpt = torch.load(run / "last.pt", weights_only=True)

@@ -92,7 +92,7 @@ def reference(tmp_path_factory):
     script = tmp / "train_toy.py"
     script.write_text(SCRIPT)
     args = COMMON + ["train.epochs=3", "model.drop_path=0.1", "aug.mixup=0.8", "aug.cutmix=1.0", "ema.decay=0.9",
-                     "sched.per_step=true"]
+                     "sched.stepping=step"]
     _run(script, args + [f"train.output={tmp / 'ref'}"])
     return script, args, torch.load(tmp / "ref" / "last.pt", weights_only=True)
 

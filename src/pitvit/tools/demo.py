@@ -19,8 +19,9 @@ DEMO_RECIPE: dict[str, Any] = {
     "data": {"kind": "fashion_mnist", "val_split": "test", "batch_size": 128, "num_workers": 1},
     "aug": {"preset": "none", "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1},
     "optim": {"name": "adamw", "lr": 2e-3, "lr_base_batch": 0, "weight_decay": 0.05},
-    "sched": {"warmup_epochs": 0.5, "warmup_lr": 1e-4, "min_lr": 1e-5, "per_step": True},
-    "train": {"epochs": 6, "amp": "none", "threads": 1, "output": "runs/demo"},
+    "sched": {"warmup_epochs": 0.5, "warmup_lr": 1e-4, "min_lr": 1e-5, "stepping": "step"},
+    "train": {"epochs": 6, "amp": "none", "threads": 1, "output": "runs/demo",
+              "best_metric": "val_top1"},
     "ema": {"enabled": False},
     "log": {"interval": 100},
 }

@@ -11,6 +11,7 @@ float, ``0`` and ``false`` override any default, and an unknown key is an error 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +19,19 @@ from typing import Any, Optional
 
 import yaml
 
+from pitvit.utils.errors import ConfigError
 from pitvit.utils.io import write_text
+
+from .sched import SCHEDULES, STEPPINGS
 
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
-           "save_config", "parse_set"]
+           "save_config", "parse_set", "BEST_METRICS", "resolve_best_metric"]
+
+log = logging.getLogger("pitvit.train")
+
+# What a run's metrics rows can hold, and so what can pick best.pt: losses lower, top-k higher is better.
+BEST_METRICS = ("val_top1", "val_top5", "val_loss", "ema_top1", "ema_top5", "ema_loss", "train_loss")
 
 
 @dataclass
@@ -100,19 +109,28 @@ class OptimCfg:
     exclude_wd: bool = True  # no decay on biases, 1-d params (norms), model.no_weight_decay()
     clip_grad: float = 0.0  # max global gradient norm; 0: off
     accum_steps: int = 1
+    # AdamP only; the defaults are what timm 0.3.x built for DeiT's --opt adamp (the PiT authors' run)
+    wd_ratio: float = 0.01  # weight-decay factor on weights AdamP finds scale-invariant
+    nesterov: bool = True
+    delta: float = 0.1  # scale-invariance threshold on |cos(grad, weight)| x sqrt(dim)
 
 
 @dataclass
 class SchedCfg:
-    """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr."""
+    """Linear warmup, cosine decay to ``min_lr`` over ``train.epochs``, then ``cooldown_epochs`` at min_lr.
+
+    ``stepping`` says where each epoch samples that curve ``lr(t)`` (``pitvit.train.sched``): ``deit``
+    (epoch e at lr(e - 1), epochs 0 and 1 at ``warmup_lr``: DeiT's main.py), ``epoch`` (epoch e at lr(e):
+    timm's train.py), ``step`` (every optimizer step, at fractional epochs) or ``paddle`` (epoch e at
+    lr(e + 1): the Paddle reproduction).
+    """
 
     name: str = "cosine"  # cosine | constant
     warmup_epochs: float = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     cooldown_epochs: int = 0
-    warmup_prefix: bool = False  # True: the cosine starts after the warmup (PaddleViT), not at epoch 0 (timm)
-    per_step: bool = False  # update every optimizer step instead of every epoch
+    stepping: str = "deit"  # deit | epoch | step | paddle
 
 
 @dataclass
@@ -127,7 +145,7 @@ class TrainCfg:
     output: str = ""  # the run folder; "" -> runs/<config name>
     resume: bool = True  # continue from output/last.pt when it exists
     eval_every: int = 1
-    best_metric: str = ""  # "": ema_top1 with EMA, else val_top1
+    best_metric: str = ""  # picks best.pt (BEST_METRICS); "": ema_top1 with EMA, else val_top1
     max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)
     deterministic: bool = False
     threads: int = 0  # torch intra-op threads per process; 0: torch's default
@@ -338,10 +356,33 @@ def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
+    """The metric that picks ``best.pt``: ``train.best_metric``, or by default ``ema_top1`` with EMA, else
+    ``val_top1``; ``""`` (no ``best.pt``) by default when the run has no validation split.
+
+    Raises:
+        ConfigError: the metric is unknown, or this run never computes it (EMA off, no validation split).
+    """
+    computed = [m for m in BEST_METRICS
+                if m == "train_loss" or (has_val and (cfg.ema.enabled or not m.startswith("ema_")))]
+    name = cfg.train.best_metric
+    if not name:
+        if not has_val:
+            log.info("no validation split: no best.pt is kept (train.best_metric=train_loss keeps one)")
+            return ""
+        return "ema_top1" if cfg.ema.enabled else "val_top1"
+    if name not in computed:
+        why = ("is not a metric" if name not in BEST_METRICS else
+               "needs a validation split" if not has_val else "needs ema.enabled=true")
+        raise ConfigError(f"train.best_metric {name!r} {why}; this run computes: {', '.join(computed)}")
+    return name
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
     _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
-    _choice("sched.name", cfg.sched.name, ("cosine", "constant"))
+    _choice("sched.name", cfg.sched.name, SCHEDULES)
+    _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
     _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
@@ -362,3 +403,7 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
     if len(cfg.optim.betas) != 2:
         raise ValueError(f"optim.betas needs two values, got {cfg.optim.betas}")
+    if not 0.0 <= cfg.optim.wd_ratio <= 1.0 or cfg.optim.delta <= 0:
+        raise ConfigError(f"optim.wd_ratio must be in [0, 1] and optim.delta > 0; got {cfg.optim.wd_ratio} "
+                          f"and {cfg.optim.delta}")
+    resolve_best_metric(cfg)  # a typo or a metric EMA-off runs never compute fails here, before any work

@@ -4,7 +4,9 @@ exclusions and the linear learning-rate scaling rule (``lr = base_lr * global_ba
 AdamP: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant Weights",
 ICLR 2021 (arXiv 2006.08217). When a weight's gradient is nearly orthogonal to the weight (a
 scale-invariant weight, e.g. one followed by a normalization), the radial part of the update only inflates
-the weight norm; AdamP removes it and shrinks weight decay for that weight.
+the weight norm; AdamP removes it and shrinks weight decay for that weight. The PiT authors trained with
+DeiT's ``--opt adamp``, for which timm 0.3.x's optimizer factory built ``AdamP(wd_ratio=0.01, nesterov=True)``
+(``delta`` 0.1); the recipes' ``optim.wd_ratio``, ``optim.nesterov`` and ``optim.delta`` say the same.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import math
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["AdamP", "param_groups", "scaled_lr", "build_optimizer"]
@@ -55,6 +56,8 @@ class AdamP(torch.optim.Optimizer):
         delta: a weight counts as scale-invariant when ``|cos(grad, weight)| < delta / sqrt(dim)``.
         wd_ratio: weight-decay factor for scale-invariant weights.
         nesterov: Nesterov momentum.
+
+    The defaults are the paper's; the PiT run used ``wd_ratio=0.01, nesterov=True`` (see the module docstring).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -75,7 +78,8 @@ class AdamP(torch.optim.Optimizer):
         shape = (-1,) + (1,) * (p.ndim - 1)
         for rows in (p.shape[0], 1):
             pv, gv = p.reshape(rows, -1), grad.reshape(rows, -1)
-            cos = F.cosine_similarity(gv, pv, dim=1, eps=eps).abs()
+            # eps added to each norm, as the authors' code does (torch's cosine_similarity clamps instead)
+            cos = (pv * gv).sum(dim=1).abs() / pv.norm(dim=1).add(eps) / gv.norm(dim=1).add(eps)
             if cos.max() < delta / math.sqrt(pv.shape[1]):
                 unit = p / pv.norm(dim=1).add(eps).reshape(shape)
                 radial = (unit * update).reshape(rows, -1).sum(dim=1).reshape(shape)
@@ -121,12 +125,17 @@ class AdamP(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                    exclude_wd: bool = True) -> torch.optim.Optimizer:
-    """AdamW or AdamP over :func:`param_groups` (``lr`` is the already scaled learning rate)."""
+                    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, exclude_wd: bool = True, *,
+                    wd_ratio: float = 0.01, nesterov: bool = True, delta: float = 0.1) -> torch.optim.Optimizer:
+    """AdamW or AdamP over :func:`param_groups` (``lr`` is the already scaled learning rate).
+
+    ``wd_ratio``, ``nesterov`` and ``delta`` are AdamP's; their defaults are what timm 0.3.x built for DeiT's
+    ``--opt adamp`` (the paper's run), not the :class:`AdamP` class defaults.
+    """
     groups = param_groups(model, weight_decay, exclude_wd)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
     if name == "adamp":
-        return AdamP(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        return AdamP(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
+                     wd_ratio=wd_ratio, nesterov=nesterov)
     raise ValueError(f"unknown optimizer {name!r}; choose adamw or adamp")

@@ -26,7 +26,7 @@ from pitvit.utils.io import remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging
 
 from .checkpoint import capture_rng, load_checkpoint, restore_rng
-from .config import Config, config_to_dict, save_config
+from .config import Config, config_to_dict, resolve_best_metric, save_config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
 from .ema import ModelEma
 from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
@@ -157,13 +157,13 @@ class Training:
 def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: DistInfo) -> Training:
     """Optimizer (with the scaled lr), schedule, precision, EMA, loss (with the teacher) and wrapping."""
     dtype = amp_dtype(cfg.train.amp, info.device)
-    o, s = cfg.optim, cfg.sched
+    o = cfg.optim
     global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
     lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
-    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd)
+    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd,
+                                wd_ratio=o.wd_ratio, nesterov=o.nesterov, delta=o.delta)
     opt_steps = max(steps_per_epoch // o.accum_steps, 1)
-    schedule = LRSchedule(optimizer, lr, cfg.train.epochs, s.warmup_epochs, s.warmup_lr, s.min_lr,
-                          s.cooldown_epochs, s.warmup_prefix, s.per_step, opt_steps, s.name)
+    schedule = LRSchedule.from_config(cfg.sched, optimizer, lr, cfg.train.epochs, opt_steps)
     scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
     ema = ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
     base = ClassificationLoss(smoothing=cfg.aug.smoothing)
@@ -190,10 +190,6 @@ def _train_step(cfg: Config, t: Training, data: Data, info: DistInfo) -> TrainSt
 # ---------------------------------------------------------------------------- checkpoints
 def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.output or os.path.join("runs", cfg.name or cfg.model.name))
-
-
-def best_metric_name(cfg: Config) -> str:
-    return cfg.train.best_metric or ("ema_top1" if cfg.ema.enabled else "val_top1")
 
 
 def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, Any]:
@@ -371,7 +367,7 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     t = build_training(cfg, model, steps, info)
-    best = {"name": best_metric_name(cfg), "value": None, "epoch": None}
+    best = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None, "epoch": None}
     bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
     return _Run(cfg, info, run_dir, data, t, _train_step(cfg, t, data, info), best, bar), ckpt
 
@@ -382,7 +378,12 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
         return 0, 0, None
     restore(ckpt, run.t)
     epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-    run.best = dict(ckpt.get("best_metric") or run.best)
+    saved = ckpt.get("best_metric") or {}
+    if saved.get("name") == run.best["name"]:
+        run.best = dict(saved)
+    elif saved.get("name"):  # the config now names another metric: best.pt follows it from here on
+        log.warning("train.best_metric is now %s (was %s): best.pt is chosen by it from this epoch on",
+                    run.best["name"], saved["name"])
     log.info("resuming %s at epoch %d%s", run.run_dir / "last.pt", epoch + 1, f", batch {step + 1}" if step else "")
     return epoch, step, ckpt.get("partial_epoch")
 
