@@ -540,7 +540,8 @@ def test_resume_flags_and_the_changed_config_warning(tmp_path):
 
 
 def test_fit_with_adamp_steps_like_timm(tmp_path):
-    """optim.name=adamp through fit: one step on one batch of the 16 items equals timm's AdamP (reference).
+    """optim.name=adamp through fit: one step on one batch of the 16 items equals timm's AdamP (reference) built
+    with the settings DeiT's --opt adamp got from timm 0.3.x (wd_ratio 0.01, nesterov), pitvit's defaults.
     Adam's eps is raised because Adam turns float noise into full steps where the true gradient is zero (the
     attention's key bias), and fit sums the batch in another order than the reference."""
     from timm.optim import AdamP as TimmAdamP
@@ -556,7 +557,8 @@ def test_fit_with_adamp_steps_like_timm(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert {"delta", "wd_ratio", "nesterov"} <= set(ckpt["optimizer"]["param_groups"][0])  # AdamP's settings
     ref = copy.deepcopy(init)
-    opt = TimmAdamP(param_groups(ref, 0.05), lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.05)
+    opt = TimmAdamP(param_groups(ref, 0.05), lr=1e-2, betas=(0.9, 0.999), eps=1e-3, weight_decay=0.05,
+                    delta=0.1, wd_ratio=0.01, nesterov=True)
     x, y = ToySet(16).all()
     F.cross_entropy(ref(x), y).backward()
     opt.step()
