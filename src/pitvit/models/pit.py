@@ -415,7 +415,8 @@ class PiT(nn.Module):
             _check_pool(global_pool, self.head_dist is not None)
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.cfg = self.cfg.replace(num_classes=num_classes, global_pool=self.global_pool)
+        if self.head_dist is not None or not self.cfg.distilled:  # else pruned: no PiTConfig describes it
+            self.cfg = self.cfg.replace(num_classes=num_classes, global_pool=self.global_pool)
         dd = _factory(self.pos_embed.device, self.pos_embed.dtype)
         self.head = self._new_head(num_classes, dd).train(self.training)
         if self.head_dist is not None:
