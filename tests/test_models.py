@@ -339,6 +339,9 @@ def test_prune_intermediate_layers_keeps_the_taps():
     assert take == [1] and len(model.transformers) == 2 and len(model.pools) == 1
     assert torch.equal(pruned[0], taps[1]) and model.head_hidden_size == 32
     assert model(x).shape == (2, 1, 32)  # no head and no pooling left: the class token, unnormalized
+    distilled = create_model("pit_test", distilled=True).eval()
+    distilled.prune_intermediate_layers([0])  # both heads go; both class tokens come out
+    assert distilled.get_classifier() is distilled.head and distilled(x).shape == (2, 2, 16)
 
 
 def test_pretrained_cfg_is_the_dict_timm_reads():
