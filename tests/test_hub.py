@@ -16,6 +16,7 @@ from pathlib import Path
 import huggingface_hub.constants  # noqa: F401  (read HF_* variables once, on import: import them while unset)
 import pytest
 import torch
+from PIL import Image
 
 import pitvit
 from pitvit.cli import main as cli_main
@@ -82,6 +83,8 @@ def test_pretrained_loads_from_the_cache_offline(hub_env, tmp_path, monkeypatch)
     assert same_tensors(model.state_dict(), src.state_dict())
     same = create_model("pit_ti", weights="hf-hub:timm/pit_ti_224.in1k")
     assert same_tensors(same.state_dict(), src.state_dict())
+    named = pitvit.model_from_checkpoint("hf-hub:timm/pit_ti_224.in1k")  # the reference names its variant
+    assert named.model_name == "pit_ti" and same_tensors(named.state_dict(), src.state_dict())
 
 
 def test_not_cached_offline_is_one_line_naming_the_file_and_the_way_out(hub_env, monkeypatch):
@@ -120,6 +123,11 @@ def test_cli_accepts_a_reference(hub_env, tmp_path, monkeypatch, capsys):
     from pitvit.tools.evaluate import load_model  # what eval, predict and export build their model with
 
     assert same_tensors(load_model("pit_test", f"hf-hub:{REPO}").state_dict(), src.state_dict())
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / "red.png")
+    capsys.readouterr()
+    assert cli_main(["predict", str(tmp_path / "red.png"), "--model", "pit_test", "--weights", f"hf-hub:{REPO}",
+                     "--format", "json"]) == 0
+    assert "red.png" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------ a stand-in Hub on 127.0.0.1

@@ -9,7 +9,7 @@ from typing import Any
 
 from pitvit.utils.errors import CheckpointError, ConfigError
 
-from .hub import HUB_PREFIX
+from .hub import HUB_PREFIX, is_hub_reference, parse_hub_reference
 from .layouts import describe_state_dict
 from .loading import Source, load_weights, read_weights
 from .pit import PiT, PiTConfig
@@ -50,6 +50,14 @@ def pretrained_reference(name: str) -> str:
         raise ConfigError(f"{name} has no published weights (variants with weights: {', '.join(published)}); "
                           f"pass weights=PATH instead")
     return HUB_PREFIX + hub_id
+
+
+def _published_as(source: str) -> str | None:
+    """The variant whose published weights ``source`` is (an ``hf-hub:`` reference), if any."""
+    if not is_hub_reference(source):
+        return None
+    repo_id, _ = parse_hub_reference(source)
+    return next((n for n in list_models() if get_pretrained_cfg(n).hf_hub_id == repo_id), None)
 
 
 def create_model(
@@ -108,8 +116,9 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
                           dtype: Any = None, **options: Any) -> PiT:
     """Build the model a checkpoint holds and load it.
 
-    pitvit checkpoints and ``save_pretrained`` directories carry the model's name and architecture; for
-    other formats pass ``model=NAME``, and the number of classes, input size and channels are read off the
+    pitvit checkpoints and ``save_pretrained`` directories carry the model's name and architecture, and a
+    variant's published weights (``hf-hub:timm/pit_ti_224.in1k``) name it by their reference; for other
+    formats pass ``model=NAME``, and the number of classes, input size and channels are read off the
     checkpoint's shapes.
 
     Args:
@@ -131,7 +140,7 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
         pre = (PretrainedCfg.from_dict(stored_pre) if stored_pre else
                get_pretrained_cfg(name) if is_model(name) else None)
     else:
-        name = model or weights.meta.get("model_name")
+        name = model or weights.meta.get("model_name") or _published_as(weights.source)
         info = weights.info
         if not name:
             hint = (f"model={info['variant']!r}, or --model {info['variant']} on the command line"
