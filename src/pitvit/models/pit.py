@@ -13,7 +13,6 @@ distilled-training switch, and timm's model protocol (``torch.jit.script`` and `
 """
 # No ``from __future__ import annotations`` here: TorchScript and torch.fx read the forward methods'
 # annotations as objects, hence typing's Optional/Tuple/List rather than ``X | None``.
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
