@@ -251,7 +251,13 @@ def test_corrupt_download_is_caught_by_the_content_hash(fake_hub, tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_weights(create_model("pit_test"), f"hf-hub:{REPO}")
     msg = str(err.value)
-    assert "SHA-256" in msg and "damaged" in msg and "models--pitvit-tests--pit_test" in msg
+    assert "SHA-256" in msg and "damaged" in msg and "\n" not in msg
+    blob, link = (Path(p) for p in msg.split("delete ")[1].split(" to fetch")[0].split(" and "))
+    assert blob.parent.name == "blobs" and link.is_symlink() and link.resolve() == blob
+    blob.unlink()  # as the message says
+    link.unlink()
+    fake_hub.flip = None
+    assert same_tensors(read_state_dict(f"hf-hub:{REPO}"), src.state_dict())  # fetched again, intact
 
 
 def test_missing_file_in_a_repository(fake_hub):

@@ -218,7 +218,18 @@ class _Read(NamedTuple):
 
 
 def _read(source: PathSource) -> _Read:
-    path = hub.download(source) if hub.is_hub_reference(source) else Path(source)
+    if not hub.is_hub_reference(source):
+        return _read_path(Path(source))
+    path = hub.download(source)
+    try:
+        return _read_path(path)
+    except CheckpointError as e:
+        # A damaged download stays in the cache (huggingface_hub checks sizes, not contents): say how to refetch.
+        raise CheckpointError(f"{e}; it is {source}'s cached download: delete {path.resolve()} and {path} to "
+                              f"fetch it again") from None
+
+
+def _read_path(path: Path) -> _Read:
     if path.is_dir():
         config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
         if not weights_path.is_file():
