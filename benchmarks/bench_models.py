@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import pitvit
-from pitvit.models.weights import load_weights
+from pitvit.models import load_weights
 
 
 def build_pair(name: str, timm_state: dict, device: torch.device, ours_first: bool) -> list[torch.nn.Module]:

@@ -80,7 +80,7 @@ def test_pt2_dynamic_hw(tmp_path):
 
 
 def test_export_model_and_cli(tmp_path, capsys):
-    from pitvit.models.weights import save_pretrained
+    from pitvit.models import save_pretrained
 
     model = create_model("pit_test", num_classes=3).eval()
     model.class_names = ["cat", "dog", "eel"]

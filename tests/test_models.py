@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
 import pitvit
-from pitvit.models import PiTConfig, create_model, list_models, resize_pos_embed, token_grid
+from pitvit.models import PiTConfig, create_model, list_models, register_with_timm, resize_pos_embed, token_grid
+from pitvit.utils.errors import ConfigError
 from pitvit.tools.zoo import count_macs, count_params
 
 ALL = list_models()
@@ -23,6 +26,12 @@ PARAMS = {
 GMACS = {"pit_ti": 0.699, "pit_xs": 1.395, "pit_s": 2.871, "pit_b": 12.40,
          "pit_ti_distilled": 0.705, "pit_xs_distilled": 1.407, "pit_s_distilled": 2.897,
          "pit_b_distilled": 12.48}
+
+
+def timm_keys(sd: dict) -> dict:
+    """The official state dict with timm's pool names (written here, not with the code under test)."""
+    return {re.sub(r"^pools\.(\d+)\.", lambda m: f"transformers.{int(m.group(1)) + 1}.pool.", k): v
+            for k, v in sd.items()}
 
 
 def small(name: str, **kw) -> pitvit.PiT:
@@ -221,8 +230,17 @@ def test_any_input_size():
         model288 = create_model("pit_ti", img_size=288).eval()
         model288.load_state_dict({**model.state_dict(), "pos_embed": resize_pos_embed(model.pos_embed, (35, 35))})
         torch.testing.assert_close(model288(x288), on_the_fly)
-        # At the original size nothing changes.
-        torch.testing.assert_close(model(torch.zeros(1, 3, 224, 224)), model(torch.zeros(1, 3, 224, 224)))
+        # At the stored size the any-size machinery changes nothing: timm's PiT, which adds its embedding as
+        # stored (it runs at 224 only), gives the same logits with the same weights; so does the model with
+        # set_dynamic_img_size (a bicubic resize to the same size is an identity).
+        reference = timm.create_model("pit_ti_224").eval()
+        reference.load_state_dict(timm_keys(model.state_dict()))
+        x224 = torch.randn(1, 3, 224, 224)
+        expected = reference(x224)
+        assert (model(x224) - expected).abs().max() <= 1e-4
+        model.set_dynamic_img_size(True)
+        assert (model(x224) - expected).abs().max() <= 1e-4
+        model.set_dynamic_img_size(False)
         assert resize_pos_embed(model.pos_embed, (27, 27)) is model.pos_embed
     model.set_input_size(288)
     assert model.pos_embed.shape == (1, 64, 35, 35) and model.cfg.img_size == (288, 288)
@@ -252,8 +270,9 @@ def test_pos_embed_resize_is_bicubic_against_a_hand_computed_kernel():
 
 
 def test_bad_arguments_are_clear():
-    with pytest.raises(ValueError, match="registered models: .*pit_ti"):
+    with pytest.raises(ConfigError, match="registered models: .*pit_ti"):
         create_model("pit_tiny")
+    assert issubclass(ConfigError, ValueError)
     with pytest.raises(TypeError, match="unknown option"):
         create_model("pit_ti", dropout=0.1)
     with pytest.raises(ValueError, match="smaller than the stem"):
@@ -262,3 +281,110 @@ def test_bad_arguments_are_clear():
         create_model("pit_test")(torch.zeros(1, 1, 32, 32))
     with pytest.raises(ValueError):
         PiTConfig(depth=(1, 2), heads=(1, 2, 3))
+
+
+# ------------------------------------------------------------------ timm's model protocol, beyond its own suite
+def test_device_and_dtype_at_creation():
+    # timm's factory passes device= and dtype=; "meta" allocates nothing.
+    meta = create_model("pit_b", device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}
+    double = create_model("pit_test", dtype=torch.float64)
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    assert double(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_reset_classifier_keeps_device_dtype_mode_and_takes_global_pool():
+    model = create_model("pit_ti_distilled").to(torch.float64).eval()
+    model.reset_classifier(5)
+    head, head_dist = model.get_classifier()  # timm returns both heads of a distilled model
+    for h in (head, head_dist):
+        assert h.weight.dtype == torch.float64 and h.out_features == 5 and not h.training
+    assert model.head_hidden_size == model.num_features == 256 and model.in_chans == 3
+    with pytest.raises(ValueError, match="distilled"):
+        model.reset_classifier(5, "")
+    plain = create_model("pit_test").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = plain.forward_features(x)
+        plain.reset_classifier(0, "")  # timm's "no pooling": every class token comes out
+        assert torch.equal(plain(x), tokens)
+        plain.reset_classifier(0, "token")
+        assert torch.equal(plain(x), tokens[:, 0])
+
+
+def test_set_input_size_keeps_a_frozen_embedding_frozen():
+    model = create_model("pit_test").requires_grad_(False)
+    model.set_input_size(64)
+    assert model.pos_embed.shape[-2:] == (31, 31) and not model.pos_embed.requires_grad
+
+
+def test_stop_early_returns_that_stages_tokens():
+    model = create_model("pit_test").eval()
+    seen = {}
+    model.transformers[0].register_forward_hook(lambda m, i, o: seen.setdefault("stage0", o))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens, maps = model.forward_intermediates(x, indices=[0], stop_early=True)
+    # The stage's own output, without the final norm (which belongs to the last stage's width).
+    assert torch.equal(maps[0], seen["stage0"][0]) and torch.equal(tokens, seen["stage0"][1])
+
+
+def test_prune_intermediate_layers_keeps_the_taps():
+    model = create_model("pit_test").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+        take = model.prune_intermediate_layers([1])
+        pruned = model.forward_intermediates(x, indices=take, intermediates_only=True)
+    assert take == [1] and len(model.transformers) == 2 and len(model.pools) == 1
+    assert torch.equal(pruned[0], taps[1]) and model.head_hidden_size == 32
+    assert model(x).shape == (2, 1, 32)  # no head and no pooling left: the class token, unnormalized
+    distilled = create_model("pit_test", distilled=True).eval()
+    distilled.prune_intermediate_layers([0])  # both heads go; both class tokens come out
+    assert distilled.get_classifier() is distilled.head and distilled(x).shape == (2, 2, 16)
+
+
+def test_pretrained_cfg_is_the_dict_timm_reads():
+    model = create_model("pit_ti")
+    # timm's PiT values (timm/models/pit.py), written here.
+    assert timm.data.resolve_data_config(model=model) == {
+        "input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225), "crop_pct": 0.9, "crop_mode": "center"}
+    cfg = model.pretrained_cfg
+    assert cfg["first_conv"] == "patch_embed.conv" and cfg.get("classifier") == "head"
+    assert create_model("pit_s_distilled").pretrained_cfg["classifier"] == ("head", "head_dist")
+    assert dict(cfg)["hf_hub_id"] == "timm/pit_ti_224.in1k" and model.default_cfg is cfg
+    assert "paper_v100_img_s" not in cfg
+
+
+def test_timm_builds_pitvit_variants():
+    names = register_with_timm()
+    assert names == [f"pitvit_{n[4:]}" for n in list_models()] and register_with_timm() == names
+    torch.manual_seed(0)
+    ours = create_model("pit_test", num_classes=4).eval()
+    torch.manual_seed(0)
+    via_timm = timm.create_model("pitvit_test", num_classes=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(via_timm(x), ours(x))
+    torch.manual_seed(0)
+    features = timm.create_model("pitvit_test", features_only=True).eval()
+    assert features.feature_info.channels() == [16, 32, 64] and features.feature_info.reduction() == [2, 4, 8]
+    torch.manual_seed(0)
+    reference = create_model("pit_test").eval()
+    with torch.no_grad():
+        maps = features(x)
+        expected = reference.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == 3 and all(torch.equal(a, b) for a, b in zip(maps, expected))
+
+
+def test_timm_pretrained_loader_goes_through_pitvits_layout_filter(tmp_path):
+    register_with_timm()
+    src = create_model("pit_test").eval()
+    torch.save(timm_keys(src.state_dict()), tmp_path / "timm_layout.pth")
+    # timm's own loader (num_classes 3: it drops the head by the config's "classifier" name), then our filter.
+    model = timm.create_model("pitvit_test", pretrained=True, num_classes=3, img_size=48,
+                              pretrained_cfg_overlay={"file": str(tmp_path / "timm_layout.pth")})
+    assert torch.equal(model.cls_token, src.cls_token) and model.head.out_features == 3
+    expected = F.interpolate(src.pos_embed.detach(), size=(23, 23), mode="bicubic", align_corners=False)
+    torch.testing.assert_close(model.pos_embed.detach(), expected)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
-from pitvit.models import create_model
-from pitvit.models.weights import load_weights
-
-timm = pytest.importorskip("timm")
+from pitvit.models import create_model, load_weights
 
 VARIANTS = ["pit_ti", "pit_xs", "pit_s", "pit_b",
             "pit_ti_distilled", "pit_xs_distilled", "pit_s_distilled", "pit_b_distilled"]

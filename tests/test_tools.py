@@ -141,7 +141,7 @@ def test_eval_cli_imagenet_labels(tmp_path, capsys):
     import torch
 
     from pitvit.models import create_model
-    from pitvit.models.weights import save_pretrained
+    from pitvit.models import save_pretrained
     from pitvit.tools.evaluate import preprocessing
 
     torch.manual_seed(1)
@@ -187,7 +187,7 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir):
     import torch
 
     from pitvit.models import create_model
-    from pitvit.models.weights import save_pretrained
+    from pitvit.models import save_pretrained
     from pitvit.tools.evaluate import load_model, preprocessing
     from pitvit.tools.predict import expand_inputs, predict_files
 
@@ -271,7 +271,7 @@ def test_hub_lists_every_variant_and_loads_local_clone(tmp_path):
     import torch
 
     from pitvit.models import create_model, list_models
-    from pitvit.models.weights import save_weights
+    from pitvit.models import save_weights
 
     import importlib.util
 

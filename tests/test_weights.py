@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 
 import pitvit
 from pitvit.cli import main as cli_main
-from pitvit.models import create_model
-from pitvit.models.weights import (CheckpointError, convert_state_dict, load_weights, model_from_checkpoint,
-                                   read_checkpoint, read_weights, save_pretrained, save_weights)
+from pitvit.models import (DIGEST_KEY, DIGESTS_KEY, CheckpointError, convert_state_dict, create_model, load_weights,
+                           model_from_checkpoint, read_checkpoint, read_state_dict, read_weights, save_pretrained,
+                           save_weights, state_dict_digest, with_digests)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,7 +161,6 @@ def test_timm_layouts_load_and_write_back(model, tmp_path, legacy):
 
 
 def test_timm_format_has_timms_own_keys(tmp_path):
-    timm = pytest.importorskip("timm")
     reference = timm.create_model("pit_ti_224", pretrained=False).state_dict()
     ours = create_model("pit_ti")
     save_weights(ours, tmp_path / "t.safetensors", format="timm")
@@ -405,3 +405,100 @@ def test_cli_convert(model, official, tmp_path, capsys):
     assert same_tensors(torch.load(tmp_path / "t.bin", weights_only=True), timm_keys(model.state_dict()))
     assert cli_main(["convert", str(tmp_path / "m.pdparams"), str(tmp_path / "x.pth")]) == 2
     assert "--model pit_test" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ one safe reader for any weights file
+def test_read_state_dict_reads_any_model_and_unwraps(tmp_path):
+    # Not a PiT: a teacher's or anyone's weights, in the wrappers training scripts use.
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    sd = net.state_dict()
+    torch.save({"model_state_dict": {f"module._orig_mod.{k}": v for k, v in sd.items()}, "epoch": 2},
+               tmp_path / "plain.pth")
+    assert same_tensors(read_state_dict(tmp_path / "plain.pth"), sd)
+    ema = {k: v + 1 for k, v in sd.items() if v.is_floating_point()}
+    torch.save({"model": sd, "model_ema": ema}, tmp_path / "deit.pth")
+    assert same_tensors(read_state_dict(tmp_path / "deit.pth", ema=True), ema)
+    with pytest.raises(CheckpointError, match="no EMA"):
+        read_state_dict(tmp_path / "plain.pth", ema=True)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pth"):
+        read_state_dict(tmp_path / "empty.pth")
+
+
+def test_read_state_dict_runs_no_code(model, tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": model.state_dict(), "x": _Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
+
+
+def test_training_checkpoints_load_through_the_same_reader(model, tmp_path):
+    from pitvit.train.checkpoint import load_checkpoint
+
+    save_weights(model, tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match=r"bare\.pth: not a pitvit training checkpoint"):
+        load_checkpoint(tmp_path / "bare.pth")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "bare.pth").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable PyTorch file"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_load_result_prints_a_summary_not_the_tensors(model):
+    result = load_weights(create_model("pit_test"), model.state_dict())
+    text = repr(result)
+    assert text.startswith("LoadResult(Weights('<dict>': dict, official layout, ") and len(text) < 200
+
+
+# ------------------------------------------------------------------ content hashes
+def flip_one_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flipped_safetensors_file_is_refused(model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_weights(model, path)
+    assert read_checkpoint(path)["safetensors_metadata"][DIGEST_KEY] == state_dict_digest(model.state_dict())
+    flip_one_byte(path, path.stat().st_size - 7)  # inside the last tensor's data
+    with pytest.raises(CheckpointError, match=r"m\.safetensors: the tensors do not match the SHA-256"):
+        load_weights(create_model("pit_test"), path)
+    # Without the hash the flip goes unseen: the file is still well-formed.
+    from safetensors.torch import load_file, save_file
+
+    save_file(load_file(path), tmp_path / "no_hash.safetensors")
+    flipped = read_state_dict(tmp_path / "no_hash.safetensors")
+    assert not same_tensors(flipped, model.state_dict())
+
+
+def test_bit_flipped_training_checkpoint_is_refused(model, tmp_path):
+    import zipfile
+
+    from pitvit.train.checkpoint import load_checkpoint
+
+    ckpt = with_digests({"format": "pitvit", "version": 1, "model_name": "pit_test",
+                         "state_dict": model.state_dict(), "epoch": 1})
+    assert set(ckpt[DIGESTS_KEY]) == {"state_dict"}
+    torch.save(ckpt, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    # torch.load itself checks nothing: flip a byte inside the largest tensor record of the zip.
+    with zipfile.ZipFile(tmp_path / "last.pt") as z:
+        record = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    header = (tmp_path / "last.pt").read_bytes()[record.header_offset:record.header_offset + 30]
+    start = record.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    flip_one_byte(tmp_path / "last.pt", start + record.file_size // 2)
+    torch.load(tmp_path / "last.pt", weights_only=True)  # loads without complaint
+    with pytest.raises(CheckpointError, match=r"last\.pt: the tensors of 'state_dict' do not match the SHA-256"):
+        load_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        model_from_checkpoint(tmp_path / "last.pt")
+
+
+def test_digest_is_of_the_tensors_not_their_memory():
+    # Hand-built: the same numbers in another memory layout or device give the same digest; one value differs.
+    a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    b = {"b": torch.zeros(3), "w": torch.arange(6.0).reshape(2, 3).t().contiguous().t()}
+    assert not b["w"].is_contiguous() and state_dict_digest(a) == state_dict_digest(b)
+    assert state_dict_digest({**a, "b": torch.tensor([0.0, 0.0, 1e-30])}) != state_dict_digest(a)
+    assert state_dict_digest({**a, "b": torch.zeros(3, dtype=torch.float64)}) != state_dict_digest(a)

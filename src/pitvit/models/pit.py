@@ -8,28 +8,37 @@ token grid and doubles the width (a linear layer does the same for the class tok
 keys are those of the official release (``naver-ai/pit``), so official checkpoints load as they are.
 
 Beyond the official model: any input resolution (the position embedding is resized bicubically),
-gradient checkpointing, ``forward_intermediates`` for dense backbones, and a distilled-training switch.
+gradient checkpointing, ``forward_intermediates`` and ``prune_intermediate_layers`` for dense backbones, a
+distilled-training switch, and timm's model protocol (``torch.jit.script`` and ``torch.fx`` included).
 """
-from __future__ import annotations
-
-import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+# No ``from __future__ import annotations`` here: TorchScript and torch.fx read the forward methods'
+# annotations as objects, hence typing's Optional/Tuple/List rather than ``X | None``.
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["PiTConfig", "PiT", "resize_pos_embed", "token_grid"]
+__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "POOL_TYPES"]
+
+POOL_TYPES = ("token", "")  # read the class token(s) / return every class token unpooled
 
 
-def _pair(x: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+def _pair(x: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
     if isinstance(x, (tuple, list)):
         if len(x) != 2:
             raise ValueError(f"expected an int or a (height, width) pair, got {x!r}")
         return int(x[0]), int(x[1])
     return int(x), int(x)
+
+
+def _check_pool(global_pool: str, distilled: bool) -> None:
+    if global_pool not in POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+    if distilled and global_pool != "token":
+        raise ValueError("a distilled PiT reads its two class tokens with global_pool='token'")
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,8 @@ class PiTConfig:
         img_size: the input size the position embedding is stored for (an int or (height, width)).
         in_chans: input channels.
         num_classes: classifier outputs; 0 builds no head (the model returns pooled features).
+        global_pool: ``"token"``: the head reads the class token (the official model); ``""``: the head runs
+            on every class token and the model returns ``(batch, tokens, outputs)`` (timm's option).
         drop_rate: dropout after the position embedding, in the MLPs and projections, and before the head.
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic depth; block ``i`` of ``N`` gets ``drop_path_rate * i / N`` (official rule).
@@ -54,14 +65,15 @@ class PiTConfig:
 
     patch_size: int = 16
     stride: int = 8
-    base_dims: tuple[int, ...] = (32, 32, 32)
-    depth: tuple[int, ...] = (2, 6, 4)
-    heads: tuple[int, ...] = (2, 4, 8)
+    base_dims: Tuple[int, ...] = (32, 32, 32)
+    depth: Tuple[int, ...] = (2, 6, 4)
+    heads: Tuple[int, ...] = (2, 4, 8)
     mlp_ratio: float = 4.0
     distilled: bool = False
     img_size: Any = 224
     in_chans: int = 3
     num_classes: int = 1000
+    global_pool: str = "token"
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -78,6 +90,9 @@ class PiTConfig:
             raise ValueError(f"need patch_size >= stride >= 1, got {self.patch_size} and {self.stride}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {self.in_chans}")
+        _check_pool(self.global_pool, self.distilled)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         grid = token_grid(self.img_size, self.patch_size, self.stride)
@@ -86,14 +101,14 @@ class PiTConfig:
                 f"img_size {self.img_size} is smaller than the stem's patch ({self.patch_size} px)")
 
     @property
-    def widths(self) -> tuple[int, ...]:
+    def widths(self) -> Tuple[int, ...]:
         return tuple(d * h for d, h in zip(self.base_dims, self.heads))
 
     @property
     def num_tokens(self) -> int:
         return 2 if self.distilled else 1
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
@@ -101,19 +116,40 @@ class PiTConfig:
         return replace(self, **changes)
 
 
-def token_grid(img_size: int | tuple[int, int], patch_size: int, stride: int) -> tuple[int, int]:
+def token_grid(img_size: Union[int, Tuple[int, int]], patch_size: int, stride: int) -> Tuple[int, int]:
     """Token grid after the stem (no padding): ``floor((size - patch) / stride) + 1`` per side."""
     h, w = _pair(img_size)
     return (h - patch_size) // stride + 1, (w - patch_size) // stride + 1
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resize of an NCHW position embedding ``(1, C, H, W)`` to ``grid`` (identity when equal)."""
-    if tuple(pos_embed.shape[-2:]) == tuple(grid):
+def _pos_embed_at(pos_embed: torch.Tensor, h: int, w: int, always: bool) -> torch.Tensor:
+    # One scriptable home for the resize. `always` skips the "same size" shortcut, a Python branch on the
+    # input's shape that a tracer would freeze (bicubic to the same size is an exact identity).
+    if not always and pos_embed.shape[-2] == h and pos_embed.shape[-1] == w:
         return pos_embed
-    dtype = pos_embed.dtype
-    out = F.interpolate(pos_embed.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-    return out.to(dtype)
+    out = F.interpolate(pos_embed.float(), size=(h, w), mode="bicubic", align_corners=False)
+    return out.to(pos_embed.dtype)
+
+
+def _check_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected input (batch, {in_chans}, height, width), got {list(x.shape)}")
+    return x
+
+
+# torch.fx records these as calls instead of tracing into them, so a traced graph keeps the any-size resize
+# and the input check (both branch on shapes, which symbolic tracing cannot follow).
+torch.fx.wrap("_pos_embed_at")
+torch.fx.wrap("_check_input")
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of an NCHW position embedding ``(1, C, H, W)`` to ``grid`` (identity when equal)."""
+    return _pos_embed_at(pos_embed, int(grid[0]), int(grid[1]), False)
+
+
+def _factory(device: Any, dtype: Any) -> Dict[str, Any]:
+    return {"device": device, "dtype": dtype}
 
 
 class DropPath(nn.Module):
@@ -127,7 +163,8 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        shape = [x.shape[0]] + [1] * (x.dim() - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
@@ -135,12 +172,23 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    """Multi-head self-attention over ``(batch, tokens, dim)``: ``softmax(q k^T / sqrt(d)) v`` through SDPA.
+
+    Args:
+        dim: token width.
+        heads: attention heads (each of width ``dim // heads``).
+        attn_drop: dropout on the attention weights (training only).
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = _factory(device, dtype)
         self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.qkv = nn.Linear(dim, dim * 3, bias=True, **dd)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,11 +200,12 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        dd = _factory(device, dtype)
+        self.fc1 = nn.Linear(dim, hidden, **dd)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, **dd)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,12 +216,13 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float, attn_drop: float,
-                 drop_path: float) -> None:
+                 drop_path: float, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, heads, attn_drop, drop)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        dd = _factory(device, dtype)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.attn = Attention(dim, heads, attn_drop, drop, **dd)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -184,21 +234,23 @@ class Stage(nn.Module):
     """Transformer blocks over ``[class tokens; flattened map]``; returns the map (NCHW) and the tokens."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop: float,
-                 attn_drop: float, drop_path: list[float]) -> None:
+                 attn_drop: float, drop_path: List[float], device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = _factory(device, dtype)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, drop, attn_drop, drop_path[i]) for i in range(depth))
+            Block(dim, heads, mlp_ratio, drop, attn_drop, drop_path[i], **dd) for i in range(depth))
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         b, c, h, w = x.shape
         t = cls_tokens.shape[1]
         x = torch.cat((cls_tokens, x.flatten(2).transpose(1, 2)), dim=1)
         for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
-            else:
+            if torch.jit.is_scripting() or not (self.grad_checkpointing and self.training
+                                                and torch.is_grad_enabled()):
                 x = blk(x)
+            else:
+                x = checkpoint(blk, x, use_reentrant=False)
         cls_tokens, x = x[:, :t], x[:, t:]
         return x.transpose(1, 2).reshape(b, c, h, w), cls_tokens
 
@@ -206,23 +258,40 @@ class Stage(nn.Module):
 class Pool(nn.Module):
     """Halve the grid and double the width: depthwise 3x3/2 conv on the map, a linear on the tokens."""
 
-    def __init__(self, dim_in: int, dim_out: int, stride: int = 2) -> None:
+    def __init__(self, dim_in: int, dim_out: int, stride: int = 2, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = _factory(device, dtype)
         self.conv = nn.Conv2d(dim_in, dim_out, kernel_size=stride + 1, stride=stride,
-                              padding=stride // 2, groups=dim_in, bias=True)
-        self.fc = nn.Linear(dim_in, dim_out)
+                              padding=stride // 2, groups=dim_in, bias=True, **dd)
+        self.fc = nn.Linear(dim_in, dim_out, **dd)
 
-    def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.conv(x), self.fc(cls_tokens)
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int) -> None:
+    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=stride, padding=0, bias=True)
+        self.conv = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=stride, padding=0, bias=True,
+                              **_factory(device, dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+def _take_indices(num_stages: int, indices: Optional[Union[int, List[int], Tuple[int, ...]]]) -> List[int]:
+    """Stage indices as timm reads them: ``None`` all, an int ``n`` the last ``n``, a sequence as given
+    (negative counts from the end)."""
+    if indices is None:
+        take = list(range(num_stages))
+    elif isinstance(indices, int):
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = [i + num_stages if i < 0 else i for i in indices]
+    if not take or min(take) < 0 or max(take) >= num_stages:
+        raise ValueError(f"stage indices must lie in [0, {num_stages}), got {indices!r}")
+    return take
 
 
 class PiT(nn.Module):
@@ -230,27 +299,37 @@ class PiT(nn.Module):
 
     Args:
         cfg: the architecture (see :class:`PiTConfig`).
+        device: where to create the parameters (``"meta"`` allocates nothing).
+        dtype: the parameters' dtype.
 
     The model runs at any input size of at least one patch: when the stem's grid differs from the stored
     position embedding's, the embedding is resized bicubically on the fly (``set_input_size`` makes a new
-    size permanent). Distilled variants return ``(cls_logits, dist_logits)`` only while training in
-    distilled-training mode (``set_distilled_training(True)``), otherwise the mean of the two heads.
+    size permanent; ``set_dynamic_img_size`` makes a traced or exported graph keep the resize for every
+    size). Distilled variants return ``(cls_logits, dist_logits)`` only while training in distilled-training
+    mode (``set_distilled_training(True)``), otherwise the mean of the two heads.
     """
 
-    def __init__(self, cfg: PiTConfig) -> None:
+    # TorchScript compiles properties; this one only serves Python callers (timm's builder and tests).
+    __jit_unused_properties__ = ["default_cfg"]
+
+    def __init__(self, cfg: PiTConfig, *, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
+        dd = _factory(device, dtype)
         self.cfg = cfg
         widths = cfg.widths
         self.num_classes = cfg.num_classes
-        self.num_features = self.embed_dim = widths[-1]
+        self.in_chans = cfg.in_chans
+        self.global_pool = cfg.global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = widths[-1]
         self.num_prefix_tokens = cfg.num_tokens
         self.distilled_training = False
+        self.dynamic_img_size = False
         self.grad_checkpointing = False
 
         grid = token_grid(cfg.img_size, cfg.patch_size, cfg.stride)
-        self.pos_embed = nn.Parameter(torch.zeros(1, widths[0], *grid))
-        self.patch_embed = PatchEmbed(cfg.in_chans, widths[0], cfg.patch_size, cfg.stride)
-        self.cls_token = nn.Parameter(torch.zeros(1, cfg.num_tokens, widths[0]))
+        self.pos_embed = nn.Parameter(torch.zeros(1, widths[0], *grid, **dd))
+        self.patch_embed = PatchEmbed(cfg.in_chans, widths[0], cfg.patch_size, cfg.stride, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, cfg.num_tokens, widths[0], **dd))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 
         total = sum(cfg.depth)
@@ -260,30 +339,42 @@ class PiT(nn.Module):
         start = 0
         for s, (d, h) in enumerate(zip(cfg.depth, cfg.heads)):
             self.transformers.append(Stage(widths[s], d, h, cfg.mlp_ratio, cfg.drop_rate, cfg.attn_drop_rate,
-                                           rates[start:start + d]))
+                                           rates[start:start + d], **dd))
             start += d
             if s < len(cfg.depth) - 1:
-                self.pools.append(Pool(widths[s], widths[s + 1]))
-        self.norm = nn.LayerNorm(widths[-1], eps=1e-6)
+                self.pools.append(Pool(widths[s], widths[s + 1], **dd))
+        self.norm = nn.LayerNorm(widths[-1], eps=1e-6, **dd)
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.head_dist: nn.Module | None = None
+        self.head = self._new_head(cfg.num_classes, dd)
+        self.head_dist = None
         if cfg.distilled:
-            self.head_dist = nn.Linear(widths[-1], cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+            self.head_dist = self._new_head(cfg.num_classes, dd)
 
         # Official init: truncated normal for the embeddings, unit LayerNorms, PyTorch defaults elsewhere.
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
         reduction = cfg.stride
-        self.feature_info: list[dict[str, Any]] = []
+        self.feature_info = []
         for s, w in enumerate(widths):
             self.feature_info.append({"num_chs": w, "reduction": reduction, "module": f"transformers.{s}"})
             reduction *= 2
 
+    def _new_head(self, num_classes: int, dd: Dict[str, Any]) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
     # ------------------------------------------------------------------ protocol
+    @property
+    def default_cfg(self) -> Any:
+        """timm's older name for ``pretrained_cfg``."""
+        return self.pretrained_cfg
+
+    @default_cfg.setter
+    def default_cfg(self, value: Any) -> None:
+        self.pretrained_cfg = value
+
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
+    def no_weight_decay(self) -> set:
         return {"pos_embed", "cls_token"}
 
     @torch.jit.ignore
@@ -294,104 +385,151 @@ class PiT(nn.Module):
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:
-        if enable and not self.cfg.distilled:
+        if enable and self.head_dist is None:
             raise ValueError("set_distilled_training(True) needs a distilled variant (pit_*_distilled)")
         self.distilled_training = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
+    @torch.jit.ignore
+    def set_dynamic_img_size(self, enable: bool = True) -> None:
+        """Always resize the position embedding to the input's grid, also at the stored size.
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the head(s) with fresh ones for ``num_classes`` outputs (0: no head, pooled features)."""
+        Eager results are the same either way (resizing to the same size is an exact identity). Switch it on
+        before tracing or exporting with a free height and width (``torch.export``, ONNX): otherwise the graph
+        holds the "same size, no resize" shortcut of the example input's shape.
+        """
+        self.dynamic_img_size = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> Union[nn.Module, Tuple[nn.Module, nn.Module]]:
+        """The head, or ``(head, head_dist)`` for a distilled model (as timm returns them)."""
+        return self.head if self.head_dist is None else (self.head, self.head_dist)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the head(s) with fresh ones for ``num_classes`` outputs (0: no head, pooled features).
+
+        The new head(s) take the model's device, dtype and training mode. ``global_pool`` (``"token"`` or
+        ``""``, see :class:`PiTConfig`) changes how the head reads the class tokens; ``None`` keeps it.
+        """
+        if global_pool is not None:
+            _check_pool(global_pool, self.head_dist is not None)
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.cfg = self.cfg.replace(num_classes=num_classes)
-        dev = self.norm.weight.device
-        self.head = nn.Linear(self.embed_dim, num_classes).to(dev) if num_classes > 0 else nn.Identity()
+        if self.head_dist is not None or not self.cfg.distilled:  # else pruned: no PiTConfig describes it
+            self.cfg = self.cfg.replace(num_classes=num_classes, global_pool=self.global_pool)
+        dd = _factory(self.pos_embed.device, self.pos_embed.dtype)
+        self.head = self._new_head(num_classes, dd).train(self.training)
         if self.head_dist is not None:
-            self.head_dist = nn.Linear(self.embed_dim, num_classes).to(dev) if num_classes > 0 else nn.Identity()
+            self.head_dist = self._new_head(num_classes, dd).train(self.training)
 
-    def set_input_size(self, img_size: int | tuple[int, int]) -> None:
+    def set_input_size(self, img_size: Union[int, Tuple[int, int]]) -> None:
         """Store the position embedding for a new input size (bicubic resize of the current one)."""
         cfg = self.cfg.replace(img_size=img_size)
         grid = token_grid(cfg.img_size, cfg.patch_size, cfg.stride)
+        old = self.pos_embed
         with torch.no_grad():
-            self.pos_embed = nn.Parameter(resize_pos_embed(self.pos_embed.data, grid))
+            self.pos_embed = nn.Parameter(resize_pos_embed(old.detach(), grid), requires_grad=old.requires_grad)
         self.cfg = cfg
 
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the requested stage outputs do not need (timm's protocol, for feature extractors).
+
+        Stages after the last requested one go; the final norm (it only serves the class tokens) goes with
+        the head or with any stage; the head(s) go unless ``prune_head=False`` and no stage was dropped.
+
+        Returns:
+            The stage indices to pass to :meth:`forward_intermediates`.
+        """
+        take = _take_indices(len(self.transformers), indices)
+        last = max(take)
+        prune_end = last < len(self.transformers) - 1
+        if prune_norm or prune_head or prune_end:
+            self.norm = nn.Identity()
+        self.transformers = self.transformers[:last + 1]
+        self.pools = self.pools[:last]
+        if prune_end:
+            self.num_features = self.head_hidden_size = self.feature_info[last]["num_chs"]
+        if prune_head or prune_end:
+            self.head_dist = None
+            self.distilled_training = False
+            self.reset_classifier(0, "")
+        return take
+
     # ------------------------------------------------------------------ forward
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
-            raise ValueError(f"expected input (batch, {self.cfg.in_chans}, height, width), got {tuple(x.shape)}")
-        x = self.patch_embed(x)
-        x = self.pos_drop(x + resize_pos_embed(self.pos_embed, x.shape[-2:]))
+    def _embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.patch_embed(_check_input(x, self.in_chans))
+        x = self.pos_drop(x + _pos_embed_at(self.pos_embed, x.shape[-2], x.shape[-1], self.dynamic_img_size))
         return x, self.cls_token.expand(x.shape[0], -1, -1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images to the normalized class token(s): ``(batch, 1 or 2, width)``."""
         x, cls_tokens = self._embed(x)
-        for s, stage in enumerate(self.transformers):
-            if s > 0:
-                x, cls_tokens = self.pools[s - 1](x, cls_tokens)
+        # Each stage but the last, then its pooling; written with zip because TorchScript cannot index a
+        # ModuleList with a loop variable.
+        for stage, pool in zip(self.transformers, self.pools):
             x, cls_tokens = stage(x, cls_tokens)
+            x, cls_tokens = pool(x, cls_tokens)
+        x, cls_tokens = self.transformers[-1](x, cls_tokens)
         return self.norm(cls_tokens)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Class token(s) to logits. ``pre_logits=True`` returns the features the head(s) would read."""
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Class token(s) to logits. ``pre_logits=True`` returns the features the head(s) would read.
+
+        A distilled model in distilled-training mode returns ``(cls_logits, dist_logits)`` while training.
+        """
         if self.head_dist is None:
-            x = self.head_drop(x[:, 0])
+            if self.global_pool == "token":
+                x = x[:, 0]
+            x = self.head_drop(x)
             return x if pre_logits else self.head(x)
         x_cls, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
         if pre_logits:
             return (x_cls + x_dist) / 2
         x_cls, x_dist = self.head(x_cls), self.head_dist(x_dist)
         if self.distilled_training and self.training and not torch.jit.is_scripting():
-            return x_cls, x_dist
+            return x_cls, x_dist  # type: ignore[return-value]
         return (x_cls + x_dist) / 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.ignore
     def forward_intermediates(
         self,
         x: torch.Tensor,
-        indices: int | list[int] | None = None,
+        indices: Optional[Union[int, List[int]]] = None,
         norm: bool = False,
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Stage outputs as NCHW maps (strides in ``feature_info``), and the final class tokens.
 
         Args:
             indices: which stages (a list), or the last ``n`` stages (an int); default all.
             norm: unused; the final norm applies to class tokens only (kept for timm's signature).
-            stop_early: stop after the last requested stage (no final tokens are computed).
+            stop_early: stop after the last requested stage; the class tokens returned are then that
+                stage's, without the final norm (which belongs to the last stage's width).
             output_fmt: only ``"NCHW"``.
             intermediates_only: return the list of maps alone.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         n = len(self.transformers)
-        if indices is None:
-            take = list(range(n))
-        elif isinstance(indices, int):
-            take = list(range(n - indices, n))
-        else:
-            take = [i + n if i < 0 else i for i in indices]
-        if not take or min(take) < 0 or max(take) >= n:
-            raise ValueError(f"stage indices must lie in [0, {n}), got {indices!r}")
+        take = _take_indices(n, indices)
         last = max(take) if stop_early else n - 1
         out = []
         x, cls_tokens = self._embed(x)
-        for s in range(last + 1):
+        for s, stage in enumerate(self.transformers[:last + 1]):
             if s > 0:
                 x, cls_tokens = self.pools[s - 1](x, cls_tokens)
-            x, cls_tokens = self.transformers[s](x, cls_tokens)
+            x, cls_tokens = stage(x, cls_tokens)
             if s in take:
                 out.append(x)
         if intermediates_only:
             return out
-        return self.norm(cls_tokens), out
+        return (self.norm(cls_tokens) if last == n - 1 else cls_tokens), out
 
     def extra_repr(self) -> str:
         c = self.cfg

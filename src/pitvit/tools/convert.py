@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pitvit.models.weights import SAVE_FORMATS, model_from_checkpoint, read_weights, save_pretrained, save_weights
+from pitvit.models import SAVE_FORMATS, model_from_checkpoint, read_weights, save_pretrained, save_weights
 
 __all__ = ["CONVERT_FORMATS", "convert"]
 

@@ -22,12 +22,13 @@ __all__ = ["load_model", "preprocessing", "evaluate_model"]
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
                **create_kwargs: Any) -> PiT:
-    """A registered model, with weights from any format ``pitvit.models.weights`` reads, in eval mode.
+    """A registered model, with weights from any format ``pitvit.models.read_weights`` reads, in eval mode.
 
     Args:
         model_name: a registered variant; may be left out for a pitvit checkpoint or a ``save_pretrained``
             folder, which name their model (given anyway, it must agree).
-        weights: a checkpoint file or ``save_pretrained`` folder; ``None`` keeps the random initialization,
+        weights: a checkpoint file, ``save_pretrained`` folder or ``hf-hub:OWNER/NAME`` reference (fetched
+            into the Hugging Face cache on first use); ``None`` keeps the random initialization,
             drawn with seed 0 (a note goes to stderr).
         ema: take the EMA weights of a pitvit training checkpoint.
         **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
@@ -49,12 +50,11 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             model = create_model(model_name, **create_kwargs)
         print(f"note: no weights given, {model_name} is randomly initialized (seed 0)", file=sys.stderr)
     else:
-        path = Path(weights)
-        if not path.exists():
-            raise FileNotFoundError(f"weights not found: {path}")
-        from pitvit.models.weights import model_from_checkpoint, read_weights
+        from pitvit.models import is_hub_reference, model_from_checkpoint, read_weights
 
-        read = read_weights(path, ema=ema)  # read once; its metadata also gives the class names
+        if not is_hub_reference(weights) and not Path(weights).exists():
+            raise FileNotFoundError(f"weights not found: {weights}")
+        read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
         model = model_from_checkpoint(read, ema=ema, **create_kwargs)

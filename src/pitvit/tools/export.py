@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pitvit.models import pit as _pit
 from pitvit.models import token_grid
 
 from .evaluate import load_model, preprocessing
@@ -39,26 +37,20 @@ MAX_SIDE = 4096
 
 
 @contextlib.contextmanager
-def _always_resize_pos_embed() -> Iterator[None]:
+def _dynamic_img_size(model: nn.Module, enable: bool) -> Iterator[None]:
     """While exporting with free height/width, resize the position embedding even at the stored size.
 
-    ``resize_pos_embed`` returns the embedding untouched when the grid already matches, a Python branch on
-    the input's shape: a tracer would freeze whichever side the example input took, and ``torch.export``
-    refuses a graph that only holds for grids other than the stored one. Bicubic resizing to the same size
-    is an exact identity (every output pixel lands on a source pixel, weights 0, 1, 0, 0), so always taking
-    the resize path changes no number.
+    The model skips the resize when the grid already matches, a Python branch on the input's shape: a tracer
+    would freeze whichever side the example input took, and ``torch.export`` refuses a graph that only holds
+    for grids other than the stored one. The model's ``set_dynamic_img_size`` switch always takes the resize
+    path; bicubic resizing to the same size is an exact identity, so no number changes.
     """
-    original = _pit.resize_pos_embed
-
-    def resize(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        out = F.interpolate(pos_embed.float(), size=tuple(grid), mode="bicubic", align_corners=False)
-        return out.to(pos_embed.dtype)
-
-    _pit.resize_pos_embed = resize
+    before = model.dynamic_img_size
+    model.set_dynamic_img_size(enable or before)
     try:
         yield
     finally:
-        _pit.resize_pos_embed = original
+        model.set_dynamic_img_size(before)
 
 
 def _min_side(model: nn.Module) -> int:
@@ -122,7 +114,7 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = 
     legacy = "dynamo" in inspect.signature(torch.onnx.export).parameters
     if legacy:
         kwargs["dynamo"] = False
-    ctx = _always_resize_pos_embed() if dynamic_hw else contextlib.nullcontext()
+    ctx = _dynamic_img_size(model, dynamic_hw)
     with ctx, torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python-level shape check; those are the model's input validation.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -176,7 +168,7 @@ def export_pt2(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = F
         lo = _min_side(model)
         dims[2] = Dim("height", min=lo, max=MAX_SIDE)
         dims[3] = Dim("width", min=lo, max=MAX_SIDE)
-    ctx = _always_resize_pos_embed() if dynamic_hw else contextlib.nullcontext()
+    ctx = _dynamic_img_size(model, dynamic_hw)
     with ctx, torch.no_grad():
         program = torch.export.export(model, (_example(model),), dynamic_shapes=({**dims},))
     torch.export.save(program, str(out), extra_files={"pitvit.json": json.dumps(metadata(model))})

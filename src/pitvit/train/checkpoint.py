@@ -45,8 +45,18 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A pitvit training checkpoint, loaded safely (``weights_only=True``) on the CPU."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "pitvit":
-        raise ValueError(f"{path} is not a pitvit training checkpoint")
+    """A pitvit training checkpoint, read on the CPU by the one safe reader (``pitvit.models.read_checkpoint``:
+    no code runs, content hashes are checked).
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        CheckpointError: unreadable, unsafe, damaged, or not a pitvit training checkpoint (the message names
+            the file).
+    """
+    from pitvit.models import read_checkpoint
+    from pitvit.utils.errors import CheckpointError
+
+    ckpt = read_checkpoint(path)
+    if ckpt.get("format") != "pitvit":
+        raise CheckpointError(f"{path}: not a pitvit training checkpoint (it has no 'format': 'pitvit' entry)")
     return ckpt

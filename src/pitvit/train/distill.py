@@ -89,16 +89,6 @@ class DistillationLoss(nn.Module):
         return base_loss * (1 - self.alpha) + kd * self.alpha
 
 
-def _state_dict_of(obj: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict", "module"):
-            if key in obj and isinstance(obj[key], dict):
-                return _state_dict_of(obj[key])
-        return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()
-                if isinstance(v, torch.Tensor)}
-    raise ValueError("the teacher checkpoint holds no state dict")
-
-
 def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.device | str = "cpu") -> nn.Module:
     """A frozen teacher in eval mode.
 
@@ -110,7 +100,7 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
     """
     model: nn.Module
     if os.path.exists(spec):
-        from pitvit.models.weights import model_from_checkpoint
+        from pitvit.models import model_from_checkpoint
 
         model = model_from_checkpoint(spec, ema=False)
     else:
@@ -125,8 +115,9 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
                 raise ValueError(f"teacher {spec!r} is neither a file nor a timm or torchvision model name")
             model = torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
         if weights:
-            state = _state_dict_of(torch.load(weights, map_location="cpu", weights_only=True))
-            model.load_state_dict(state)
+            from pitvit.models import read_state_dict
+
+            model.load_state_dict(read_state_dict(weights))
         else:
             log.warning("teacher %s has random weights (nothing is downloaded): pass distill.teacher_weights", spec)
     out = getattr(model, "num_classes", None)
