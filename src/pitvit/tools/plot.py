@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from pitvit.utils.errors import ConfigError
+
 __all__ = ["read_metrics", "plot_runs"]
 
 # (panel title, y label, [(row key, curve label, line style)])
@@ -25,13 +27,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The rows of ``run_dir/metrics.jsonl`` (or of the file itself, if given a file), in file order.
 
     Raises:
-        FileNotFoundError: no metrics file; the message names the path looked for.
+        ConfigError: no metrics file; the message names the path looked for.
     """
     path = Path(run_dir)
     if path.is_dir():
         path = path / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"no metrics file: {path}")
+        raise ConfigError(f"no metrics file: {path} (give a run folder that holds metrics.jsonl)")
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -66,7 +68,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         The path written.
 
     Raises:
-        FileNotFoundError: a run folder has no ``metrics.jsonl``.
+        ConfigError: a run folder has no ``metrics.jsonl``.
     """
     import matplotlib
 
