@@ -375,7 +375,9 @@ def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict
         raise ConfigError(f"{key}: a recipe must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base:
-        data = _deep_merge(_read_recipe(_base_recipe(str(base), source, key), seen + (key,)), data)
+        parent = _read_recipe(_base_recipe(str(base), source, key), seen + (key,))
+        parent.pop("name", None)  # a recipe is named by itself (or its file), never after its base
+        data = _deep_merge(parent, data)
     return data
 
 
