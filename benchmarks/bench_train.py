@@ -79,11 +79,10 @@ def main() -> None:
 
     import logging
 
-    from pitvit.tools.demo import DEMO_RECIPE
-    from pitvit.train.config import apply_overrides, config_from_dict
+    from pitvit.train.config import load_config
 
     logging.getLogger("pitvit").setLevel(logging.WARNING)
-    cfg = apply_overrides(config_from_dict(DEMO_RECIPE), [
+    cfg = load_config("demo", [
         f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}", f"train.amp={args.amp}",
         "ema.enabled=false", *args.overrides])
     if cfg.train.threads:  # fit sets this; the bare loop must run with the same

@@ -19,7 +19,7 @@ def _write_metrics(run: Path, rows: list[dict], tail: str = "") -> None:
 
 # ---------------------------------------------------------------------------- plot
 def test_plot_runs_overlays_runs(tmp_path):
-    from pitvit.tools.plot import plot_runs, read_metrics
+    from pitvit.train.curves import plot_runs, read_metrics
 
     rows = [{"epoch": e, "lr": 1e-4 * (e + 1), "train_loss": 3 - e / 10, "val_loss": 3 - e / 5,
              "val_top1": 10.0 * e, "val_top5": 20.0 * e, "ema_loss": 3 - e / 7, "ema_top1": 9.0 * e}
@@ -41,36 +41,31 @@ def test_plot_cli(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- eval on real images
-# The 20 photos of the foolbox wheel, as laid in ../shared/bench/jpegs beside the checkout (and the CI clone).
-JPEGS = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "bench" / "jpegs",
-                          Path("/work/shared/bench/jpegs")) if p.is_dir()), Path("/nonexistent"))
-needs_jpegs = pytest.mark.skipif(not JPEGS.is_dir(), reason="the 20 ImageNet JPEGs are not here")
+# The 20 ImageNet photos of PyPI's foolbox wheel (conftest's imagenet_photos fixture), label in the name.
+def _labels(photos: list[Path]) -> list[int]:
+    return [int(p.stem.split("_")[-1]) for p in photos]
 
 
-def _jpegs() -> list[Path]:
-    return sorted(JPEGS.glob("imagenet_*.jpg"))
-
-
-def _list_dataset(root: Path, labels: list[int]) -> Path:
-    """``root/val_list.txt`` over the 20 JPEGs (linked, not copied) with the given labels."""
+def _list_dataset(root: Path, photos: list[Path], labels: list[int]) -> Path:
+    """``root/val_list.txt`` over the photos (linked, not copied) with the given labels."""
     root.mkdir(parents=True, exist_ok=True)
     lines = []
-    for path, label in zip(_jpegs(), labels):
+    for path, label in zip(photos, labels):
         (root / path.name).symlink_to(path)
         lines.append(f"{path.name} {label}")
     (root / "val_list.txt").write_text("\n".join(lines) + "\n")
     return root
 
 
-def _reference_logits(model, pre) -> "torch.Tensor":
-    """Logits on the JPEGs preprocessed by timm's eval transform (independent of pitvit.data)."""
+def _reference_logits(model, pre, photos: list[Path]) -> "torch.Tensor":
+    """Logits on the photos preprocessed by timm's eval transform (independent of pitvit.data)."""
     import torch
     from PIL import Image
     from timm.data import create_transform
 
     tf = create_transform(input_size=tuple(pre["input_size"]), is_training=False, crop_pct=pre["crop_pct"],
                           interpolation=pre["interpolation"], mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in _jpegs()])
+    x = torch.stack([tf(Image.open(p).convert("RGB")) for p in photos])
     with torch.no_grad():
         return model.eval()(x)
 
@@ -112,31 +107,27 @@ def _hand_metrics(logits, labels):
             "loss": torch.nn.functional.cross_entropy(logits, labels).item()}
 
 
-@needs_jpegs
 @pytest.mark.parametrize("ema", [False, True])
-def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, ema):
+def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, imagenet_photos, ema):
     from pitvit.tools.evaluate import evaluate_model, preprocessing
 
     path, raw, ema_model = ti_checkpoint
     model = ema_model if ema else raw
-    logits = _reference_logits(model, preprocessing(model))
+    logits = _reference_logits(model, preprocessing(model), imagenet_photos)
     # Labels at known ranks of the reference logits: 8 at rank 0, 6 at rank 2, 6 at rank 7, so top-1 is
     # 40% and top-5 70% exactly when eval sees the same images through the same weights.
     ranks = [0] * 8 + [2] * 6 + [7] * 6
     order = logits.argsort(dim=1, descending=True)
     labels = [int(order[i, r]) for i, r in enumerate(ranks)]
-    data = _list_dataset(tmp_path / "data", labels)
-    r = evaluate_model(None, path, data, ema=ema, batch_size=8, workers=0, device="cpu",
-                       out=tmp_path / "r.json")
+    data = _list_dataset(tmp_path / "data", imagenet_photos, labels)
+    r = evaluate_model(None, path, data, ema=ema, batch_size=8, workers=0, device="cpu")
     hand = _hand_metrics(logits, labels)
     assert (r["top1"], r["top5"], r["n"]) == (40.0, 70.0, 20) == (hand["top1"], hand["top5"], 20)
     assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)
     assert r["preprocessing"]["input_size"] == [3, 160, 160] and r["preprocessing"]["crop_pct"] == 1.0
-    assert json.loads((tmp_path / "r.json").read_text())["top5"] == 70.0
 
 
-@needs_jpegs
-def test_eval_cli_imagenet_labels(tmp_path, capsys):
+def test_eval_cli_imagenet_labels(tmp_path, imagenet_photos, capsys):
     """The true ImageNet labels through the CLI; random weights, so the numbers only have to be consistent."""
     import torch
 
@@ -147,13 +138,13 @@ def test_eval_cli_imagenet_labels(tmp_path, capsys):
     torch.manual_seed(1)
     model = create_model("pit_ti", depth=(1, 1, 1))  # the registry's preprocessing, a quarter of the blocks
     save_pretrained(model, tmp_path / "pretrained")
-    labels = [int(p.stem.split("_")[-1]) for p in _jpegs()]
-    data = _list_dataset(tmp_path / "data", labels)
+    labels = _labels(imagenet_photos)
+    data = _list_dataset(tmp_path / "data", imagenet_photos, labels)
     out = tmp_path / "r.json"
     assert cli(["eval", "--model", "pit_ti", "--weights", str(tmp_path / "pretrained"), "--data", str(data),
                 "--batch-size", "6", "--workers", "0", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    hand = _hand_metrics(_reference_logits(model, preprocessing(model)), labels)
+    hand = _hand_metrics(_reference_logits(model, preprocessing(model), imagenet_photos), labels)
     assert (r["n"], r["top1"], r["top5"]) == (20, hand["top1"], hand["top5"])
     assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)
     assert "top-1" in capsys.readouterr().out
@@ -164,17 +155,17 @@ def test_eval_cli_errors(tmp_path, capsys):
     assert "pit_ti" in capsys.readouterr().err
     assert cli(["eval", "--model", "pit_test", "--weights", str(tmp_path / "w.pth"), "--data", str(tmp_path)]) == 2
     assert "w.pth" in capsys.readouterr().err
-    assert cli(["eval", "--model", "pit_test", "--data", str(tmp_path / "nodata"), "--workers", "0"]) == 2
-    assert "nodata" in capsys.readouterr().err
+    assert cli(["eval", "--model", "pit_test", "--data", str(tmp_path / "nodata"), "--workers", "0"]) == 3
+    assert "nodata" in capsys.readouterr().err  # a DatasetError
 
 
 # ---------------------------------------------------------------------------- predict
 @pytest.fixture()
-def image_dir(tmp_path):
+def image_dir(tmp_path, imagenet_photos):
     """Three real JPEGs, a truncated JPEG and a text file posing as a PNG."""
     d = tmp_path / "images"
     d.mkdir()
-    jpegs = _jpegs()[:3]
+    jpegs = imagenet_photos[:3]
     for p in jpegs:
         (d / p.name).write_bytes(p.read_bytes())
     (d / "zz_truncated.jpg").write_bytes(jpegs[0].read_bytes()[:600])
@@ -182,8 +173,7 @@ def image_dir(tmp_path):
     return d
 
 
-@needs_jpegs
-def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir):
+def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir, imagenet_photos):
     import torch
 
     from pitvit.models import create_model
@@ -201,10 +191,10 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir):
     files, problems = expand_inputs([image_dir, tmp_path / "absent.jpg"])
     assert [p for p, _ in problems] == [str(tmp_path / "absent.jpg")]
     preds, errors = predict_files(loaded, files, topk=3, batch_size=2)
-    assert [Path(p.path).name for p in preds] == [p.name for p in _jpegs()[:3]]
+    assert [Path(p.path).name for p in preds] == [p.name for p in imagenet_photos[:3]]
     assert sorted(Path(p).name for p, _ in errors) == ["zz_text.png", "zz_truncated.jpg"]
 
-    ref = _reference_logits(model, preprocessing(model)).softmax(-1)[:3]
+    ref = _reference_logits(model, preprocessing(model), imagenet_photos[:3]).softmax(-1)
     for pred, probs in zip(preds, ref):
         values, indices = probs.topk(3)
         assert [i for i, _, _ in pred.top] == indices.tolist()
@@ -212,7 +202,6 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir):
         assert [v for _, _, v in pred.top] == pytest.approx(values.tolist(), abs=1e-5)
 
 
-@needs_jpegs
 def test_predict_cli_formats_and_exit_status(tmp_path, image_dir, capsys):
     import csv
     import io
@@ -304,9 +293,8 @@ def test_hubconf_depends_on_torch_only():
     assert imported <= {"os", "sys", "pitvit"}
 
 
-@needs_jpegs
 @pytest.mark.slow
-def test_eval_two_processes_under_torchrun(tmp_path):
+def test_eval_two_processes_under_torchrun(tmp_path, imagenet_photos):
     """torchrun --nproc_per_node=2: every image counted once, the same numbers as one process."""
     import os
     import subprocess
@@ -314,7 +302,7 @@ def test_eval_two_processes_under_torchrun(tmp_path):
 
     from pitvit.tools.evaluate import evaluate_model
 
-    data = _list_dataset(tmp_path / "data", [int(p.stem.split("_")[-1]) for p in _jpegs()])
+    data = _list_dataset(tmp_path / "data", imagenet_photos, _labels(imagenet_photos))
     args = ["-m", "pitvit", "eval", "--model", "pit_ti", "--data", str(data), "--batch-size", "3",
             "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "r.json")]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -1,13 +1,23 @@
 """The ``pitvit`` command line: argument parsing only; each subcommand calls one library function.
 
-Each subcommand lives in its own module here with ``add_parser(subparsers)``; modules import only
-argparse at the top so that ``pitvit --help`` stays fast, and do their heavy imports inside ``run``.
+Each subcommand lives in its own module here with ``add_parser(subparsers, formatter)`` and ``run(args)``;
+the modules do their heavy imports inside ``run``.
+
+One error policy for every subcommand, in :func:`main`: an error the user can cause is one of
+:mod:`pitvit.utils.errors`' types and becomes one line, ``pitvit COMMAND: error: MESSAGE``, and the exit code
+of :data:`pitvit.utils.errors.EXIT_CODES` (listed by ``pitvit --help``); anything else is a bug and keeps its
+traceback. ``--traceback`` shows the traceback of the expected errors too. Only this package prints; the
+library logs through ``logging`` (set up here to write to stderr).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+from pitvit.utils.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, PitvitError
 
 # Subcommand name -> module under pitvit.cli. Order is the order of `pitvit --help`.
 SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "plot", "models")
@@ -17,52 +27,107 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows each option's default and keeps the description's line breaks."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line, like every other error of the command line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(ConfigError.exit_code, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def model_name(value: str) -> str:
+    """An argparse type: a registered model name, else an error listing them."""
+    from pitvit.models import is_model, list_models
+
+    if not is_model(value):
+        raise argparse.ArgumentTypeError(f"unknown model {value!r}; registered: {', '.join(list_models())}")
+    return value
+
+
 def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
     """The options every model-consuming subcommand shares: --model, --weights, --ema."""
     # "%(default).0s" prints nothing; it stops the formatter from appending "(default: None)" where the
     # help already says what happens without the option.
-    p.add_argument("--model", default=None, help="registered model name (required unless --weights is a "
-                                                  "pitvit checkpoint, which names its model)%(default).0s")
+    p.add_argument("--model", default=None, type=model_name,
+                   help="registered model name, see `pitvit models` (required unless --weights is a pitvit "
+                        "checkpoint or save_pretrained folder, which names its model)%(default).0s")
     p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
                                                                    "folder (default: random init)%(default).0s")
     p.add_argument("--ema", action="store_true", help=f"{ema_verb} the EMA weights of a training checkpoint")
 
 
+def _epilog() -> str:
+    lines = ["exit status:"] + [f"  {code:<4} {what}" for code, what in EXIT_CODES.items()]
+    lines.append("  an error with a traceback (exit status 1) is a bug in pitvit: please report it")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pitvit", formatter_class=HelpFormatter,
-        description="PiT, the Pooling-based Vision Transformer: train, evaluate, predict, export, benchmark.")
     from pitvit import __version__
 
+    parser = ArgumentParser(
+        prog="pitvit", formatter_class=HelpFormatter, epilog=_epilog(),
+        description="PiT, the Pooling-based Vision Transformer: train, evaluate, predict, export, benchmark.")
     parser.add_argument("--version", action="version", version=f"pitvit {__version__}")
+    traceback_help = "on an error, also show its traceback (errors that are bugs always show theirs)%(default).0s"
+    parser.add_argument("--traceback", action="store_true", help=traceback_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"pitvit.cli.{name.replace('-', '_')}")
-        except ModuleNotFoundError as e:
-            if e.name != f"pitvit.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub, HelpFormatter)
+        importlib.import_module(f"pitvit.cli.{name}").add_parser(sub, HelpFormatter)
+        # Accepted after the subcommand too; SUPPRESS keeps the value given before it.
+        sub.choices[name].add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                                       help=traceback_help)
     return parser
 
 
+def _exit_code(e: BaseException) -> int | None:
+    """The exit code of an error the user can cause; ``None`` for a bug."""
+    if isinstance(e, PitvitError):
+        return e.exit_code
+    # Transitional: the user-error classes that models, data and train defined before pitvit.utils.errors
+    # existed. Once those layers raise the utils types (issue 8), this loop finds nothing and can go.
+    for module, cls_name, code in (("pitvit.data.errors", "DatasetError", 3),
+                                   ("pitvit.models.weights", "CheckpointError", 4),
+                                   ("pitvit.train.runner", "TrainingError", 5)):
+        cls = getattr(sys.modules.get(module), cls_name, None)
+        if isinstance(cls, type) and isinstance(e, cls):
+            return code
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    # OSError subclasses (OutputError) keep the message in strerror; str() would add "[Errno N]".
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``pitvit`` command line; returns the exit status (see ``pitvit --help``)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad option (already reported on one line)
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from pitvit.utils.logs import setup_logging
+
+    setup_logging(int(os.environ.get("RANK", "0")))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        # User errors (a missing file, a wrong name or value) get one clear line, not a traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"pitvit {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        if args.traceback:
+            traceback.print_exc()
+        print(f"pitvit {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        code = _exit_code(e)
+        if code is None:
+            raise  # a bug: Python prints the traceback
+        if args.traceback:
+            traceback.print_exc()
+        print(f"pitvit {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

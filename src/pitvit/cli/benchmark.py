@@ -1,6 +1,9 @@
 """`pitvit benchmark`: parameters, GMACs, inference/training images/s and peak memory."""
 from __future__ import annotations
 
+from pitvit.cli import model_name
+from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
+
 
 def add_parser(sub, formatter) -> None:
     p = sub.add_parser(
@@ -11,17 +14,19 @@ def add_parser(sub, formatter) -> None:
                     "resident set). --compare timm measures timm's pit_*_224 the same way and prints ratios.")
     # "%(default).0s" prints nothing; it stops the formatter from appending a default that means nothing
     # ("None" for a required option, "True" for a switch that turns something off).
-    p.add_argument("--model", required=True, help="registered model name (required)%(default).0s")
+    p.add_argument("--model", required=True, type=model_name,
+                   help="registered model name, see `pitvit models` (required)%(default).0s")
     p.add_argument("--batch", type=int, default=64, help="images per step")
     p.add_argument("--img-size", type=int, default=None,
                    help="square input side in px (default: the variant's evaluation size)%(default).0s")
     p.add_argument("--compare", choices=("timm",), default=None,
                    help="also measure timm's same architecture (default: no comparison)%(default).0s")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
+    p.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast dtype")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each phase")
-    p.add_argument("--no-train", dest="train", action="store_false", help="measure inference only (default: inference and training)%(default).0s")
+    p.add_argument("--no-train", dest="train", action="store_false",
+                   help="measure inference only (default: inference and training)%(default).0s")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.set_defaults(func=run)
 

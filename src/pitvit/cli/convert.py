@@ -1,8 +1,8 @@
 """`pitvit convert`: PiT weights from one published format to another."""
 from __future__ import annotations
 
-# Kept in step with pitvit.tools.convert.CONVERT_FORMATS (not imported here: `pitvit --help` stays light).
-FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle", "pretrained")
+from pitvit.cli import model_name
+from pitvit.tools.convert import CONVERT_FORMATS
 
 DESCRIPTION = """\
 Convert PiT weights between formats. The source format is detected:
@@ -24,10 +24,10 @@ def add_parser(sub, formatter) -> None:
                        description=DESCRIPTION)
     p.add_argument("src", help="checkpoint file or save_pretrained directory to read")
     p.add_argument("dst", help="file to write (or directory, for the pretrained format)")
-    p.add_argument("--model", metavar="NAME",
+    p.add_argument("--model", metavar="NAME", type=model_name,
                    help="the registered variant the weights belong to (see `pitvit models`); needed unless SRC "
                         "says it (pitvit checkpoints, save_pretrained directories)")
-    p.add_argument("--format", choices=FORMATS,
+    p.add_argument("--format", choices=CONVERT_FORMATS,
                    help="what to write: safetensors; official (torch .pth, official keys); timm (timm >= 0.9 "
                         "keys) or timm_legacy (timm <= 0.6 keys), safetensors for a .safetensors DST, torch "
                         "otherwise; paddle (.pdparams for PaddleViT's paddle.load); pretrained (a directory with "

@@ -1,8 +1,8 @@
 """`pitvit eval`: top-1, top-5 and loss on a labelled dataset, on 1..N processes (torchrun)."""
 from __future__ import annotations
 
-
 from pitvit.cli import add_model_args
+from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -20,33 +20,31 @@ def add_parser(sub, formatter) -> None:
                    help="dataset layout")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: CUDA when available")
-    p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="autocast dtype")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
+    p.add_argument("--amp", default="none", choices=AMP_CHOICES, help="autocast dtype")
     p.add_argument("--out", default=None, metavar="JSON",
                    help="also write the result here as JSON (default: print only)%(default).0s")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import json
     import os
     import sys
 
-    from pitvit.data import DatasetError
     from pitvit.tools.evaluate import evaluate_model
+    from pitvit.utils.io import write_text
 
-    try:
-        r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
-                           batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
-                           out=args.out)
-    except DatasetError as e:
-        print(f"pitvit eval: error: {e}", file=sys.stderr)
-        return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        what = r["model"] + (" (EMA)" if r["ema"] else "")
-        print(f"{what} on {r['data'] or 'Fashion-MNIST'} [{r['split']}], {r['n']} images"
-              + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else "")
-              + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
-        if args.out:
-            print(f"wrote {args.out}", file=sys.stderr)
+    r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
+                       batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    what = r["model"] + (" (EMA)" if r["ema"] else "")
+    # Printed before --out is written: a path that cannot be written loses nothing.
+    print(f"{what} on {r['data'] or 'Fashion-MNIST'} [{r['split']}], {r['n']} images"
+          + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else "")
+          + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}", flush=True)
+    if args.out:
+        write_text(args.out, json.dumps(r, indent=1) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -1,21 +1,22 @@
 """`pitvit export`: ONNX or torch.export archive, checked against PyTorch."""
 from __future__ import annotations
 
-
 from pitvit.cli import add_model_args
+from pitvit.tools.export import DEFAULT_OPSET, FORMATS
 
 
 def add_parser(sub, formatter) -> None:
     p = sub.add_parser(
         "export", formatter_class=formatter, help="export to ONNX or a torch.export archive (.pt2)",
         description="Export a model in eval mode (distilled models: the mean of both heads) with a dynamic\n"
-                    "batch, run the file once (onnxruntime, or torch.export.load) and compare it with PyTorch.\n"
-                    "Preprocessing and class names are stored in the file.")
+                    "batch, run the file once (onnxruntime, or torch.export.load) and compare it with PyTorch;\n"
+                    "the file is kept only when it agrees within --atol. Preprocessing and class names are\n"
+                    "stored in the file.")
     add_model_args(p, "export")
-    p.add_argument("--format", choices=("onnx", "pt2"), default="onnx", help="output format")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="output format")
     p.add_argument("--dynamic-hw", action="store_true",
                    help="make height and width dynamic too (the position embedding is resized in the graph)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest accepted absolute difference between the export and PyTorch")
     p.add_argument("--out", default=None, metavar="PATH",

@@ -16,7 +16,7 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from pitvit.tools.plot import plot_runs
+    from pitvit.train.curves import plot_runs
 
     out = args.out
     if out is None:

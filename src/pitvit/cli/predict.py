@@ -1,8 +1,9 @@
 """`pitvit predict`: top-k classes and probabilities for image files and folders."""
 from __future__ import annotations
 
-
 from pitvit.cli import add_model_args
+from pitvit.tools.predict import FORMATS
+from pitvit.utils.device import DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -15,14 +16,21 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     add_model_args(p, "use")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="auto: CUDA when available")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from pitvit.tools.predict import predict
+    import sys
 
-    return predict(args.model, args.weights, args.inputs, topk=args.topk, fmt=args.format,
-                   batch_size=args.batch_size, device=args.device, ema=args.ema)
+    from pitvit.tools.predict import format_predictions, predict
+
+    preds, problems = predict(args.model, args.weights, args.inputs, topk=args.topk, batch_size=args.batch_size,
+                              device=args.device, ema=args.ema)
+    for path, reason in problems:
+        print(f"cannot read {path}: {reason}", file=sys.stderr)
+    if preds:
+        print(format_predictions(preds, args.format))
+    return 0 if preds else 1

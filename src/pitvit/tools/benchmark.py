@@ -2,8 +2,9 @@
 
 ``compare="timm"`` measures timm's PiT of the same architecture in the same process, one after the other
 with the same inputs and settings, and reports pitvit/timm ratios. Times are medians over the steps. A
-training step is forward, cross-entropy, backward and an AdamW step. Peak memory is CUDA's ``max_memory_allocated`` on a GPU; on a CPU it is the
-growth of the process's resident set over the phase (sampled), a rougher figure.
+training step is forward, cross-entropy, backward and an AdamW step. Peak memory is CUDA's
+``max_memory_allocated`` on a GPU; on a CPU it is the growth of the process's resident set over the phase
+(sampled), a rougher figure.
 """
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ import torch
 from torch import nn
 
 from pitvit.models import create_model, get_pretrained_cfg
+from pitvit.utils.device import amp_dtype, resolve_device
+from pitvit.utils.errors import ConfigError
 
 from .zoo import count_macs, count_params
 
 __all__ = ["benchmark", "measure", "format_table"]
-
-AMP = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _release_freed_memory() -> None:
@@ -127,10 +128,8 @@ def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans
         With ``infer``, ``infer_img_s`` and ``infer_peak_mib``; with ``train``, ``train_img_s`` and
         ``train_peak_mib``.
     """
-    if amp not in AMP:
-        raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(AMP)}")
-    device = torch.device(device)
-    dtype = AMP[amp]
+    device = resolve_device(device)
+    dtype = amp_dtype(amp, device)
     model = model.to(device)
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, in_chans, *img_size, generator=gen).to(device)
@@ -191,18 +190,17 @@ def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, 
         ``device``, ``amp`` and the figures of :func:`measure`.
     """
     if compare not in (None, "timm"):
-        raise ValueError(f"unknown comparison {compare!r}; the only one is 'timm'")
+        raise ConfigError(f"unknown comparison {compare!r}; the only one is 'timm'")
     if batch < 1 or steps < 1 or warmup < 0:
-        raise ValueError(f"need batch >= 1, steps >= 1 and warmup >= 0, got {batch}, {steps}, {warmup}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
+        raise ConfigError(f"need --batch >= 1, --steps >= 1 and --warmup >= 0, got {batch}, {steps}, {warmup}")
+    dev = resolve_device(device)
+    amp_dtype(amp, dev)  # an unknown name, or fp16 on a CPU, fails before any model is built
+    device = str(dev)
     pre = get_pretrained_cfg(model_name)
     size = img_size or pre.input_size[1]
     timm_name = pre.timm_name
     if compare == "timm" and not timm_name:
-        raise ValueError(f"{model_name} has no timm counterpart; compare one of the ImageNet variants")
+        raise ConfigError(f"{model_name} has no timm counterpart; compare one of the ImageNet variants")
     torch.manual_seed(0)
     models = {"pitvit": (model_name, create_model(model_name, img_size=size))}
     if compare == "timm":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pitvit.models import SAVE_FORMATS, model_from_checkpoint, read_weights, save_pretrained, save_weights
+from pitvit.utils.errors import ConfigError
 
 __all__ = ["CONVERT_FORMATS", "convert"]
 
@@ -31,11 +32,16 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None
 
     Returns:
         ``{"src", "detected", "model", "dst", "format", "bytes"}``: what was read and what was written.
+
+    Raises:
+        ConfigError: an unknown format, or ``dst`` is ``src`` (converting in place would destroy the source).
     """
     dst = Path(dst)
     fmt = format or ("pretrained" if not dst.suffix else None)
     if fmt is not None and fmt not in CONVERT_FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(CONVERT_FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; valid: {', '.join(CONVERT_FORMATS)}")
+    if dst.resolve() == Path(src).resolve():
+        raise ConfigError(f"{dst}: the destination is the source; write the converted weights elsewhere")
     weights = read_weights(src, ema=ema)
     # Building the model checks that every tensor fits; classes and input size are the checkpoint's own.
     net = model_from_checkpoint(weights, **({"model": model} if model else {}))

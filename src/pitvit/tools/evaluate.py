@@ -1,14 +1,14 @@
 """Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes.
 
-Also :func:`load_model`, the one way every tool (eval, predict, export, benchmark) turns a model name and
-a weights file into a model in evaluation mode, with its preprocessing metadata (``model.pretrained_cfg``)
-and class names (``model.class_names``, when the checkpoint carries them).
+Also :func:`load_model`, the one way eval, predict and export turn a model name and/or a weights file into
+a model in evaluation mode, with its preprocessing metadata (``model.pretrained_cfg``) and class names
+(``model.class_names``, when the checkpoint carries them). ``convert`` reads weights without building a
+model for inference, and ``benchmark`` times fresh models by name.
 """
 from __future__ import annotations
 
-import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 from pitvit.models import PiT, create_model
+from pitvit.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["load_model", "preprocessing", "evaluate_model"]
 
@@ -29,31 +32,30 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             folder, which name their model (given anyway, it must agree).
         weights: a checkpoint file, ``save_pretrained`` folder or ``hf-hub:OWNER/NAME`` reference (fetched
             into the Hugging Face cache on first use); ``None`` keeps the random initialization,
-            drawn with seed 0 (a note goes to stderr).
+            drawn with seed 0 (and logs a warning saying so).
         ema: take the EMA weights of a pitvit training checkpoint.
         **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
 
     Raises:
-        FileNotFoundError: ``weights`` does not exist (the message names it).
-        ValueError: an unknown model name (the message lists the registered ones), or neither a name nor
-            weights that name their model.
+        ConfigError: ``weights`` does not exist (the message names it), an unknown model name (the message
+            lists the registered ones), or neither a name nor weights that name their model.
     """
     if weights is None:
         if not model_name:
-            raise ValueError("give a model name (--model), weights that name their model (--weights), or both")
+            raise ConfigError("give a model name (--model), weights that name their model (--weights), or both")
         if ema:
-            raise ValueError("--ema needs --weights: a training checkpoint holding EMA weights")
+            raise ConfigError("--ema needs --weights: a training checkpoint holding EMA weights")
         # A fixed seed: every process of a distributed run (and every run) gets the same random weights,
         # without disturbing the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = create_model(model_name, **create_kwargs)
-        print(f"note: no weights given, {model_name} is randomly initialized (seed 0)", file=sys.stderr)
+        log.warning("note: no weights given, %s is randomly initialized (seed 0)", model_name)
     else:
         from pitvit.models import is_hub_reference, model_from_checkpoint, read_weights
 
         if not is_hub_reference(weights) and not Path(weights).exists():
-            raise FileNotFoundError(f"weights not found: {weights}")
+            raise ConfigError(f"weights not found: {weights}")
         read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
@@ -91,7 +93,6 @@ def evaluate_model(
     workers: int = 4,
     device: str = "auto",
     amp: str = "none",
-    out: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
 
@@ -110,36 +111,34 @@ def evaluate_model(
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: ``none``, ``bf16`` or ``fp16`` autocast.
-        out: also write the result as JSON here (rank 0 only).
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
         skipped as unreadable, processes, preprocessing).
     """
     from pitvit.data import build_dataset, build_loader, build_transform
-    from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed
     from pitvit.train.engine import evaluate
+    from pitvit.utils.device import amp_dtype
+    from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
-    amp_dtypes = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in amp_dtypes:
-        raise ValueError(f"unknown amp mode {amp!r}; choose one of {', '.join(amp_dtypes)}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    started_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    started_group = not is_distributed()
     dist_info = init_distributed(device)
     try:
+        dtype = amp_dtype(amp, dist_info.device)
         model = load_model(model_name, weights, ema=ema)
         pre = preprocessing(model)
         transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
         dataset = build_dataset(data, split, kind=kind, transform=transform)
         targets = getattr(dataset, "targets", None)
         if targets is not None and len(targets) and max(targets) >= model.num_classes:
-            raise ValueError(f"{data} ({split}) has labels up to {max(targets)}, but the model has "
-                             f"{model.num_classes} outputs")
+            raise ConfigError(f"{data or 'Fashion-MNIST'} ({split}) has labels up to {max(targets)}, but the model "
+                              f"has {model.num_classes} outputs; evaluate a model trained on these classes")
         loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)
         model.to(dist_info.device)
-        metrics = evaluate(model, loader, device=dist_info.device, amp_dtype=amp_dtypes[amp])
+        metrics = evaluate(model, loader, device=dist_info.device, amp_dtype=dtype)
         skipped = int(all_reduce_sum([float(loader.skipped)], dist_info.device)[0])
         result: dict[str, Any] = {
             "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n": metrics["n"],
@@ -149,10 +148,6 @@ def evaluate_model(
             "device": str(dist_info.device), "amp": amp,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
         }
-        if out is not None and dist_info.is_main:
-            path = Path(out)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(result, indent=1) + "\n")
         return result
     finally:
         if started_group:

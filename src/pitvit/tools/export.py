@@ -8,8 +8,10 @@ ONNX goes through the TorchScript-based exporter (``dynamo=False``): it exists i
 2.14 and needs nothing beyond ``onnx``, whereas the dynamo-based exporter needs ``onnxscript``, which it
 falls back to only when the legacy exporter is gone. Each file is run once after export (onnxruntime, or
 ``torch.export.load``) on random inputs and compared with the PyTorch model; a difference above the
-tolerance is an error. Preprocessing and class names travel inside the file (ONNX ``metadata_props``;
-``pitvit.json`` in the ``.pt2`` archive), so a deployment reads them from the same place.
+tolerance is an error, and :func:`export_model` then leaves nothing behind (every file is written to a temporary
+name and renamed into place only once it passed, through :mod:`pitvit.utils.io`). Preprocessing and class
+names travel inside the file (ONNX ``metadata_props``; ``pitvit.json`` in the ``.pt2`` archive), so a
+deployment reads them from the same place.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ import torch
 from torch import nn
 
 from pitvit.models import token_grid
+from pitvit.utils.errors import ConfigError, OutputError
+from pitvit.utils.io import write_with
 
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
@@ -103,8 +107,10 @@ def _check_sizes(model: nn.Module, dynamic_hw: bool) -> list[tuple[int, tuple[in
 def export_onnx(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = False,
                 opset: int = DEFAULT_OPSET) -> Path:
     """Write ``model`` (eval mode) as ONNX with input ``images`` (N, C, H, W) and output ``logits``."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_with(out, lambda tmp: _write_onnx(model, tmp, dynamic_hw, opset))
+
+
+def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> None:
     model = model.eval()
     axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
     if dynamic_hw:
@@ -121,7 +127,6 @@ def export_onnx(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = 
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(model, (_example(model),), str(out), **kwargs)
     _add_onnx_metadata(out, metadata(model))
-    return out
 
 
 def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
@@ -158,10 +163,12 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = 
 # ---------------------------------------------------------------------------- torch.export
 def export_pt2(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = False) -> Path:
     """Write ``model`` (eval mode) as a ``torch.export`` archive (load it with ``torch.export.load``)."""
+    return write_with(out, lambda tmp: _write_pt2(model, tmp, dynamic_hw))
+
+
+def _write_pt2(model: nn.Module, out: Path, dynamic_hw: bool) -> None:
     from torch.export import Dim
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     dims: dict[int, Any] = {0: Dim("batch", min=1, max=MAX_SIDE)}
     if dynamic_hw:
@@ -171,14 +178,16 @@ def export_pt2(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = F
     ctx = _dynamic_img_size(model, dynamic_hw)
     with ctx, torch.no_grad():
         program = torch.export.export(model, (_example(model),), dynamic_shapes=({**dims},))
-    torch.export.save(program, str(out), extra_files={"pitvit.json": json.dumps(metadata(model))})
-    return out
+    # Through a file object: torch.export wants a path ending in .pt2, and the temporary name does not.
+    with open(out, "wb") as f:
+        torch.export.save(program, f, extra_files={"pitvit.json": json.dumps(metadata(model))})
 
 
 def check_pt2(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False) -> float:
     """Largest absolute difference between the loaded-back archive and ``model`` over a few shapes."""
     extra = {"pitvit.json": ""}
-    program = torch.export.load(str(path), extra_files=extra)
+    with open(path, "rb") as f:
+        program = torch.export.load(f, extra_files=extra)
     json.loads(extra["pitvit.json"])  # the metadata came back readable
     loaded = program.module()
     model = model.eval()
@@ -194,10 +203,14 @@ def check_pt2(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = F
 
 
 # ---------------------------------------------------------------------------- entry point
+class _Rejected(Exception):
+    """The export differs from PyTorch by more than the tolerance (raised inside the atomic write)."""
+
+
 def export_model(model_name: str | None, weights: str | os.PathLike | None = None, *, format: str = "onnx",
                  out: str | os.PathLike | None = None, dynamic_hw: bool = False, opset: int = DEFAULT_OPSET,
                  ema: bool = False, atol: float = 1e-4) -> dict[str, Any]:
-    """Load a model, export it, run the export and compare it with PyTorch.
+    """Load a model, export it, run the export and compare it with PyTorch; keep the file only if it passed.
 
     Args:
         model_name: a registered variant (may be omitted for a checkpoint that names its model).
@@ -213,23 +226,31 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
 
     Raises:
-        RuntimeError: the exported model differs from PyTorch by more than ``atol``.
+        ConfigError: an unknown format, or a ``.pt2`` archive named otherwise.
+        OutputError: the export differs from PyTorch by more than ``atol`` (nothing is written), or ``out``
+            cannot be written.
     """
     if format not in FORMATS:
-        raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "pt2" and out is not None and Path(out).suffix != ".pt2":
-        raise ValueError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
+        raise ConfigError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
     model = load_model(model_name, weights, ema=ema).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{format}")
-    if format == "onnx":
-        path = export_onnx(model, out, dynamic_hw=dynamic_hw, opset=opset)
-        diff = check_onnx(model, path, dynamic_hw=dynamic_hw)
-    else:
-        path = export_pt2(model, out, dynamic_hw=dynamic_hw)
-        diff = check_pt2(model, path, dynamic_hw=dynamic_hw)
-    result = {"path": str(path), "format": format, "max_abs_diff": diff, "dynamic_hw": dynamic_hw,
-              "input_size": list(preprocessing(model)["input_size"])}
-    if not diff <= atol:  # also catches NaN
-        raise RuntimeError(f"{path}: the export differs from PyTorch by {diff:.3g} (tolerance {atol:g})")
-    return result
+    write, check = (_write_onnx, check_onnx) if format == "onnx" else (_write_pt2, check_pt2)
+    args = (dynamic_hw, opset) if format == "onnx" else (dynamic_hw,)
+    diffs: list[float] = []
+
+    def write_checked(tmp: Path) -> None:
+        write(model, tmp, *args)
+        diffs.append(check(model, tmp, dynamic_hw=dynamic_hw))
+        if not diffs[-1] <= atol:  # also catches NaN
+            raise _Rejected
+
+    try:
+        path = write_with(out, write_checked)
+    except _Rejected:
+        raise OutputError(f"{out}: the export differs from PyTorch by {diffs[-1]:.3g} (tolerance --atol "
+                          f"{atol:g}); nothing was written") from None
+    return {"path": str(path), "format": format, "max_abs_diff": diffs[-1], "dynamic_hw": dynamic_hw,
+            "input_size": list(preprocessing(model)["input_size"])}

@@ -5,6 +5,8 @@ from functools import lru_cache
 
 from torch import nn
 
+from pitvit.utils.errors import CheckpointError
+
 __all__ = ["imagenet_class_names", "class_names_for"]
 
 
@@ -28,7 +30,7 @@ def class_names_for(model: nn.Module) -> list[str]:
     n = getattr(model, "num_classes", 0)
     if names:
         if len(names) != n:
-            raise ValueError(f"the checkpoint names {len(names)} classes but the model has {n} outputs")
+            raise CheckpointError(f"the checkpoint names {len(names)} classes but the model has {n} outputs")
         return list(names)
     if n == 1000:
         return list(imagenet_class_names())

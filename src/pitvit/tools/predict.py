@@ -1,7 +1,8 @@
 """Classify image files: the top-k class names and probabilities per image.
 
 Images go through the model's own evaluation preprocessing (``pitvit.data.build_transform`` with the
-model's ``pretrained_cfg``). A file that cannot be read is reported and skipped; the others still run.
+model's ``pretrained_cfg``). A file that cannot be read is returned with its reason and skipped; the others
+still run.
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import csv
 import io
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+from pitvit.utils.device import resolve_device
+from pitvit.utils.errors import CheckpointError, ConfigError
 
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
@@ -70,7 +72,7 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         files: image paths.
         topk: classes per image (at most the number of classes).
         batch_size: images per forward pass.
-        device: where the model runs.
+        device: where the model runs (``auto``: CUDA when available).
 
     Returns:
         The predictions for the files that could be read, and ``(path, reason)`` for those that could not.
@@ -78,12 +80,15 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
     from pitvit.data import build_transform
 
     if topk < 1:
-        raise ValueError(f"topk must be >= 1, got {topk}")
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     names = class_names_for(model)
     if not names:
-        raise ValueError("the model has no classifier head (num_classes=0); nothing to predict")
+        raise CheckpointError("the model has no classifier head (num_classes=0); nothing to predict")
     k = min(topk, len(names))
     transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
+    device = resolve_device(device)
     model = model.eval().to(device)
     dtype = next(model.parameters()).dtype
     results: list[Prediction] = []
@@ -125,7 +130,7 @@ def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
                 w.writerow([p.path, rank, i, n, f"{v:.6f}"])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     lines = []
     for p in preds:
         lines.append(p.path)
@@ -135,25 +140,15 @@ def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
 
 
 def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: Sequence[str | os.PathLike], *,
-            topk: int = 5, fmt: str = "table", batch_size: int = 32, device: str = "cpu", ema: bool = False,
-            out=None) -> int:
-    """Classify files and folders of images and print the top-k per image.
-
-    Unreadable or missing inputs are reported by name on stderr; the others are still classified.
+            topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu",
+            ema: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Classify files and folders of images (folders searched recursively).
 
     Returns:
-        The exit status: 0 when at least one image was classified, 1 when none could be.
+        The predictions for the images that could be read, in input order, and ``(path, reason)`` for the
+        inputs that could not (missing, not an image, a folder without images).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     files, problems = expand_inputs(inputs)
     model = load_model(model_name, weights, ema=ema)
     preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device)
-    for path, reason in problems + errors:
-        print(f"cannot read {path}: {reason}", file=sys.stderr)
-    out = out or sys.stdout
-    if preds:
-        print(format_predictions(preds, fmt), file=out)
-    return 0 if preds else 1
+    return preds, problems + errors

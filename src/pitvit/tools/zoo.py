@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import torch
 from torch import nn
 
 from pitvit.models import create_model, get_pretrained_cfg, list_models
 from pitvit.models.pit import Attention
+from pitvit.utils.errors import ConfigError
+
+__all__ = ["count_params", "count_macs", "zoo_rows", "format_zoo", "ZOO_FORMATS"]
+
+ZOO_FORMATS = ("table", "markdown", "json")
 
 
 def count_params(model: nn.Module) -> int:
+    """All parameters, trainable or not."""
     return sum(p.numel() for p in model.parameters())
 
 
@@ -62,9 +69,17 @@ def count_macs(model: nn.Module, img_size: int | tuple[int, int] | None = None) 
     return total
 
 
-def zoo_rows(pattern: str = "*") -> list[dict]:
+def zoo_rows(pattern: str = "*") -> list[dict[str, Any]]:
+    """One row per registered variant matching ``pattern``: parameters, GMACs, input, crop, paper top-1, timm name.
+
+    Raises:
+        ConfigError: no registered variant matches (the message lists them).
+    """
+    names = list_models(pattern)
+    if not names:
+        raise ConfigError(f"no registered model matches {pattern!r}; registered: {', '.join(list_models())}")
     rows = []
-    for name in list_models(pattern):
+    for name in names:
         pre = get_pretrained_cfg(name)
         model = create_model(name)
         rows.append({
@@ -79,24 +94,17 @@ def zoo_rows(pattern: str = "*") -> list[dict]:
     return rows
 
 
-def print_zoo(pattern: str = "*", fmt: str = "table") -> int:
-    rows = zoo_rows(pattern)
-    if not rows:
-        raise ValueError(f"no registered model matches {pattern!r}; registered: {', '.join(list_models())}")
+def format_zoo(rows: list[dict[str, Any]], fmt: str = "table") -> str:
+    """:func:`zoo_rows` as an aligned text table, a Markdown table or JSON."""
     if fmt == "json":
-        print(json.dumps(rows, indent=1))
-        return 0
+        return json.dumps(rows, indent=1)
+    if fmt not in ZOO_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(ZOO_FORMATS)}")
     cols = ["model", "params", "gmacs", "input", "crop_pct", "paper_top1", "timm"]
     cells = [[("-" if r[c] in (None, "") else f"{r[c]:,}" if c == "params" else str(r[c])) for c in cols]
              for r in rows]
     if fmt == "markdown":
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for row in cells:
-            print("| " + " | ".join(row) + " |")
-        return 0
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-    return 0
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [cols] + cells)

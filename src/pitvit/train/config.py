@@ -1,8 +1,10 @@
 """The training configuration: typed defaults, YAML recipes, command-line overrides.
 
 A run's configuration is resolved in three layers, later ones winning: the defaults of the dataclasses
-below, a recipe file (which may name a ``base:`` recipe it extends), and ``--set section.key=value``
-overrides. The resolved configuration is saved with every run (``RUN_DIR/config.yaml``) and in every
+below, a recipe (which may name a ``base:`` recipe it extends), and ``--set section.key=value`` overrides.
+The recipes ship inside the package (``pitvit/configs/*.yaml``, found through :mod:`importlib.resources`, so
+an installed pitvit and a clone behave alike): ``load_config("pit_ti")`` takes one by name, and
+``load_config("my.yaml")`` a file of your own, whose ``base:`` may name a file beside it or a shipped recipe. The resolved configuration is saved with every run (``RUN_DIR/config.yaml``) and in every
 checkpoint, so a run can always be reproduced from its folder.
 
 Values are checked against the declared types: ``5e-4`` in a YAML file (a string to YAML 1.1) becomes a
@@ -11,11 +13,13 @@ float, ``0`` and ``false`` override any default, and an unknown key is an error 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import logging
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
@@ -24,9 +28,13 @@ from pitvit.utils.io import write_text
 
 from .sched import SCHEDULES, STEPPINGS
 
+if TYPE_CHECKING:
+    from importlib.abc import Traversable
+
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "load_config", "apply_overrides", "config_from_dict", "config_to_dict",
-           "save_config", "parse_set", "BEST_METRICS", "resolve_best_metric"]
+           "save_config", "parse_set", "list_recipes", "recipe_summaries", "find_recipe", "BEST_METRICS",
+           "resolve_best_metric"]
 
 log = logging.getLogger("pitvit.train")
 
@@ -199,7 +207,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert ``value`` to the declared type ``tp`` or raise a ValueError naming ``key``."""
+    """Convert ``value`` to the declared type ``tp`` or raise a ConfigError naming ``key``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:  # Optional[X]
@@ -211,13 +219,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",")]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, f"{key}[]") for v in value]
     if tp is bool:
         if isinstance(value, bool):
@@ -226,28 +234,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
             return value.lower() in ("true", "yes", "on", "1")
-        raise ValueError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, float) and value.is_integer():
             return int(value)
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
     if tp is float:
         if isinstance(value, bool):
-            raise ValueError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
     if tp is str:
         if value is None:
             return ""
         if isinstance(value, (dict, list)):
-            raise ValueError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
         return str(value)
     return value
 
@@ -265,13 +273,13 @@ def _valid_keys(cls: type, prefix: str = "") -> list[str]:
 
 def _update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(data, dict):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = _hints(type(obj))
     for key, value in data.items():
         full = prefix + str(key)
         if key not in hints:
             valid = _valid_keys(type(obj), prefix)
-            raise ValueError(f"unknown config key {full!r}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown config key {full!r}; valid keys: {', '.join(valid)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             _update(getattr(obj, key), value, full + ".")
@@ -299,18 +307,96 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ValueError(f"recipe inheritance loops: {' -> '.join(str(p) for p in seen + (path,))}")
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+# ---------------------------------------------------------------------------- recipes
+_SUFFIX = ".yaml"
+
+
+def _shipped() -> Traversable:
+    """The folder of recipes inside the installed package (a plain folder, or a zip's, alike)."""
+    return importlib.resources.files("pitvit").joinpath("configs")
+
+
+def list_recipes() -> list[str]:
+    """The names of the recipes shipped with pitvit, sorted: what ``--config NAME`` accepts."""
+    return sorted(e.name[: -len(_SUFFIX)] for e in _shipped().iterdir() if e.name.endswith(_SUFFIX))
+
+
+def recipe_summaries() -> dict[str, str]:
+    """Each shipped recipe's name and what its header says first (the comment lines before ``command:``)."""
+    out = {}
+    for name in list_recipes():
+        lead = []
+        for line in _shipped().joinpath(name + _SUFFIX).read_text(encoding="utf-8").splitlines():
+            if not line.startswith("#") or line.startswith("#  "):
+                break
+            lead.append(line.lstrip("#").strip())
+        out[name] = " ".join(lead)
+    return out
+
+
+def _shipped_recipe(name: str) -> Traversable | None:
+    stem = name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else name
+    if "/" in stem or os.sep in stem or stem not in list_recipes():
+        return None
+    return _shipped().joinpath(stem + _SUFFIX)
+
+
+def find_recipe(spec: str | os.PathLike) -> Path | Traversable:
+    """The recipe ``spec`` names: a YAML file that exists, else a shipped recipe of that name.
+
+    ``pit_ti`` and ``pit_ti.yaml`` both name the shipped recipe unless a file of that name is in the working
+    directory.
+
+    Raises:
+        ConfigError: neither a file nor a shipped recipe; the message lists the shipped ones.
+    """
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = _shipped_recipe(str(spec))
+    if shipped is None:
+        raise ConfigError(f"recipe {str(spec)!r} not found: no such file, and no shipped recipe of that name; "
+                          f"shipped recipes: {', '.join(list_recipes())} (give a name, e.g. --config pit_ti, "
+                          f"or the path of a YAML file)")
+    return shipped
+
+
+def _folder_of(source: Path | Traversable) -> Path | Traversable:
+    """Where a recipe's ``base:`` is looked for first: its own folder (the shipped folder for a shipped one)."""
+    return source.resolve().parent if isinstance(source, Path) else _shipped()
+
+
+def _base_recipe(base: str, source: Path | Traversable, key: str) -> Path | Traversable:
+    beside = _folder_of(source).joinpath(base)
+    if beside.is_file():
+        return beside
+    shipped = _shipped_recipe(base)
+    if shipped is None:
+        raise ConfigError(f"{key}: base recipe {base!r} is neither beside it nor a shipped recipe "
+                          f"({', '.join(list_recipes())})")
+    return shipped
+
+
+def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A recipe's sections merged over its ``base:`` chain."""
+    key = str(source.resolve() if isinstance(source, Path) else source)
+    if key in seen:
+        raise ConfigError(f"recipe inheritance loops: {' -> '.join(seen + (key,))}; remove one of the base: lines")
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{key}: not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{key}: cannot read the recipe: {e}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a recipe must be a mapping of sections")
+        raise ConfigError(f"{key}: a recipe must be a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base:
-        data = _deep_merge(_read_recipe(path.parent / base, seen + (path,)), data)
+        parent = _read_recipe(_base_recipe(str(base), source, key), seen + (key,))
+        parent.pop("name", None)  # a recipe is named by itself (or its file), never after its base
+        data = _deep_merge(parent, data)
     return data
 
 
@@ -319,13 +405,20 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
+                              ) from None
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {p!r} was set to a value above, it cannot also hold keys")
+        node[parts[-1]] = value
     return out
 
 
@@ -336,12 +429,22 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Confi
     return config_from_dict(_deep_merge(config_to_dict(cfg), overrides))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then the recipe at ``path`` (and its ``base:`` chain), then ``overrides``."""
+def load_config(recipe: str | os.PathLike | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then the recipe (its ``base:`` chain first), then ``overrides``.
+
+    Args:
+        recipe: a shipped recipe's name (``pit_ti``, see :func:`list_recipes`) or the path of a YAML file.
+        overrides: ``key=value`` strings (``--set``) or a nested dict.
+
+    Raises:
+        ConfigError: an unknown recipe, key or value; the message says which and what is valid.
+    """
     data: dict[str, Any] = {}
-    if path:
-        data = _read_recipe(Path(path))
-        data.setdefault("name", Path(path).stem)
+    if recipe:
+        source = find_recipe(recipe)
+        data = _read_recipe(source)
+        data.setdefault("name", Path(source.name).stem)
     if overrides:
         data = _deep_merge(data, parse_set(overrides) if isinstance(overrides, list) else overrides)
     return config_from_dict(data)
