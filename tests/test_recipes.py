@@ -23,7 +23,7 @@ from pitvit.train import AdamP, LRSchedule, build_optimizer, load_config, scaled
 from pitvit.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
+CONFIGS = ROOT / "src" / "pitvit" / "configs"  # the shipped recipes
 PADDLE_LOG = Path(__file__).resolve().parent / "data" / "paddle_pit_log.tsv"
 OFFICIAL = ["pit_ti", "pit_xs", "pit_s", "pit_b", "pit_ti_distilled", "pit_xs_distilled", "pit_s_distilled",
             "pit_b_distilled"]
