@@ -184,6 +184,10 @@ def test_ema_hand_computed():
 
 # ---------------------------------------------------------------------------- losses and distillation
 def test_classification_loss_smoothing_and_soft_targets():
+    """Hand-computed label smoothing and soft-target cross-entropy, and the losses DeiT's main.py uses (timm's
+    LabelSmoothingCrossEntropy without mixing, SoftTargetCrossEntropy with it)."""
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
     logits, y = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0])
     smooth = ClassificationLoss(0.1)(logits, y)
     logp = logits.log_softmax(-1)
@@ -192,6 +196,9 @@ def test_classification_loss_smoothing_and_soft_targets():
     soft = torch.softmax(torch.randn(6, 5), -1)
     assert ClassificationLoss()(logits, soft).item() == pytest.approx((-(soft * logp).sum(-1)).mean().item(),
                                                                        rel=1e-5)
+    assert smooth.item() == pytest.approx(LabelSmoothingCrossEntropy(0.1)(logits, y).item(), rel=1e-5)
+    assert ClassificationLoss(0.1)(logits, soft).item() == pytest.approx(
+        SoftTargetCrossEntropy()(logits, soft).item(), rel=1e-5)  # smoothing is already in mixed targets
 
 
 class _FixedTeacher(nn.Module):

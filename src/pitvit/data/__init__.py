@@ -5,7 +5,7 @@ Datasets (:func:`build_dataset`) return ``(transform(PIL image), label)`` and ca
 ``.targets``; every image file is decoded by :func:`load_image`; :func:`build_transform` builds the training or
 evaluation pipeline; :func:`build_loader` yields ``(images, labels)`` batches, seeded per sample and sharded per
 process, through a decode-and-augment stage (:class:`CpuStage` by default, :class:`pitvit.data.gpu.GpuStage` on
-a device); :func:`build_mixup` and :func:`build_train_loss` provide Mixup/CutMix and the matching criterion.
+a device); :func:`build_mixup` provides Mixup/CutMix (the matching loss is training's ``ClassificationLoss``).
 """
 from pitvit.utils.errors import CorruptImageError, DatasetError
 
@@ -13,12 +13,12 @@ from .datasets import FashionMNIST, ImageFolderDataset, ListDataset, build_datas
 from .fashion_mnist import FASHION_MNIST_CLASSES, read_idx
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 from .loader import CpuStage, KeyedDataset, Loader, SeededDataset, Stage, build_loader, collate_skipping
-from .mixup import build_mixup, build_train_loss
+from .mixup import build_mixup
 from .sampler import EpochBatchSampler
 from .transforms import AUG_PRESETS, build_transform, fill_color, resolve_aug, size_hw
 
 __all__ = [
-    "build_dataset", "build_transform", "build_loader", "build_mixup", "build_train_loss",
+    "build_dataset", "build_transform", "build_loader", "build_mixup",
     "ImageFolderDataset", "ListDataset", "FashionMNIST", "FASHION_MNIST_CLASSES", "read_idx", "detect_kind",
     "IMAGE_EXTENSIONS", "is_image_file", "load_image", "SkippedSample", "DatasetError", "CorruptImageError",
     "Loader", "Stage", "CpuStage", "KeyedDataset", "SeededDataset", "EpochBatchSampler", "collate_skipping",

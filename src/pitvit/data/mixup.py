@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import torch
 from timm.data.mixup import Mixup, mixup_target
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from torch import nn
 
 from pitvit.utils.errors import ConfigError
 
-__all__ = ["BatchMixup", "build_mixup", "build_train_loss"]
+__all__ = ["BatchMixup", "build_mixup"]
 
 _MODES = ("batch", "pair", "elem")
 
@@ -64,16 +62,3 @@ def build_mixup(
         return None
     return BatchMixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
                       mode=mode, label_smoothing=label_smoothing, num_classes=num_classes)
-
-
-def build_train_loss(*, mixup: Mixup | None, label_smoothing: float = 0.1) -> nn.Module:
-    """The training criterion: soft-target cross-entropy when mixing (smoothing is then in the targets),
-    else label-smoothing cross-entropy, else plain cross-entropy.
-
-    Each takes ``(logits, targets)`` and returns the batch mean.
-    """
-    if mixup is not None:
-        return SoftTargetCrossEntropy()
-    if label_smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=label_smoothing)
-    return nn.CrossEntropyLoss()
