@@ -1,6 +1,6 @@
 """Mixup (Zhang et al., arXiv 1710.09412) and CutMix (Yun et al., arXiv 1905.04899) with label smoothing,
-from timm, and the training loss that goes with them (FACTS §3: mixup 0.8, cutmix 1.0, switch 0.5,
-smoothing 0.1).
+from timm (the recipe: mixup 0.8, cutmix 1.0, switch 0.5, smoothing 0.1). The soft targets they produce are
+scored by training's ``ClassificationLoss``.
 """
 from __future__ import annotations
 
