@@ -6,8 +6,9 @@ From a local clone::
     model = torch.hub.load("/path/to/pitvit", "pit_s", source="local", weights="pit_s.pth")
 
 ``weights`` takes any checkpoint or ``save_pretrained`` folder that ``pitvit`` reads (official, timm,
-Paddle, pitvit); other keyword arguments go to ``pitvit.create_model`` (``num_classes``, ``img_size``, ...).
-Nothing is downloaded. The clone's ``src`` folder goes first on ``sys.path``, so the clone's code is the
+Paddle, pitvit) or an ``hf-hub:`` reference; other keyword arguments go to ``pitvit.create_model``
+(``num_classes``, ``img_size``, ``pretrained``, ...). Nothing is downloaded unless asked for (``pretrained=True``
+or an ``hf-hub:`` reference). The clone's ``src`` folder goes first on ``sys.path``, so the clone's code is the
 code that runs even where another pitvit is installed.
 """
 import os as _os
@@ -32,7 +33,7 @@ def _entry_point(name):
     paper = f" Paper ImageNet top-1: {pre.paper_top1}%." if pre.paper_top1 else ""
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (f"PiT variant {name} (input {'x'.join(map(str, pre.input_size))}).{paper}\n\n"
-                     "Args:\n    weights: a checkpoint file or save_pretrained folder (default: random init).\n"
+                     "Args:\n    weights: a checkpoint file, save_pretrained folder or hf-hub: reference (default: random init).\n"
                      "    **kwargs: pitvit.create_model options (num_classes, img_size, drop_path_rate, ...).")
     return entry
 

@@ -62,7 +62,7 @@ def _epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pitvit import __version__
+    from pitvit._version import __version__
 
     parser = ArgumentParser(
         prog="pitvit", formatter_class=HelpFormatter, epilog=_epilog(),

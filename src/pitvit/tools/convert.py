@@ -1,6 +1,6 @@
 """Convert PiT weights between published formats (official, timm, Paddle, safetensors, save_pretrained).
 
-The surgery itself is :func:`pitvit.models.weights.convert_state_dict`; this module reads, checks that the
+The surgery itself is :func:`pitvit.models.convert_state_dict`; this module reads, checks that the
 weights build the model they claim to be, and writes.
 """
 from __future__ import annotations
