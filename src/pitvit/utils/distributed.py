@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 from .device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "launched_by_launcher", "cleanup_distributed", "all_reduce_sum", "barrier", "is_distributed"]
+__all__ = ["DistInfo", "init_distributed", "launched_by_launcher", "cleanup_distributed", "all_reduce_sum", "barrier",
+           "is_distributed"]
 
 
 @dataclass(frozen=True)
