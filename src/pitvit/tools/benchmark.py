@@ -300,34 +300,37 @@ class Timings:
 
 
 def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.device | str, rounds: int = 7,
-                     iters: int = 1, warmup: int = 1, budget_s: float = 0.0, min_rounds: int = 3,
+                     iters: int = 1, warmup: int | dict[str, int] = 1, budget_s: float = 0.0, min_rounds: int = 3,
                      max_step_s: float = 0.0) -> Timings:
-    """Time several steps in turn: after ``warmup`` untimed calls of each, every round times each step once
-    (``iters`` calls, synchronized), in an order that rotates from round to round, so that load from other
-    processes and drifting clocks hit all of them alike.
+    """Time several steps in turn: after their warm-up calls, every round times each step once (``iters``
+    calls, synchronized), in an order that rotates from round to round, so that load from other processes and
+    drifting clocks hit all of them alike.
 
     Args:
         steps: name -> a callable doing one step.
         device: where the steps run (synchronized around each timing on CUDA).
         rounds: most rounds.
         iters: calls per timing.
-        warmup: untimed calls of each step first (a compiled step compiles in the first).
+        warmup: untimed calls of each step first, or a count per step (a compiled step compiles in its first).
         budget_s: when > 0, the rounds are cut to fit these seconds (at the pace of the first), but never
             below ``min_rounds``.
-        max_step_s: when > 0, a step slower than this in the first round is timed no further (it keeps its one
-            value; the caller sees ``len(times[name]) == 1``).
+        max_step_s: when > 0, a step whose last warm-up call (without warm-up: its first round) took longer is
+            timed no further; its times hold that one value.
     """
     device = resolve_device(device)
     names = list(steps)
-    warm = {}
-    for name in names:
-        start = time.perf_counter()
-        for _ in range(warmup):
-            steps[name]()
-        _sync(device)
-        warm[name] = time.perf_counter() - start
+    warm: dict[str, float] = {}
     times: dict[str, list[float]] = {n: [] for n in names}
-    active, r, total = list(names), 0, rounds
+    for name in names:
+        count = warmup if isinstance(warmup, int) else warmup.get(name, 1)
+        start = time.perf_counter()
+        for i in range(count):
+            last = _time_once(steps[name], 1, device)
+            if i == count - 1 and 0 < max_step_s < last:
+                times[name].append(last)
+        warm[name] = time.perf_counter() - start
+    active = [n for n in names if not times[n]]
+    r, total = 0, rounds
     while r < total and active:
         start = time.perf_counter()
         shift = r % len(active)
@@ -392,7 +395,8 @@ def compare_settings(model_name: str, *, mode: str = "infer", settings: Sequence
         batch: images per step.
         img_size: square input side (default: the variant's).
         device: where to run.
-        rounds, iters, warmup, budget_s, max_step_s: as for :func:`time_alternating`.
+        rounds, iters, budget_s, max_step_s: as for :func:`time_alternating`.
+        warmup: untimed calls of each step first (at least 2 for a compiled one).
 
     Returns:
         ``model``, ``mode``, ``batch``, ``img_size``, ``device``, ``rounds`` and per setting (``settings``):
@@ -411,14 +415,15 @@ def compare_settings(model_name: str, *, mode: str = "infer", settings: Sequence
     in_chans = models["pitvit"].cfg.in_chans
     x = torch.randn(batch, in_chans, size, size, generator=gen).to(dev)
     y = torch.randint(0, models["pitvit"].num_classes, (batch,), generator=gen).to(dev)
-    steps = {}
+    steps, warm = {}, {}
     for name, (amp, compiled) in parsed.items():
         dtype = amp_dtype(amp, dev)
         for impl, m in models.items():
             m.train(mode == "train")
             run = torch.compile(m) if compiled else m
-            steps[f"{name}/{impl}"] = infer_step(run, x, dtype) if mode == "infer" else train_step(run, x, y, dtype)
-    warm = max(warmup, 2) if any(c for _, c in parsed.values()) else warmup
+            key = f"{name}/{impl}"
+            steps[key] = infer_step(run, x, dtype) if mode == "infer" else train_step(run, x, y, dtype)
+            warm[key] = max(warmup, 2) if compiled else warmup  # the first call compiles
     t = time_alternating(steps, device=dev, rounds=rounds, iters=iters, warmup=warm, budget_s=budget_s,
                          max_step_s=max_step_s)
     out: dict[str, Any] = {"model": model_name, "timm_model": get_pretrained_cfg(model_name).timm_name,
@@ -427,8 +432,9 @@ def compare_settings(model_name: str, *, mode: str = "infer", settings: Sequence
     base = settings[0]
     for name in settings:
         ours, ref = t.times[f"{name}/pitvit"], t.times[f"{name}/timm"]
-        if t.rounds > 1 and (len(ours) < t.rounds or len(ref) < t.rounds):
-            out["skipped"][name] = f"a step took {max(ours[0], ref[0]):.1f} s (> {max_step_s:g} s)"
+        if len(ours) < t.rounds or len(ref) < t.rounds or not t.rounds:
+            out["skipped"][name] = (f"a step took {ours[0]:.1f} s (pitvit) and {ref[0]:.1f} s (timm), "
+                                    f"> {max_step_s:g} s")
             continue
         row = {"pitvit_ms": 1e3 * statistics.median(ours), "timm_ms": 1e3 * statistics.median(ref)}
         row.update(pitvit_img_s=batch * 1e3 / row["pitvit_ms"], timm_img_s=batch * 1e3 / row["timm_ms"],
