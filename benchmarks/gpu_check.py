@@ -461,8 +461,19 @@ def _section_rows(name: str, results: list[dict[str, Any]]) -> list[str]:
                         "yes" if r["resumed"] else "no (new run)",
                         r["train_img_s"], r["val_top1"], r["ok"]] for r in results])
     if name == "pipelines":
-        return _table(["run", "img/s", "x model only"],
-                      [[r["row"], r["img_s"], r.get("x_model_only")] for r in results if "row" in r])
+        lines = _table(["run", "img/s", "x model only"],
+                       [[r["row"], r["img_s"], r.get("x_model_only")] for r in results if "row" in r])
+        summary = next((r["summary"] for r in results if "summary" in r), {})
+        f = summary.get("fidelity_levels")
+        if f:
+            lines += ["", f"GPU against CPU pipeline, one batch each, same seed (erasing in const mode), uint8 levels: "
+                          f"train mean {f['train_mean']:.4f} max {f['train_max']:.0f}, eval mean "
+                          f"{f['eval_mean']:.4f} max {f['eval_max']:.0f}."]
+        if summary:
+            lines += ["", f"{summary['model']}, batch {summary['batch']}, {summary['workers']} workers, "
+                          f"{summary['cpus']} CPUs, {'compiled' if summary['compiled'] else 'eager'}; CPU decodes in "
+                          f"the GPU pipeline: {summary.get('gpu_pipeline_fallback') or 'none'}."]
+        return lines
     lines = []
     for r in results:
         if "rows" in r:

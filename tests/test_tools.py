@@ -253,6 +253,39 @@ def test_benchmark_cli_train_and_errors(capsys):
 
 
 
+@pytest.mark.slow
+def test_compile_in_predict_eval_and_benchmark(tmp_path, capsys):
+    """--compile (inductor on the CPU, about a minute per model): the same answers as eager within float noise."""
+    import torch
+    from PIL import Image
+
+    from pitvit.models import create_model, save_pretrained
+    from pitvit.tools.evaluate import evaluate_model
+    from pitvit.tools.predict import predict_files
+
+    torch.manual_seed(0)
+    save_pretrained(create_model("pit_test"), tmp_path / "m")
+    for k in range(5):
+        d = tmp_path / "data" / "val" / f"c{k % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 36), (50 * k, 90, 200 - 30 * k)).save(d / f"{k}.png")
+    files = sorted((tmp_path / "data").rglob("*.png"))
+    model = create_model("pit_test", weights=tmp_path / "m")
+    eager, _ = predict_files(model, files, topk=3, batch_size=2, amp="none")
+    compiled, _ = predict_files(model, files, topk=3, batch_size=2, amp="none", compile=True)  # 2, 2, then 1
+    for a, b in zip(eager, compiled):
+        assert [i for i, _, _ in a.top] == [i for i, _, _ in b.top]
+        assert [p for _, _, p in a.top] == pytest.approx([p for _, _, p in b.top], abs=1e-5)
+    common = dict(batch_size=2, workers=0, device="cpu")
+    one = evaluate_model(None, tmp_path / "m", tmp_path / "data", **common)
+    two = evaluate_model(None, tmp_path / "m", tmp_path / "data", compile=True, **common)
+    assert (two["compile"], two["n"], two["top1"]) == (True, 5, one["top1"])
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert cli(["benchmark", "--model", "pit_test", "--batch", "2", "--steps", "1", "--warmup", "0", "--device",
+                "cpu", "--amp", "none", "--compile", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["compile"] is True and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+
 def test_time_alternating_rotates_the_order_and_drops_slow_steps():
     """Every round times every step once, the order rotating (a b c, b c a, c a b, ...); a step slower than
     max_step_s in its last warm-up call is timed no further; the budget cuts rounds but not below min_rounds."""
