@@ -93,37 +93,46 @@ def gpu_check(monkeypatch):
     return module
 
 
-def test_sections_are_independent_and_share_the_budget(gpu_check, tmp_path):
+def test_sections_are_independent_and_share_the_budget(gpu_check, tmp_path, monkeypatch):
     """A failing section is recorded with its traceback and the next runs; a section gets its budget plus what
-    earlier ones left, less what later ones need; one that finds no time left is recorded as skipped."""
+    earlier ones left, less what later ones need; one that finds no time left is recorded as skipped. (A fake
+    clock: the shares are exact.)"""
+    import types
+
     import torch
 
+    clock = [0.0]
+    monkeypatch.setattr(gpu_check, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(gpu_check, "T0", 0.0)
     seen = {}
 
     def fine(ctx, sec):
         seen[sec.name] = sec.left()
+        clock[0] += 10
 
     def broken(ctx, sec):
         raise RuntimeError("kaput")
 
-    def greedy(ctx, sec):  # overruns its share by the whole of the last section's
-        time.sleep(max(sec.left(), 0) + 2.0)
+    def greedy(ctx, sec):  # overruns its share, leaving the last section 2 s
+        seen[sec.name] = sec.left()
+        clock[0] = sec.deadline + gpu_check.BUDGETS["vs_timm"] - 2
 
     gpu_check.SECTIONS.update(parity=fine, amp_steps=broken, train_epoch=fine, pipelines=greedy, vs_timm=fine)
-    gpu_check.BUDGETS.update(parity=0.5, amp_steps=0.5, train_epoch=0.5, pipelines=0.5, vs_timm=2.0)
-    gpu_check.MIN_SECTION_S = 0.1
+    assert gpu_check.BUDGETS == {"parity": 40, "amp_steps": 25, "train_epoch": 90, "pipelines": 150, "vs_timm": 155}
     ctx = gpu_check.Ctx(torch.device("cpu"), True, False, gpu_check.REDUCED, tmp_path, tmp_path / "out",
                         {"date": "d", "device_name": "cpu", "mode": "reduced", "torch": "t", "torchvision": "v",
-                         "timm": "m", "cuda": None, "cpus": 2, "cpu": "c", "auto_precision": "none", "budget_s": 4,
+                         "timm": "m", "cuda": None, "cpus": 2, "cpu": "c", "auto_precision": "none", "budget_s": 480,
                          "command": "c", "elapsed_s": 0.0})
-    gpu_check.run_sections(ctx, list(gpu_check.SECTION_NAMES), budget_s=4.0)
+    gpu_check.run_sections(ctx, list(gpu_check.SECTION_NAMES), budget_s=480)
     status = {n: s.status for n, s in ctx.sections.items()}
     assert status == {"parity": "ok", "amp_steps": "failed", "train_epoch": "ok", "pipelines": "ok",
                       "vs_timm": "skipped"}
     assert "kaput" in ctx.sections["amp_steps"].error
-    assert 0.2 < seen["parity"] <= 0.5  # its share: the budget less what the later four reserve (3.5 s)
-    assert seen["train_epoch"] > 0.6  # more than its 0.5 s: what parity and the failed section left came to it
+    # parity: 480 s less the 25 + 90 + 150 + 155 s the later sections keep (its 40 s and the 20 s no section
+    # claims); train_epoch: its 90 s plus the 50 s parity left and the failed section's 25 s; pipelines: its
+    # 150 s plus the 155 s train_epoch left
+    assert seen == {"parity": 60, "train_epoch": 90 + 50 + 25, "pipelines": 150 + 155}
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert data["sections"]["vs_timm"]["status"] == "skipped"
     assert data["sections"]["vs_timm"]["skipped"] == ["no time left"]
-    assert data["sections"]["amp_steps"]["status"] == "failed"
+    assert data["sections"]["amp_steps"]["status"] == "failed" and data["meta"]["elapsed_s"] == 478
