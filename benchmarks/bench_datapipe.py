@@ -1,11 +1,12 @@
 """Training pit_ti fed by the CPU pipeline, by the GPU pipeline, and from memory (the model alone), in one run.
 
-Each row trains the same model (AdamW, bf16 autocast on CUDA, the recipe's Mixup/CutMix and soft-target loss)
-for a number of steps after a warm-up and reports images/s; the ``pipeline only`` rows iterate the loaders without
-a model. The data is a folder of baseline JPEGs of ImageNet-like sizes (about 500x375, quality 90) made from the
-20 ImageNet photos the test suite keeps in ``tests/.cache`` (``--photos``; run the tests once to fetch them), else
-from synthetic images, so decoding costs what ImageNet's does. The target for the GPU pipeline is at least 0.8 x the
-model-only rate.
+Each row trains the same model with the trainer's own step (``pitvit.train.engine.TrainStep``: AdamW as the
+recipe builds it, bf16 autocast on CUDA, the recipe's Mixup/CutMix and soft-target loss, a 1000-class head) for a
+number of steps after a warm-up and reports images/s; the ``pipeline only`` rows iterate the loaders without a
+model. The data is a folder of baseline JPEGs of ImageNet-like sizes (about 500x375, quality 90) made from the 20
+ImageNet photos the test suite keeps in ``tests/.cache`` (``--photos``; run the tests once to fetch them), else
+from synthetic images, so decoding costs what ImageNet's does. The target for the GPU pipeline is at least 0.8 x
+the model-only rate. ``benchmarks/gpu_check.py`` runs the same measurement among its sections.
 
     python benchmarks/bench_datapipe.py                          # CPU: a small smoke configuration
     python benchmarks/bench_datapipe.py --device cuda --batch 256 --workers 16 --steps 50 --compile
@@ -24,16 +25,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import pitvit
 from pitvit.data import build_dataset, build_loader, build_mixup, build_transform
 from pitvit.data.gpu import GpuStage
+from pitvit.train.distill import ClassificationLoss
+from pitvit.train.engine import TrainStep
+from pitvit.train.optim import build_optimizer
 from pitvit.utils.io import write_text
 
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / ".cache" / "foolbox-3.3.4"  # see tests/conftest.py
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # (width, height) of ImageNet-like files, with weights (most of ImageNet is 500 x 375 or 375 x 500)
 SHAPES = [((500, 375), 30), ((375, 500), 12), ((500, 333), 14), ((333, 500), 6), ((500, 400), 6), ((400, 500), 3),
           ((500, 500), 4), ((450, 300), 4), ((300, 400), 3), ((500, 281), 4), ((640, 480), 3), ((400, 300), 5)]
@@ -48,15 +50,17 @@ def synthetic(seed: int, size: int = 512) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def make_folder(root: Path, n: int, photos: Path, classes: int = 10, seed: int = 0) -> Path:
-    """``root/train/cK/*.jpg``: ``n`` baseline JPEGs cut from the photos (or synthetic images) at ImageNet sizes."""
-    files = sorted(photos.glob("*.jpg"))
-    sources = [Image.open(f).convert("RGB") for f in files] or [synthetic(k) for k in range(8)]
+def make_folder(root: Path, n: int, photos: Path | None = None, classes: int = 10, seed: int = 0, *,
+                split: str = "train", shapes=SHAPES, source_size: int = 512) -> Path:
+    """``root/SPLIT/cK/*.jpg``: ``n`` baseline JPEGs cut from the photos (or from synthetic images of
+    ``source_size`` px) at the given ``(width, height)`` shapes, drawn with their weights."""
+    files = sorted(photos.glob("*.jpg")) if photos is not None else []
+    sources = [Image.open(f).convert("RGB") for f in files] or [synthetic(k, source_size) for k in range(8)]
     rng = random.Random(seed)
-    shapes, weights = zip(*SHAPES)
+    sizes, weights = zip(*shapes)
     for k in range(n):
         src = sources[k % len(sources)]
-        w, h = rng.choices(shapes, weights)[0]
+        w, h = rng.choices(sizes, weights)[0]
         ar = w / h
         cw, ch = (src.width, src.width / ar) if ar >= 1 else (src.height * ar, src.height)
         s = math.sqrt(rng.uniform(0.55, 1.0))
@@ -65,7 +69,7 @@ def make_folder(root: Path, n: int, photos: Path, classes: int = 10, seed: int =
         img = src.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.Resampling.LANCZOS)
         if rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        d = root / "train" / f"c{k % classes}"
+        d = root / split / f"c{k % classes}"
         d.mkdir(parents=True, exist_ok=True)
         img.save(d / f"{k:05d}.jpg", quality=90, progressive=False, subsampling="4:2:0")
     return root
@@ -76,20 +80,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(model: torch.nn.Module, device: torch.device, amp: bool):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
-        loss = torch.sum(-y * F.log_softmax(out.float(), -1), -1).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
+def make_step(model_name: str, device: torch.device, *, compile: bool, num_classes: int = 1000) -> TrainStep:
+    """The trainer's step for a fresh model: AdamW over the recipe's parameter groups, the recipe's
+    Mixup/CutMix and soft-target loss, bf16 autocast on CUDA (fp32 on the CPU)."""
+    torch.manual_seed(0)
+    model = pitvit.create_model(model_name, num_classes=num_classes).to(device).train()
+    opt = build_optimizer(model, "adamw", lr=1e-4, weight_decay=0.05)
+    return TrainStep(torch.compile(model) if compile else model, opt, ClassificationLoss(0.1), device,
+                     amp_dtype=torch.bfloat16 if device.type == "cuda" else None,
+                     mixup=build_mixup(num_classes=num_classes))
 
 
-def timed(batches, step, mixup, device, warmup: int, steps: int) -> tuple[float, int]:
+def timed(batches, step, device, warmup: int, steps: int) -> tuple[float, int]:
     """Images/s over ``steps`` batches after ``warmup``; ``step`` None iterates the data only."""
     it = iter(batches)
     n = 0
@@ -99,9 +101,10 @@ def timed(batches, step, mixup, device, warmup: int, steps: int) -> tuple[float,
             sync(device)
             t0 = time.perf_counter()
         x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if step is not None:
-            step(*mixup(x, y))
+            step(x, y)
+        else:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if i >= warmup:
             n += x.shape[0]
     sync(device)
@@ -116,11 +119,79 @@ def endless(loader):
         epoch += 1
 
 
+def preprocessing(model: str) -> dict:
+    """The transforms' arguments for a variant (bicubic, its input size, crop_pct, mean and std)."""
+    pre = pitvit.get_pretrained_cfg(model)
+    return dict(input_size=pre.input_size[-1], mean=tuple(pre.mean), std=tuple(pre.std), interpolation="bicubic",
+                crop_pct=pre.crop_pct)
+
+
+ROWS = [("model only (batch in device memory)", "model_only"),
+        ("CPU pipeline (timm transforms in workers) + model", "cpu_pipeline"),
+        ("GPU pipeline + model", "gpu_pipeline"),
+        ("CPU pipeline only", "cpu_pipeline_only"),
+        ("GPU pipeline only", "gpu_pipeline_only")]
+
+
+def measure_pipelines(root: Path, *, device: torch.device, model: str = "pit_ti", batch: int, steps: int,
+                      warmup: int, workers: int, compile: bool, deadline: float = math.inf,
+                      report=None) -> dict:
+    """Images/s of each of :data:`ROWS` on the JPEGs under ``root/train``, one row after the other.
+
+    Args:
+        deadline: a ``time.monotonic()`` value; rows not yet started by then are left out (``skipped``).
+        report: called with ``(label, key, rate, images)`` after each row.
+
+    Returns:
+        ``{key: images/s}`` for the rows that ran, ``{key}_fallback`` (the GPU stage's CPU decodes by reason),
+        ``gpu_vs_model_only`` and ``cpu_vs_model_only`` when both rates are there, and ``skipped``.
+    """
+    pre = pitvit.get_pretrained_cfg(model)
+    common = preprocessing(model)
+    step = make_step(model, device, compile=compile)
+
+    def cpu_loader():
+        ds = build_dataset(root, "train", transform=build_transform(True, **common, aug="official"))
+        return build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers)
+
+    def gpu_loader():
+        return build_loader(build_dataset(root, "train"), batch_size=batch, train=True, seed=0, num_workers=workers,
+                            stage=GpuStage(device, aug="official", **common))
+
+    x0 = torch.randn(batch, pre.input_size[0], *pre.input_size[1:], device=device)
+    y0 = torch.randint(0, 10, (batch,), device=device)
+
+    def memory():
+        while True:
+            yield x0, y0
+
+    makers = {"model_only": (memory, step), "cpu_pipeline": (cpu_loader, step), "gpu_pipeline": (gpu_loader, step),
+              "cpu_pipeline_only": (cpu_loader, None), "gpu_pipeline_only": (gpu_loader, None)}
+    res: dict = {"skipped": []}
+    for label, key in ROWS:
+        if time.monotonic() > deadline:
+            res["skipped"].append(key)
+            continue
+        make, st = makers[key]
+        src = make()
+        rate, n = timed(src if key == "model_only" else endless(src), st, device, warmup, steps)
+        res[key] = rate
+        if key.startswith("gpu"):
+            res[key + "_fallback"] = dict(src.fallback)
+        if report is not None:
+            report(label, key, rate, n)
+        del src
+    for kind in ("gpu", "cpu"):
+        if f"{kind}_pipeline" in res and "model_only" in res:
+            res[f"{kind}_vs_model_only"] = res[f"{kind}_pipeline"] / res["model_only"]
+    return res
+
+
 def fidelity(root: Path, batch: int, device: torch.device, common: dict) -> dict[str, float]:
     """Mean and max |difference| in uint8 levels between one batch of each pipeline for the same seed (erasing
     in ``const`` mode, so that only decoding and arithmetic can differ; on CUDA nvjpeg decodes)."""
     out = {}
-    scale = torch.tensor(STD).view(1, 3, 1, 1) * 255
+    scale = torch.tensor(common["std"]).view(1, 3, 1, 1) * 255
     for train in (True, False):
         aug = {"preset": "official", "re_mode": "const"} if train else None
         ds = build_dataset(root, "train", transform=build_transform(train, **common, aug=aug))
@@ -168,54 +239,20 @@ def main() -> None:
         root = make_folder(Path(tmp.name), n_images, Path(a.photos))
         print(f"made {n_images} JPEGs in {time.perf_counter() - t:.1f}s under {root}", flush=True)
 
-    torch.manual_seed(0)
-    model = pitvit.create_model(a.model, num_classes=10).to(device).train()
-    if a.compile:
-        model = torch.compile(model)
-    step = make_step(model, device, amp=cuda)
-    mixup = build_mixup(num_classes=10)
-    common = dict(input_size=224, mean=MEAN, std=STD, interpolation="bicubic", crop_pct=0.875)
     res: dict = {"device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or 'cpu'})",
                  "torch": torch.__version__, "batch": batch, "steps": steps, "workers": workers,
                  "compile": a.compile, "model": a.model, "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
-
-    def cpu_loader():
-        ds = build_dataset(root, "train", transform=build_transform(True, **common, aug="official"))
-        return build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers)
-
-    def gpu_loader():
-        return build_loader(build_dataset(root, "train"), batch_size=batch, train=True, seed=0, num_workers=workers,
-                            stage=GpuStage(device, aug="official", **common))
-
-    x0 = torch.randn(batch, 3, 224, 224, device=device)
-    y0 = torch.randint(0, 10, (batch,), device=device)
-
-    def memory():
-        while True:
-            yield x0, y0
-
-    rows = [("model only (batch in device memory)", "model_only", memory, step),
-            ("CPU pipeline (timm transforms in workers) + model", "cpu_pipeline", cpu_loader, step),
-            ("GPU pipeline + model", "gpu_pipeline", gpu_loader, step),
-            ("CPU pipeline only", "cpu_pipeline_only", cpu_loader, None),
-            ("GPU pipeline only", "gpu_pipeline_only", gpu_loader, None)]
-    for label, key, make, st in rows:
-        src = make()
-        batches = src if key == "model_only" else endless(src)
-        rate, n = timed(batches, st, mixup, device, warmup, steps)
-        res[key] = rate
-        if key.startswith("gpu"):
-            res[key + "_fallback"] = dict(src.fallback)
-        print(f"{label:52s} {rate:10.1f} img/s  ({n} images)", flush=True)
-    res["fidelity_levels"] = fidelity(root, batch, device, common)
-    res["gpu_vs_model_only"] = res["gpu_pipeline"] / res["model_only"]
-    res["cpu_vs_model_only"] = res["cpu_pipeline"] / res["model_only"]
+    res.update(measure_pipelines(root, device=device, model=a.model, batch=batch, steps=steps, warmup=warmup,
+                                 workers=workers, compile=a.compile,
+                                 report=lambda label, key, rate, n: print(f"{label:52s} {rate:10.1f} img/s  "
+                                                                          f"({n} images)", flush=True)))
+    res["fidelity_levels"] = fidelity(root, batch, device, preprocessing(a.model))
 
     print(f"\n== bench_datapipe: {a.model} on {res['device']}, batch {batch}, {workers} workers, {steps} steps"
           f"{', compiled' if a.compile else ''} ==")
     print(f"| {'run':50s} | {'img/s':>10s} | {'x model only':>12s} |")
     print(f"|{'-' * 52}|{'-' * 11}:|{'-' * 13}:|")
-    for label, key, _, _ in rows:
+    for label, key in ROWS:
         print(f"| {label:50s} | {res[key]:10.1f} | {res[key] / res['model_only']:12.2f} |")
     f = res["fidelity_levels"]
     print(f"GPU pipeline vs CPU pipeline, same seed, one batch (erasing in const mode), uint8 levels: "

@@ -1,77 +1,66 @@
-"""pitvit's PiT against timm's PiT, measured side by side in one process.
+"""pitvit's PiT against timm's PiT, measured side by side in one process, in several settings.
 
-For each model, mode (inference, a full training step) and precision (fp32, bf16 autocast) both
-implementations get the same weights and the same batch, rebuilt every round in alternating order; their
-timings are interleaved (pitvit, timm,
-pitvit, timm, ...) so that load from other processes hits both alike, and the table reports the median
-time per step of each, the ratio timm / pitvit of the medians (above 1: pitvit is faster), and the ratio of
-the fastest rounds (the least disturbed by other load on a shared machine).
+For each model and mode (inference; a full training step: forward, cross-entropy, backward, AdamW) both
+implementations get the same weights and the same batch, in each setting (precision fp32/bf16, eager or
+``torch.compile``), and every one of those steps is timed once per round, in an order that rotates from round to
+round (:func:`pitvit.tools.benchmark.compare_settings`): load from other processes hits all of them alike, and
+the ratios between settings come from the same rounds. The table reports the median time per step, the ratio
+timm / pitvit of the medians (above 1: pitvit is faster) and of the fastest rounds, and each implementation's
+speed-up over the first setting (the median over rounds of the per-round ratio). Warm-up (which compiles a
+compiled setting) is reported apart.
 
-    python benchmarks/bench_models.py                 # pit_ti and pit_s, batch 32, on this CPU
-    python benchmarks/bench_models.py --models pit_b --batch 64 --device cuda
+    python benchmarks/bench_models.py                      # pit_ti and pit_s, batch 32, fp32 / bf16 / fp32+compile
+    python benchmarks/bench_models.py --models pit_s --modes infer --settings fp32 fp32+compile
+    python benchmarks/bench_models.py --models pit_b --batch 256 --device cuda --settings bf16 bf16+compile
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
-import statistics
-import time
 
 import timm
 import torch
-import torch.nn.functional as F
 
-import pitvit
-from pitvit.models import load_weights
-
-
-def build_pair(name: str, timm_state: dict, device: torch.device, ours_first: bool) -> list[torch.nn.Module]:
-    """Both models with the same weights, built in the given order (memory placement moves with it)."""
-    builders = [lambda: pitvit.create_model(name),
-                lambda: timm.create_model(pitvit.get_pretrained_cfg(name).timm_name, pretrained=False)]
-    built = {}
-    for i in ((0, 1) if ours_first else (1, 0)):
-        built[i] = builders[i]().to(device)
-    load_weights(built[0], timm_state)  # the timm layout is detected and converted
-    built[1].load_state_dict(timm_state)
-    return [built[0], built[1]]
+from pitvit.tools.benchmark import compare_settings, parse_setting
+from pitvit.utils.device import cpu_bf16_support
 
 
-def make_step(model: torch.nn.Module, mode: str, amp: bool, x: torch.Tensor, y: torch.Tensor):
-    dev = x.device.type
-    if mode == "infer":
-        model.eval()
-
-        @torch.inference_mode()
-        def step():
-            with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-                return model(x)
-        return step
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step():
-        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-    return step
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def machine() -> str:
+    if torch.cuda.is_available():
+        gpu = f", {torch.cuda.get_device_name()}"
+    else:
+        gpu = ""
+    native = cpu_bf16_support()
+    return (f"{cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, native bf16: {native or 'none'}; "
+            f"auto precision on this CPU: {'bf16' if native else 'fp32'}){gpu}")
 
 
-def time_once(step, iters: int, device: torch.device) -> float:
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(iters):
-        step()
-    sync(device)
-    return (time.perf_counter() - t) / iters
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def print_rows(res: dict, base: str) -> None:
+    for name, r in res["settings"].items():
+        up = r.get("speedup", {})
+        print(f"| {res['model']} | {res['mode']} | {name} | {r['pitvit_ms']:.1f} | {r['timm_ms']:.1f} "
+              f"| {r['timm_over_pitvit']:.3f} | {r['best_ratio']:.3f} | {up.get('pitvit', float('nan')):.2f} "
+              f"| {up.get('timm', float('nan')):.2f} | {r['warmup_s']['pitvit']:.1f} / {r['warmup_s']['timm']:.1f} "
+              f"| {res['rounds']} |", flush=True)
+    for name, why in res["skipped"].items():
+        print(f"| {res['model']} | {res['mode']} | {name} | skipped: {why} | | | | | | | |", flush=True)
 
 
 def main() -> None:
@@ -79,68 +68,45 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["pit_ti", "pit_s"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=7, help="most interleaved timing rounds per row (median taken)")
-    p.add_argument("--iters", type=int, default=1, help="steps per timing")
-    p.add_argument("--row-seconds", type=float, default=60.0,
-                   help="time budget per row: slow rows get fewer rounds (at least 3)")
     p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    p.add_argument("--max-step-seconds", type=float, default=0.0,
-                   help="skip (and say so) a row whose first step takes longer than this (0: no limit)")
+    p.add_argument("--settings", nargs="+", default=["fp32", "bf16", "fp32+compile"],
+                   help="precision (fp32, bf16, fp16) optionally with +compile; the first is the speed-ups' base")
+    p.add_argument("--rounds", type=int, default=7, help="most timing rounds per row (medians taken)")
+    p.add_argument("--iters", type=int, default=1, help="steps per timing")
+    p.add_argument("--row-seconds", type=float, default=120.0,
+                   help="time budget of a row's timed rounds (fewer rounds when slow, at least 3)")
+    p.add_argument("--max-step-seconds", type=float, default=60.0,
+                   help="a setting whose step takes longer than this after its warm-up is timed no further and "
+                        "reported as skipped (0: no limit; emulated bf16 training takes about a minute per step "
+                        "on a 2-core AVX2 CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", default="", help="also write the results to this JSON file")
     args = p.parse_args()
+    for s in args.settings:
+        parse_setting(s)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    print(f"# torch {torch.__version__}, timm {timm.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, device {device}, batch {args.batch}", flush=True)
-    print("| model | mode | precision | pitvit ms/step (median) | timm ms/step (median) | ratio timm/pitvit (median) "
-          "| ratio (best rounds) | rounds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"# torch {torch.__version__}, timm {timm.__version__}, {machine()}, {torch.get_num_threads()} threads, "
+          f"device {args.device}, batch {args.batch}", flush=True)
+    print(f"# load average (1, 5, 15 min) at start: {load()}", flush=True)
+    base = args.settings[0]
+    print(f"| model | mode | setting | pitvit ms/step | timm ms/step | timm/pitvit (median) | timm/pitvit (best) "
+          f"| pitvit speed-up vs {base} | timm speed-up vs {base} | warm-up s pitvit / timm | rounds |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    results = []
     for name in args.models:
-        torch.manual_seed(0)
-        timm_state = timm.create_model(pitvit.get_pretrained_cfg(name).timm_name, pretrained=False).state_dict()
-        g = torch.Generator().manual_seed(1)
-        x = torch.randn(args.batch, 3, 224, 224, generator=g).to(device)
-        y = torch.randint(0, 1000, (args.batch,), generator=g).to(device)
         for mode in args.modes:
-            for prec in args.precisions:
-                amp = prec == "bf16"
-                times: tuple[list[float], list[float]] = ([], [])
-                rounds, r = args.rounds, 0
-                while r < rounds:
-                    # Each round builds both models afresh, in alternating order, and times them in alternating
-                    # order: placement in memory and load from other processes then hit both alike.
-                    models = build_pair(name, timm_state, device, ours_first=r % 2 == 0)
-                    steps = [make_step(m, mode, amp, x, y) for m in models]
-                    for s in steps:  # warm-up: allocator, kernels, optimizer state
-                        warm = time_once(s, 1, device)
-                        if r == 0 and args.max_step_seconds and warm > 2 * args.max_step_seconds:
-                            break  # hopeless (a warm-up step costs at most ~2 timed ones): skip at once
-                    else:
-                        warm = 0.0
-                    if warm:
-                        est = warm / 2
-                        break
-                    order = (0, 1) if r % 2 == 0 else (1, 0)
-                    for i in order:
-                        times[i].append(time_once(steps[i], args.iters, device))
-                    if r == 0:
-                        est = max(times[0][0], times[1][0])
-                        if args.max_step_seconds and est > args.max_step_seconds:
-                            break
-                        # bf16 without native CPU support is ~10x slower: fewer rounds keep rows near the budget
-                        rounds = max(3, min(args.rounds, int(args.row_seconds / (4 * est * args.iters))))
-                    r += 1
-                if r < rounds:
-                    print(f"| {name} | {mode} | {prec} | skipped: a step takes about {est:.0f} s "
-                          f"(> --max-step-seconds {args.max_step_seconds:g}) | | | | |", flush=True)
-                    continue
-                t_ours, t_ref = (statistics.median(t) for t in times)
-                b_ours, b_ref = (min(t) for t in times)  # the least disturbed round of each
-                print(f"| {name} | {mode} | {prec} | {t_ours * 1e3:.1f} | {t_ref * 1e3:.1f} "
-                      f"| {t_ref / t_ours:.3f} | {b_ref / b_ours:.3f} | {rounds} |", flush=True)
+            res = compare_settings(name, mode=mode, settings=args.settings, batch=args.batch, device=args.device,
+                                   rounds=args.rounds, iters=args.iters, budget_s=args.row_seconds,
+                                   max_step_s=args.max_step_seconds)
+            print_rows(res, base)
+            results.append(res)
+    print(f"# load average at end: {load()}", flush=True)
+    if args.json:
+        from pitvit.utils.io import write_text
+
+        write_text(args.json, json.dumps({"machine": machine(), "torch": torch.__version__, "rows": results},
+                                         indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -190,7 +190,7 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir, i
 
     files, problems = expand_inputs([image_dir, tmp_path / "absent.jpg"])
     assert [p for p, _ in problems] == [str(tmp_path / "absent.jpg")]
-    preds, errors = predict_files(loaded, files, topk=3, batch_size=2)
+    preds, errors = predict_files(loaded, files, topk=3, batch_size=2, amp="none")  # the reference is fp32
     assert [Path(p.path).name for p in preds] == [p.name for p in imagenet_photos[:3]]
     assert sorted(Path(p).name for p, _ in errors) == ["zz_text.png", "zz_truncated.jpg"]
 
@@ -251,6 +251,90 @@ def test_benchmark_cli_train_and_errors(capsys):
     assert cli(["benchmark", "--model", "pit_x"]) == 2
     assert "pit_xs" in capsys.readouterr().err
 
+
+
+@pytest.mark.slow
+def test_compile_in_predict_eval_and_benchmark(tmp_path, capsys):
+    """--compile (inductor on the CPU, about a minute per model): the same answers as eager within float noise."""
+    import torch
+    from PIL import Image
+
+    from pitvit.models import create_model, save_pretrained
+    from pitvit.tools.evaluate import evaluate_model
+    from pitvit.tools.predict import predict_files
+
+    torch.manual_seed(0)
+    save_pretrained(create_model("pit_test"), tmp_path / "m")
+    for k in range(5):
+        d = tmp_path / "data" / "val" / f"c{k % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40, 36), (50 * k, 90, 200 - 30 * k)).save(d / f"{k}.png")
+    files = sorted((tmp_path / "data").rglob("*.png"))
+    model = create_model("pit_test", weights=tmp_path / "m")
+    eager, _ = predict_files(model, files, topk=3, batch_size=2, amp="none")
+    compiled, _ = predict_files(model, files, topk=3, batch_size=2, amp="none", compile=True)  # 2, 2, then 1
+    for a, b in zip(eager, compiled):
+        assert [i for i, _, _ in a.top] == [i for i, _, _ in b.top]
+        assert [p for _, _, p in a.top] == pytest.approx([p for _, _, p in b.top], abs=1e-5)
+    common = dict(batch_size=2, workers=0, device="cpu")
+    one = evaluate_model(None, tmp_path / "m", tmp_path / "data", **common)
+    two = evaluate_model(None, tmp_path / "m", tmp_path / "data", compile=True, **common)
+    assert (two["compile"], two["n"], two["top1"]) == (True, 5, one["top1"])
+    assert two["loss"] == pytest.approx(one["loss"], abs=1e-5)
+    assert cli(["benchmark", "--model", "pit_test", "--batch", "2", "--steps", "1", "--warmup", "0", "--device",
+                "cpu", "--amp", "none", "--compile", "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["compile"] is True and row["infer_img_s"] > 0 and row["train_img_s"] > 0
+
+def test_time_alternating_rotates_the_order_and_drops_slow_steps():
+    """Every round times every step once, the order rotating (a b c, b c a, c a b, ...); a step slower than
+    max_step_s in its last warm-up call is timed no further; the budget cuts rounds but not below min_rounds."""
+    import time
+
+    from pitvit.tools.benchmark import time_alternating
+
+    calls: list[str] = []
+
+    def step(name: str, seconds: float = 0.0):
+        def run() -> None:
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    t = time_alternating({"a": step("a"), "b": step("b"), "c": step("c")}, device="cpu", rounds=4, warmup=1)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert t.rounds == 4 and all(len(v) == 4 for v in t.times.values())
+
+    calls.clear()
+    t = time_alternating({"a": step("a"), "slow": step("slow", 0.05), "b": step("b")}, device="cpu", rounds=3,
+                         warmup={"a": 2, "slow": 1, "b": 0}, max_step_s=0.03)
+    assert calls == ["a", "a", "slow"] + list("ab") + list("ba") + list("ab")
+    assert len(t.times["slow"]) == 1 and t.times["slow"][0] >= 0.05 and len(t.times["a"]) == 3
+
+    calls.clear()
+    t = time_alternating({"a": step("a", 0.02), "b": step("b", 0.02)}, device="cpu", rounds=50, warmup=0,
+                         budget_s=0.01, min_rounds=3)
+    assert t.rounds == 3 and len(calls) == 6
+
+
+def test_compare_settings_same_weights_every_setting(monkeypatch):
+    """pitvit and timm get the same weights (their logits agree: timm is the reference), every setting is timed
+    in the same rounds, and the base setting's speed-up is 1 by construction."""
+    import torch
+
+    from pitvit.tools import benchmark as B
+
+    pair = B._timm_pair("pit_ti", 32, torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pair["pitvit"].eval()(x), pair["timm"].eval()(x), rtol=1e-5, atol=1e-5)
+    res = B.compare_settings("pit_ti", mode="infer", settings=["fp32", "bf16"], batch=2, img_size=32, rounds=3)
+    assert res["rounds"] == 3 and list(res["settings"]) == ["fp32", "bf16"] and not res["skipped"]
+    assert res["settings"]["fp32"]["speedup"] == {"pitvit": 1.0, "timm": 1.0}
+    assert all(v > 0 for v in res["settings"]["bf16"]["speedup"].values())
+    with pytest.raises(B.ConfigError, match="fp32"):
+        B.parse_setting("fp64+compile")
+    assert B.parse_setting("bf16+compile") == ("bf16", True) and B.parse_setting("fp32") == ("none", False)
 
 # ---------------------------------------------------------------------------- torch.hub
 REPO = Path(__file__).resolve().parents[1]

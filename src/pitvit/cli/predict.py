@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pitvit.cli import add_model_args
 from pitvit.tools.predict import FORMATS
-from pitvit.utils.device import DEVICE_CHOICES
+from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -19,6 +19,11 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--format", choices=FORMATS, default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="auto: CUDA when available")
+    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="autocast dtype; auto: bf16 where the device computes it natively (CPUs with AMX or "
+                        "AVX-512 BF16, GPUs from Ampere on), else fp32 (none)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (inductor): pays off for many images; compiling takes a while")
     p.set_defaults(func=run)
 
 
@@ -28,7 +33,7 @@ def run(args) -> int:
     from pitvit.tools.predict import format_predictions, predict
 
     preds, problems = predict(args.model, args.weights, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                              device=args.device, ema=args.ema)
+                              device=args.device, amp=args.amp, compile=args.compile, ema=args.ema)
     for path, reason in problems:
         print(f"cannot read {path}: {reason}", file=sys.stderr)
     if preds:

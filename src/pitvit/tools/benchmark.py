@@ -4,7 +4,13 @@
 with the same inputs and settings, and reports pitvit/timm ratios. Times are medians over the steps. A
 training step is forward, cross-entropy, backward and an AdamW step. Peak memory is CUDA's
 ``max_memory_allocated`` on a GPU; on a CPU it is the growth of the process's resident set over the phase
-(sampled), a rougher figure.
+(sampled), a rougher figure. ``amp="auto"`` (the default) runs in the precision
+:func:`pitvit.utils.device.resolve_amp` picks for the device; ``compile=True`` times ``torch.compile``'d models
+(inductor) after warm-up steps that compile them.
+
+:func:`compare_settings` is the side-by-side measurement the benchmark scripts use: pitvit and timm with the
+same weights, in several settings (precision, compiled or eager), every step timed in turn in every round, so
+that load from other processes hits all of them alike and ratios between settings come from the same rounds.
 """
 from __future__ import annotations
 
@@ -15,18 +21,20 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from pitvit.models import create_model, get_pretrained_cfg
-from pitvit.utils.device import amp_dtype, resolve_device
+from pitvit.models import create_model, get_pretrained_cfg, load_weights
+from pitvit.utils.device import amp_dtype, resolve_amp, resolve_device
 from pitvit.utils.errors import ConfigError
 
 from .zoo import count_macs, count_params
 
-__all__ = ["benchmark", "measure", "format_table"]
+__all__ = ["benchmark", "measure", "format_table", "infer_step", "train_step", "time_alternating", "Timings",
+           "parse_setting", "compare_settings"]
 
 
 def _release_freed_memory() -> None:
@@ -96,6 +104,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_once(step: Callable[[], Any], iters: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (time.perf_counter() - start) / iters
+
+
 def _timed(step: Callable[[], Any], *, steps: int, warmup: int, device: torch.device) -> float:
     """Median seconds per step, after ``warmup`` untimed steps.
 
@@ -104,14 +121,7 @@ def _timed(step: Callable[[], Any], *, steps: int, warmup: int, device: torch.de
     """
     for _ in range(warmup):
         step()
-    _sync(device)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_time_once(step, 1, device) for _ in range(steps))
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -119,10 +129,42 @@ def _logits(out: Any) -> torch.Tensor:
     return (out[0] + out[1]) / 2 if isinstance(out, (tuple, list)) else out
 
 
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def infer_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> Callable[[], Any]:
+    """One timed unit of inference: a forward pass of ``x`` under ``inference_mode`` and autocast to ``dtype``
+    (``None``: fp32). ``model`` should be in eval mode."""
+
+    def step() -> Any:
+        with torch.inference_mode(), _autocast(x.device, dtype):
+            return model(x)
+    return step
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.dtype | None = None,
+               lr: float = 1e-6) -> Callable[[], Any]:
+    """One timed unit of training: forward under autocast, cross-entropy, backward and an AdamW step (through a
+    ``GradScaler`` for fp16). ``model`` should be in training mode; the optimizer is the step's own."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
+
+    def step() -> torch.Tensor:
+        with _autocast(x.device, dtype):
+            loss = nn.functional.cross_entropy(_logits(model(x)).float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        return loss
+    return step
+
+
 def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans: int = 3,
             num_classes: int = 1000, device: torch.device | str = "cpu", amp: str = "none", steps: int = 10,
             warmup: int = 3, infer: bool = True, train: bool = True) -> dict[str, float]:
-    """Inference and training throughput and peak memory of one model.
+    """Inference and training throughput and peak memory of one model (compiled or not).
 
     Returns:
         With ``infer``, ``infer_img_s`` and ``infer_peak_mib``; with ``train``, ``train_img_s`` and
@@ -134,43 +176,25 @@ def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, in_chans, *img_size, generator=gen).to(device)
     y = torch.randint(0, max(num_classes, 1), (batch,), generator=gen).to(device)
-    autocast = lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)  # noqa: E731
     result: dict[str, float] = {}
 
     model.eval()
-
-    def infer() -> None:
-        with torch.inference_mode(), autocast():
-            model(x)
-
     if infer:
         with _peak_memory(device) as mem:
-            sec = _timed(infer, steps=steps, warmup=warmup, device=device)
+            sec = _timed(infer_step(model, x, dtype), steps=steps, warmup=warmup, device=device)
         result.update(infer_img_s=batch / sec, infer_peak_mib=mem["peak_mib"])
 
     if train:
         model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-        def train_step() -> None:
-            with autocast():
-                loss = nn.functional.cross_entropy(_logits(model(x)).float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-
         with _peak_memory(device) as mem:
-            sec = _timed(train_step, steps=steps, warmup=warmup, device=device)
+            sec = _timed(train_step(model, x, y, dtype), steps=steps, warmup=warmup, device=device)
         result.update(train_img_s=batch / sec, train_peak_mib=mem["peak_mib"])
-        del opt
         model.eval()
     return result
 
 
 def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, compare: str | None = None,
-              device: str = "auto", amp: str = "none", steps: int = 10, warmup: int = 3,
+              device: str = "auto", amp: str = "auto", compile: bool = False, steps: int = 10, warmup: int = 3,
               train: bool = True) -> list[dict[str, Any]]:
     """Measure a registered variant (and, with ``compare="timm"``, timm's same architecture).
 
@@ -180,21 +204,26 @@ def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, 
         img_size: square input side (default: the variant's evaluation size).
         compare: ``None`` or ``"timm"``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: ``none``, ``bf16`` or ``fp16`` autocast.
+        amp: ``auto`` (bf16 where the device computes it natively, else fp32), ``none``, ``bf16`` or ``fp16``.
+        compile: time ``torch.compile``'d models; at least two warm-up steps per phase then run (the first
+            compiles, and the switch between inference and training compiles again).
         steps: timed steps per phase.
         warmup: untimed steps before each phase.
         train: also measure training steps.
 
     Returns:
         One row per model: ``impl``, ``model``, ``params``, ``gmacs`` (pitvit only), ``batch``, ``img_size``,
-        ``device``, ``amp`` and the figures of :func:`measure`.
+        ``device``, ``amp`` (the precision that ran: ``auto`` resolved), ``compile`` and the figures of
+        :func:`measure`.
     """
     if compare not in (None, "timm"):
         raise ConfigError(f"unknown comparison {compare!r}; the only one is 'timm'")
     if batch < 1 or steps < 1 or warmup < 0:
         raise ConfigError(f"need --batch >= 1, --steps >= 1 and --warmup >= 0, got {batch}, {steps}, {warmup}")
     dev = resolve_device(device)
-    amp_dtype(amp, dev)  # an unknown name, or fp16 on a CPU, fails before any model is built
+    amp = resolve_amp(amp, dev)  # an unknown name, or fp16 on a CPU, fails before any model is built
+    if compile:
+        warmup = max(warmup, 2)
     device = str(dev)
     pre = get_pretrained_cfg(model_name)
     size = img_size or pre.input_size[1]
@@ -212,11 +241,12 @@ def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, 
                   device=device, amp=amp, steps=steps, warmup=warmup)
     rows = {impl: {"impl": impl, "model": name, "params": count_params(m),
                    "gmacs": count_macs(m, size) / 1e9 if impl == "pitvit" else None,
-                   "batch": batch, "img_size": size, "device": device, "amp": amp}
+                   "batch": batch, "img_size": size, "device": device, "amp": amp, "compile": compile}
             for impl, (name, m) in models.items()}
+    runs = {impl: torch.compile(m) if compile else m for impl, (_, m) in models.items()}
     # Phase by phase, the models one after the other: a machine whose load drifts affects both alike.
     for phase in ("infer", "train") if train else ("infer",):
-        for impl, (_, m) in models.items():
+        for impl, m in runs.items():
             rows[impl].update(measure(m, **common, infer=phase == "infer", train=phase == "train"))
     return list(rows.values())
 
@@ -251,7 +281,168 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = ["  ".join(v.rjust(w) if i >= 2 else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
              for r in table]
     r0 = rows[0]
-    head = (f"device {r0['device']}, amp {r0['amp']}, torch {torch.__version__}, "
+    head = (f"device {r0['device']}, amp {r0['amp']}{', compiled' if r0.get('compile') else ''}, "
+            f"torch {torch.__version__}, "
             f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}"
                                                        if r0["device"].startswith("cuda") else ""))
     return "\n".join([head] + lines)
+
+
+# ---------------------------------------------------------------------------- side by side, in turn
+@dataclass
+class Timings:
+    """What :func:`time_alternating` measured: seconds per step of each key, one value per round, and the
+    seconds its warm-up steps took (compiling, for a compiled model)."""
+
+    times: dict[str, list[float]]
+    warmup_s: dict[str, float]
+    rounds: int
+
+
+def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.device | str, rounds: int = 7,
+                     iters: int = 1, warmup: int | dict[str, int] = 1, budget_s: float = 0.0, min_rounds: int = 3,
+                     max_step_s: float = 0.0) -> Timings:
+    """Time several steps in turn: after their warm-up calls, every round times each step once (``iters``
+    calls, synchronized), in an order that rotates from round to round, so that load from other processes and
+    drifting clocks hit all of them alike.
+
+    Args:
+        steps: name -> a callable doing one step.
+        device: where the steps run (synchronized around each timing on CUDA).
+        rounds: most rounds.
+        iters: calls per timing.
+        warmup: untimed calls of each step first, or a count per step (a compiled step compiles in its first).
+        budget_s: when > 0, the rounds are cut to fit these seconds (at the pace of the first), but never
+            below ``min_rounds``.
+        max_step_s: when > 0, a step whose last warm-up call (without warm-up: its first round) took longer is
+            timed no further; its times hold that one value.
+    """
+    device = resolve_device(device)
+    names = list(steps)
+    warm: dict[str, float] = {}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for name in names:
+        count = warmup if isinstance(warmup, int) else warmup.get(name, 1)
+        start = time.perf_counter()
+        for i in range(count):
+            last = _time_once(steps[name], 1, device)
+            if i == count - 1 and 0 < max_step_s < last:
+                times[name].append(last)
+        warm[name] = time.perf_counter() - start
+    active = [n for n in names if not times[n]]
+    r, total = 0, rounds
+    while r < total and active:
+        start = time.perf_counter()
+        shift = r % len(active)
+        for name in active[shift:] + active[:shift]:
+            times[name].append(_time_once(steps[name], iters, device))
+        if r == 0:
+            if max_step_s > 0:
+                active = [n for n in active if times[n][0] <= max_step_s]
+            if budget_s > 0:
+                pace = max(time.perf_counter() - start, 1e-9)
+                total = max(min_rounds, min(rounds, int(budget_s / pace)))
+        r += 1
+    return Timings(times, warm, r)
+
+
+_SETTING_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
+
+
+def parse_setting(name: str) -> tuple[str, bool]:
+    """``fp32``, ``bf16``, ``fp16``, optionally with ``+compile``, as (precision name, compiled).
+
+    Raises:
+        ConfigError: any other name.
+    """
+    amp, plus, rest = name.partition("+")
+    if amp not in _SETTING_AMP or (plus and rest != "compile"):
+        raise ConfigError(f"unknown setting {name!r}; a precision ({', '.join(_SETTING_AMP)}), optionally "
+                          f"followed by +compile")
+    return _SETTING_AMP[amp], bool(plus)
+
+
+def _timm_pair(model_name: str, size: int, device: torch.device) -> dict[str, nn.Module]:
+    """pitvit's variant and timm's same architecture, with the same (timm-initialized) weights."""
+    import timm
+
+    timm_name = get_pretrained_cfg(model_name).timm_name
+    if not timm_name:
+        raise ConfigError(f"{model_name} has no timm counterpart; compare one of the ImageNet variants")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ref = timm.create_model(timm_name, pretrained=False, img_size=size)
+    ours = create_model(model_name, img_size=size)
+    load_weights(ours, ref.state_dict())  # timm's layout is recognized and converted
+    return {"pitvit": ours.to(device), "timm": ref.to(device)}
+
+
+def compare_settings(model_name: str, *, mode: str = "infer", settings: Sequence[str] = ("fp32",),
+                     batch: int = 32, img_size: int | None = None, device: torch.device | str = "cpu",
+                     rounds: int = 7, iters: int = 1, warmup: int = 1, budget_s: float = 0.0,
+                     max_step_s: float = 0.0) -> dict[str, Any]:
+    """pitvit against timm's PiT with the same weights and batch, in several settings, all timed in turn.
+
+    Every (setting, implementation) step is timed once per round (:func:`time_alternating`), so the ratios
+    between implementations and between settings come from the same rounds. A compiled setting compiles in its
+    warm-up (at least two calls).
+
+    Args:
+        model_name: a registered variant with a timm counterpart.
+        mode: ``infer`` (forward under ``inference_mode``) or ``train`` (forward, cross-entropy, backward,
+            AdamW step).
+        settings: names for :func:`parse_setting`; the first is the base the speed-ups are relative to.
+        batch: images per step.
+        img_size: square input side (default: the variant's).
+        device: where to run.
+        rounds, iters, budget_s, max_step_s: as for :func:`time_alternating`.
+        warmup: untimed calls of each step first (at least 2 for a compiled one).
+
+    Returns:
+        ``model``, ``mode``, ``batch``, ``img_size``, ``device``, ``rounds`` and per setting (``settings``):
+        ``pitvit_ms`` and ``timm_ms`` (medians), ``pitvit_img_s``, ``timm_img_s``, ``timm_over_pitvit`` (ratio
+        of the medians; above 1 pitvit is faster), ``best_ratio`` (of the fastest rounds), ``speedup`` (median
+        over rounds of the base setting's time over this one's, per implementation), ``warmup_s``; a setting
+        slower than ``max_step_s`` is in ``skipped`` with its first time instead.
+    """
+    if mode not in ("infer", "train"):
+        raise ConfigError(f"unknown mode {mode!r}; choose infer or train")
+    parsed = {s: parse_setting(s) for s in settings}
+    dev = resolve_device(device)
+    size = img_size or get_pretrained_cfg(model_name).input_size[-1]
+    models = _timm_pair(model_name, size, dev)
+    gen = torch.Generator().manual_seed(1)
+    in_chans = models["pitvit"].cfg.in_chans
+    x = torch.randn(batch, in_chans, size, size, generator=gen).to(dev)
+    y = torch.randint(0, models["pitvit"].num_classes, (batch,), generator=gen).to(dev)
+    steps, warm = {}, {}
+    for name, (amp, compiled) in parsed.items():
+        dtype = amp_dtype(amp, dev)
+        for impl, m in models.items():
+            m.train(mode == "train")
+            run = torch.compile(m) if compiled else m
+            key = f"{name}/{impl}"
+            steps[key] = infer_step(run, x, dtype) if mode == "infer" else train_step(run, x, y, dtype)
+            warm[key] = max(warmup, 2) if compiled else warmup  # the first call compiles
+    t = time_alternating(steps, device=dev, rounds=rounds, iters=iters, warmup=warm, budget_s=budget_s,
+                         max_step_s=max_step_s)
+    out: dict[str, Any] = {"model": model_name, "timm_model": get_pretrained_cfg(model_name).timm_name,
+                           "mode": mode, "batch": batch, "img_size": size, "device": str(dev), "rounds": t.rounds,
+                           "settings": {}, "skipped": {}}
+    base = settings[0]
+    for name in settings:
+        ours, ref = t.times[f"{name}/pitvit"], t.times[f"{name}/timm"]
+        if len(ours) < t.rounds or len(ref) < t.rounds or not t.rounds:
+            out["skipped"][name] = (f"a step took {ours[0]:.1f} s (pitvit) and {ref[0]:.1f} s (timm), "
+                                    f"> {max_step_s:g} s")
+            continue
+        row = {"pitvit_ms": 1e3 * statistics.median(ours), "timm_ms": 1e3 * statistics.median(ref)}
+        row.update(pitvit_img_s=batch * 1e3 / row["pitvit_ms"], timm_img_s=batch * 1e3 / row["timm_ms"],
+                   timm_over_pitvit=row["timm_ms"] / row["pitvit_ms"], best_ratio=min(ref) / min(ours),
+                   warmup_s={impl: t.warmup_s[f"{name}/{impl}"] for impl in models})
+        if base not in out["skipped"]:
+            row["speedup"] = {impl: statistics.median(b / s for b, s in zip(t.times[f"{base}/{impl}"],
+                                                                            t.times[f"{name}/{impl}"]))
+                              for impl in models}
+        out["settings"][name] = row
+    return out

@@ -93,6 +93,7 @@ def evaluate_model(
     workers: int = 4,
     device: str = "auto",
     amp: str = "none",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
 
@@ -110,15 +111,17 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: ``none``, ``bf16`` or ``fp16`` autocast.
+        amp: autocast precision: ``none`` (fp32, the default: published figures are measured in it), ``auto``
+            (bf16 where the device computes it natively, else fp32), ``bf16`` or ``fp16``.
+        compile: evaluate through ``torch.compile`` (inductor).
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
-        skipped as unreadable, processes, preprocessing).
+        skipped as unreadable, processes, the precision that ran as ``amp``, preprocessing).
     """
     from pitvit.data import build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.device import amp_dtype
+    from pitvit.utils.device import amp_dtype, resolve_amp
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:
@@ -126,6 +129,7 @@ def evaluate_model(
     started_group = not is_distributed()
     dist_info = init_distributed(device)
     try:
+        amp = resolve_amp(amp, dist_info.device)
         dtype = amp_dtype(amp, dist_info.device)
         model = load_model(model_name, weights, ema=ema)
         pre = preprocessing(model)
@@ -138,14 +142,15 @@ def evaluate_model(
         loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)
         model.to(dist_info.device)
-        metrics = evaluate(model, loader, device=dist_info.device, amp_dtype=dtype)
+        metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
+                           amp_dtype=dtype)
         skipped = int(all_reduce_sum([float(loader.skipped)], dist_info.device)[0])
         result: dict[str, Any] = {
             "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n": metrics["n"],
             "skipped_images": skipped, "model": getattr(model, "model_name", model_name),
             "weights": None if weights is None else str(weights), "ema": ema,
             "data": None if data is None else str(data), "split": split, "processes": dist_info.world_size,
-            "device": str(dist_info.device), "amp": amp,
+            "device": str(dist_info.device), "amp": amp, "compile": compile,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
         }
         return result

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
-from pitvit.utils.device import resolve_device
+from pitvit.utils.device import amp_dtype, resolve_device
 from pitvit.utils.errors import CheckpointError, ConfigError
 
 from .evaluate import load_model, preprocessing
@@ -64,7 +64,8 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
 
 @torch.no_grad()
 def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> tuple[list[Prediction], list[tuple[str, str]]]:
+                  device: str | torch.device = "cpu", amp: str = "auto",
+                  compile: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Top-k predictions for image files, in the order given.
 
     Args:
@@ -73,6 +74,9 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         topk: classes per image (at most the number of classes).
         batch_size: images per forward pass.
         device: where the model runs (``auto``: CUDA when available).
+        amp: autocast precision: ``auto`` (bf16 where the device computes it natively, else fp32; the choice
+            is logged), ``none``, ``bf16`` or ``fp16``.
+        compile: run the model through ``torch.compile`` (inductor); the first batch compiles.
 
     Returns:
         The predictions for the files that could be read, and ``(path, reason)`` for those that could not.
@@ -89,8 +93,10 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
     k = min(topk, len(names))
     transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
     device = resolve_device(device)
+    autocast_dtype = amp_dtype(amp, device)  # auto: resolved and logged
     model = model.eval().to(device)
     dtype = next(model.parameters()).dtype
+    run = torch.compile(model) if compile else model
     results: list[Prediction] = []
     errors: list[tuple[str, str]] = []
     batch: list[tuple[str, torch.Tensor]] = []
@@ -99,7 +105,9 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(device=device, dtype=dtype)
-        probs = model(x).float().softmax(dim=-1)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = run(x)
+        probs = logits.float().softmax(dim=-1)
         values, indices = probs.topk(k, dim=-1)
         for (path, _), vs, ix in zip(batch, values.tolist(), indices.tolist()):
             results.append(Prediction(path, [(i, names[i], v) for i, v in zip(ix, vs)]))
@@ -140,9 +148,10 @@ def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
 
 
 def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: Sequence[str | os.PathLike], *,
-            topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu",
-            ema: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Classify files and folders of images (folders searched recursively).
+            topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu", amp: str = "auto",
+            compile: bool = False, ema: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Classify files and folders of images (folders searched recursively); ``amp`` and ``compile`` as for
+    :func:`predict_files`.
 
     Returns:
         The predictions for the images that could be read, in input order, and ``(path, reason)`` for the
@@ -150,5 +159,6 @@ def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: S
     """
     files, problems = expand_inputs(inputs)
     model = load_model(model_name, weights, ema=ema)
-    preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device)
+    preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device, amp=amp,
+                                  compile=compile)
     return preds, problems + errors

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
+from pitvit.utils.device import AMP_CHOICES
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.io import write_text
 
@@ -147,7 +148,8 @@ class TrainCfg:
 
     epochs: int = 300
     seed: int = 0
-    amp: str = "bf16"  # none | bf16 | fp16 (fp16 uses a GradScaler; GPU only)
+    amp: str = "bf16"  # auto | none | bf16 | fp16 (auto: bf16 where the device computes it natively, else fp32;
+    # fp16 uses a GradScaler, GPU only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>
@@ -486,7 +488,7 @@ def validate(cfg: Config) -> None:
     _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
     _choice("sched.name", cfg.sched.name, SCHEDULES)
     _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
-    _choice("train.amp", cfg.train.amp, ("none", "bf16", "fp16"))
+    _choice("train.amp", cfg.train.amp, AMP_CHOICES)
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
     _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))

@@ -2,6 +2,8 @@
 
 ``pitvit train`` runs as is on one process; under ``torchrun --nproc_per_node=N`` (and ``--nnodes``) it reads
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` and trains with DistributedDataParallel (NCCL on GPUs, Gloo on CPU).
+A launcher's environment (``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR`` set) starts the process group even for a
+single process, so ``torchrun --nproc_per_node=1`` runs the same code path (DDP, all-reduces) as N processes.
 """
 from __future__ import annotations
 
@@ -13,27 +15,38 @@ import torch.distributed as dist
 
 from .device import resolve_device
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_sum", "barrier", "is_distributed"]
+__all__ = ["DistInfo", "init_distributed", "launched_by_launcher", "cleanup_distributed", "all_reduce_sum", "barrier",
+           "is_distributed"]
 
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place: rank, number of processes, local rank and device; ``launched`` when a launcher
+    (torchrun) started it, which makes it distributed (a process group, DDP) even as the only process."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    launched: bool = False
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
+def launched_by_launcher() -> bool:
+    """Whether a launcher (torchrun, or anything that sets up ``env://`` initialization) started this process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
-    """Read torchrun's environment; with ``WORLD_SIZE > 1`` join the process group (NCCL on CUDA, Gloo on CPU).
+    """Read torchrun's environment; when launched by it (or with ``WORLD_SIZE > 1``) join the process group
+    (NCCL on CUDA, Gloo on CPU).
 
     Args:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``; under torchrun each process takes the
@@ -46,10 +59,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dev.type == "cuda":
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-    if world > 1 and not dist.is_initialized():
+    launched = launched_by_launcher()
+    if (world > 1 or launched) and not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 device_id=dev if dev.type == "cuda" else None)
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, local, dev, launched)
 
 
 def is_distributed() -> bool:
