@@ -599,3 +599,12 @@ def test_tensorboard_event_files_hold_the_metrics(tmp_path):
         scalars = events.Scalars(key)
         assert [e.step for e in scalars] == [1, 2], key
         assert [e.value for e in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6), key
+
+
+def test_yaml_words_on_off_yes_no_stay_words():
+    """YAML 1.1 (PyYAML's default) reads on/off/yes/no as booleans, so `--set log.progress_bar=off` became the
+    string 'False'; the config reads YAML 1.2's booleans (true/false only) and boolean fields accept the words."""
+    cfg = load_config("demo", ["log.progress_bar=off", "ema.enabled=yes", "train.compile=no"])
+    assert (cfg.log.progress_bar, cfg.ema.enabled, cfg.train.compile) == ("off", True, False)
+    assert load_config("demo", ["log.progress_bar=on"]).log.progress_bar == "on"
+    assert load_config("demo", ["ema.enabled=false"]).ema.enabled is False

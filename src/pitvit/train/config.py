@@ -16,6 +16,7 @@ import dataclasses
 import importlib.resources
 import logging
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,21 @@ log = logging.getLogger("pitvit.train")
 # What a run's metrics rows can hold, and so what can pick best.pt: losses lower, top-k higher is better.
 BEST_METRICS = ("val_top1", "val_top5", "val_loss", "ema_top1", "ema_top5", "ema_loss", "train_loss")
 
+
+class _Loader(yaml.SafeLoader):
+    """YAML with the 1.2 core schema's booleans: only true/false are booleans; on, off, yes and no stay strings
+    (``log.progress_bar: off`` is the word off), and boolean fields still accept those words (see ``_coerce``)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 @dataclass
 class ModelCfg:
@@ -225,7 +241,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",")]
+            value = _load_yaml(value) if value.strip().startswith("[") else [v for v in value.split(",")]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, f"{key}[]") for v in value]
@@ -385,7 +401,7 @@ def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict
     if key in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join(seen + (key,))}; remove one of the base: lines")
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(source.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -410,7 +426,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
                               ) from None
