@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import random
+import signal
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
@@ -334,6 +335,13 @@ def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
         yield b
 
 
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    # A SIGTERM sent to the whole process group (by a scheduler, `timeout`, `kill -- -PGID`) is the main
+    # process's to handle: it finishes its step, saves and exits, and its workers end with it. A worker killed
+    # by it makes torch raise from the main process's SIGCHLD handler, in the middle of that save.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def build_loader(
     dataset: Any,
     *,
@@ -390,7 +398,7 @@ def build_loader(
     loader = DataLoader(
         bound.dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_CollateOrError(bound.collate),
         pin_memory=bound.pin_memory if pin_memory is None else pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0, worker_init_fn=_worker_init,
         # the DataLoader draws a base seed per iteration; a private generator keeps it from consuming the
         # global torch generator (and the per-sample seeding makes that base seed irrelevant)
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
