@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from pitvit.utils.errors import DatasetError, PitvitError
+from pitvit.utils.errors import ConfigError, DatasetError, PitvitError
 from pitvit.utils.seed import mix_seed
 
 from .images import SkippedSample
@@ -387,6 +387,8 @@ def build_loader(
         pin_memory: default: the stage's (the CPU stage's: when CUDA is available).
         persistent_workers: keep workers between epochs (default: when ``num_workers > 0``).
     """
+    if num_workers < 0:
+        raise ConfigError(f"the number of loader workers must be >= 0 (0 loads in the main process), got {num_workers}")
     bound = (stage or CpuStage()).bind(dataset, seed=seed, train=train, rank=rank)
     if drop_last is None:
         drop_last = train

@@ -125,7 +125,13 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> No
         # The tracer warns about every Python-level shape check; those are the model's input validation.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+        try:
+            torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+        except (torch.onnx.OnnxExporterError, RuntimeError) as e:  # an opset torch cannot, or cannot here, do
+            if opset == DEFAULT_OPSET:
+                raise  # a bug: the default opset exports every variant
+            raise ConfigError(f"--opset {opset}: {str(e).splitlines()[0]} (the default, {DEFAULT_OPSET}, "
+                              f"exports every PiT)") from None
     _add_onnx_metadata(out, metadata(model))
 
 

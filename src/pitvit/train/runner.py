@@ -124,10 +124,10 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
 
 
 # ---------------------------------------------------------------------------- model and training objects
-def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, device: torch.device, input_size: int | None = None) -> nn.Module:
     """The student from the ``model`` section, optionally starting from weights, in distilled-training mode
-    when distilling."""
-    from pitvit.models import create_model
+    when distilling; ``input_size`` (the data's) is checked against its patches."""
+    from pitvit.models import create_model, token_grid
 
     m = cfg.model
     try:
@@ -139,6 +139,9 @@ def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Modul
         raise ConfigError(f"model.arch {m.arch}: {e}") from e
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if input_size is not None and min(token_grid(input_size, model.cfg.patch_size, model.cfg.stride)) < 1:
+        raise ConfigError(f"data.input_size {input_size} is smaller than {m.name}'s {model.cfg.patch_size} px "
+                          f"patches")
     if cfg.distill.mode != "none":
         if not model.cfg.distilled:
             raise ConfigError(f"distill.mode={cfg.distill.mode} needs a distilled model (a *_distilled variant, or "
@@ -405,7 +408,7 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
         torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt = load_resume(cfg, run_dir, require_resume)
     data = build_data(cfg, info, datasets)
-    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device)
+    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device, data.input_size)
     steps = len(data.train)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
