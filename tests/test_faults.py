@@ -125,6 +125,7 @@ def ws(tmp_path_factory) -> Path:
     ckpt = _last(root / "run")
     ckpt["state_dict"]["head.weight"].view(torch.int32)[0, 0] ^= 1 << 20
     torch.save(ckpt, root / "flipped" / "last.pt")
+    torch.save(ckpt, root / "flipped" / "best.pt")
     # Stopped in the middle of epoch 2, after 3 of its 6 batches of 16 (as SIGTERM leaves it).
     shutil.copytree(root / "run", root / "mid")
     ckpt = _last(root / "run")
@@ -176,6 +177,8 @@ CASES = [
      ["{w}/crafted/last.pt: refused", "--set train.resume=false", "(--output)"]),
     ("bit-flipped last.pt", ["train", "--data", "{w}/data", "--output", "{w}/flipped", *_sets()], 4,
      ["{w}/flipped/last.pt", "SHA-256", "damaged", "--set train.resume=false"]),
+    ("bit-flipped best.pt", ["eval", "--weights", "{w}/flipped/best.pt", "--data", "{w}/data", "--workers", "0"], 4,
+     ["{w}/flipped/best.pt", "SHA-256", "damaged", "use an intact copy"]),
     ("crafted teacher weights", ["train", "--data", "{w}/data", "--output", "{new}",
                                  *_sets(*_DIST, "distill.teacher_weights={w}/crafted_teacher.pth")], 4,
      ["{w}/crafted_teacher.pth", "refused"]),
@@ -464,8 +467,7 @@ def reference(tmp_path_factory):
     """192 training images (12 batches an epoch) and an uninterrupted 3-epoch run with 0 workers."""
     root = tmp_path_factory.mktemp("interrupted")
     data = _images(root / "data", 48, val=4)
-    r = subprocess.run(_train_argv(data, root / "ref", 0), env=_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert cli(_train_argv(data, root / "ref", 0)[3:]) == 0
     return data, _last(root / "ref")
 
 
@@ -500,8 +502,7 @@ def _resumes_exactly(reference, tmp_path, capsys, sig: int, workers: int) -> Non
     else:
         assert proc.returncode == -signal.SIGKILL
         assert not (run / "last.pt").exists() or _last(run)["step_in_epoch"] == 0  # the last finished epoch
-    r = subprocess.run(argv, env=_env(), capture_output=True, text=True, timeout=300)  # the same command again
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert cli(argv[3:]) == 0  # the same command again
     end = _last(run)
     assert end["epoch"] == 3 and not _temps(run)
     for key in ("state_dict", "ema_state_dict"):
