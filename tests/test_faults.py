@@ -456,6 +456,46 @@ def test_a_non_finite_validation_loss_is_not_a_good_checkpoint(tmp_path, monkeyp
     assert "epoch 2: the validation loss is not finite" in (run / "log.txt").read_text()
 
 
+_WORKERS = r'''
+import sys, torch
+from pitvit.data import build_loader
+
+class Zeros(torch.utils.data.Dataset):
+    classes = ["a"]
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        return torch.zeros(3, 4, 4), 0
+
+loader = build_loader(Zeros(), batch_size=8, train=True, seed=0, num_workers=2)  # persistent workers
+batches = iter(loader)
+next(batches)
+print(*[w.pid for w in loader.loader._iterator._workers], flush=True)
+sys.stdin.readline()  # the test signals the workers meanwhile
+print(1 + sum(1 for _ in batches), flush=True)
+# exits with the workers alive: multiprocessing then stops them with SIGTERM from this, their parent
+'''
+
+
+def test_loader_workers_leave_a_foreign_sigterm_to_their_process():
+    """A SIGTERM from another process (as a scheduler sends to the whole group) leaves a loader worker serving
+    its epoch; the parent's own SIGTERM, at exit, still ends it (else the exit would wait forever)."""
+    proc = subprocess.Popen([sys.executable, "-c", _WORKERS], env=_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # (its workers follow their parent)
+    assert proc.returncode == 0 and out.split() == ["8"], err[-3000:]  # all 8 batches of the epoch
+    assert "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------- interrupted runs, end to end
 def _train_argv(data: Path, run: Path, workers: int) -> list[str]:
     return [sys.executable, "-m", "pitvit", "train", "--data", str(data), "--output", str(run),

@@ -17,8 +17,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import random
 import signal
+import threading
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
@@ -336,10 +338,23 @@ def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
 
 
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
-    # A SIGTERM sent to the whole process group (by a scheduler, `timeout`, `kill -- -PGID`) is the main
-    # process's to handle: it finishes its step, saves and exits, and its workers end with it. A worker killed
-    # by it makes torch raise from the main process's SIGCHLD handler, in the middle of that save.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """In each worker: a SIGTERM from anyone but the main process is left to the main process.
+
+    A scheduler, ``timeout`` or ``kill -- -PGID`` signal the whole process group. The main process handles that
+    SIGTERM: it finishes its step, saves and exits, and its workers end with it. torch's worker handler instead
+    dies of it, and the main process's SIGCHLD handler then raises in the middle of the save. Workers keep
+    torch's answer to their own parent's SIGTERM (torch and multiprocessing stopping them): a quiet exit.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: torch's handling stays
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    threading.Thread(target=_answer_sigterm, args=(os.getppid(),), daemon=True, name="pitvit-sigterm").start()
+
+
+def _answer_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)  # as torch's handler does: a non-zero status would make the loader report a failure
 
 
 def build_loader(

@@ -84,6 +84,11 @@ def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
     for k in ("scale", "ratio"):
         if len(out[k]) != 2 or not 0 < out[k][0] <= out[k][1]:
             raise ConfigError(f"aug {k} must be a (low, high) pair with 0 < low <= high, got {out[k]}")
+    for k in ("hflip", "re_prob"):
+        if not 0 <= out[k] <= 1:
+            raise ConfigError(f"aug {k} is a probability, in [0, 1]; got {out[k]}")
+    if out["padding"] < 0 or out["re_count"] < 1:
+        raise ConfigError(f"aug padding must be >= 0 and re_count >= 1; got {out['padding']} and {out['re_count']}")
     out["scale"], out["ratio"] = tuple(out["scale"]), tuple(out["ratio"])
     return out
 
