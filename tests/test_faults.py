@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -269,7 +268,7 @@ def test_bad_input_is_one_line_and_changes_nothing(ws, tmp_path, capsys, argv, c
                          ids=["train", "eval", "convert"])
 def test_read_only_output_is_one_line(ws, read_only_dir, capsys, argv):
     argv = [a.replace("{w}", str(ws)).replace("{ro}", str(read_only_dir)) for a in argv]
-    line = _refused(capsys, argv, 6, [f"cannot ", str(read_only_dir)], [ws])
+    line = _refused(capsys, argv, 6, ["cannot ", str(read_only_dir)], [ws])
     assert "read-only file system" in line or "permission denied" in line
     assert not any(read_only_dir.iterdir())
 

@@ -305,8 +305,9 @@ def _check_resume(run: _Run, ckpt: dict[str, Any], epoch: int, step: int) -> Non
                  f"--set train.resume=false (its checkpoints are then replaced)")
     other = run_differences(ckpt, run.t.model, run.data.classes, run.data.input_size)
     if other:
-        saved = run.run_dir / "config.yaml"
-        how = f"run `pitvit train --config {saved}`" if saved.is_file() else "rerun it with the settings it ran with"
+        config_file = run.run_dir / "config.yaml"
+        how = (f"run `pitvit train --config {config_file}`" if config_file.is_file() else
+               "rerun it with the settings it ran with")
         raise TrainingError(f"{last} belongs to another run ({'; '.join(other)}): to continue that run, {how}; "
                             f"{elsewhere}")
     changes = _config_changes(ckpt.get("config", {}), config_to_dict(cfg))

@@ -10,8 +10,8 @@ The classes also derive from the built-in type callers caught before they existe
 """
 from __future__ import annotations
 
-__all__ = ["PitvitError", "ConfigError", "MissingPathError", "DatasetError", "CorruptImageError", "CheckpointError", "TrainingError",
-           "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
+__all__ = ["PitvitError", "ConfigError", "MissingPathError", "DatasetError", "CorruptImageError", "CheckpointError",
+           "TrainingError", "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
 
 
 class PitvitError(Exception):
