@@ -515,9 +515,10 @@ def test_resume_flags_and_the_changed_config_warning(tmp_path):
     data = (ToySet(32), None)
     with pytest.raises(TrainingError, match=r"--resume: .*last\.pt does not exist"):
         fit(_fit_cfg(tmp_path, "train.epochs=1"), require_resume=True, datasets=data)
-    assert not (run / "last.pt").exists() and not (run / "config.yaml").exists()
+    assert not run.exists()  # a run that cannot start leaves no folder behind
     # a temporary file of a killed writer (its process is gone) is removed when a run starts there
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    run.mkdir()
     stale = run / f".last.pt.tmp{int(gone.stdout)}"
     stale.write_bytes(b"half a checkpoint")
     fit(_fit_cfg(tmp_path, "train.epochs=1"), datasets=data)
@@ -529,8 +530,11 @@ def test_resume_flags_and_the_changed_config_warning(tmp_path):
     assert [r["epoch"] for r in _rows(run)] == [1]
     again = torch.load(run / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(again[k], v) for k, v in first.items())
-    # a finished run asked for no more epochs: nothing to do, and the folder's config stays that of last.pt
-    assert fit(_fit_cfg(tmp_path, "train.epochs=1", "optim.lr=5e-3"), datasets=data)["done_before"]
+    # a finished run asked for no more epochs: nothing to do; with other settings, refused; either way the
+    # folder's config stays that of last.pt
+    assert fit(_fit_cfg(tmp_path, "train.epochs=1"), datasets=data)["done_before"]
+    with pytest.raises(TrainingError, match=r"finished its 1 epochs with other settings \(optim.lr: 0.002 -> 0.005\)"):
+        fit(_fit_cfg(tmp_path, "train.epochs=1", "optim.lr=5e-3"), datasets=data)
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 2e-3
     # continuing with changed settings says which (paths and worker counts are not settings of the run)
     fit(_fit_cfg(tmp_path, "train.epochs=2", "optim.lr=1e-3", "data.num_workers=1"), datasets=data)

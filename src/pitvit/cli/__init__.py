@@ -79,21 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_code(e: BaseException) -> int | None:
-    """The exit code of an error the user can cause; ``None`` for a bug."""
-    if isinstance(e, PitvitError):
-        return e.exit_code
-    # Transitional: the user-error classes that models, data and train defined before pitvit.utils.errors
-    # existed. Once those layers raise the utils types (issue 8), this loop finds nothing and can go.
-    for module, cls_name, code in (("pitvit.data.errors", "DatasetError", 3),
-                                   ("pitvit.models.weights", "CheckpointError", 4),
-                                   ("pitvit.train.runner", "TrainingError", 5)):
-        cls = getattr(sys.modules.get(module), cls_name, None)
-        if isinstance(cls, type) and isinstance(e, cls):
-            return code
-    return None
-
-
 def _one_line(e: BaseException) -> str:
     # OSError subclasses (OutputError) keep the message in strerror; str() would add "[Errno N]".
     text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -120,14 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"pitvit {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as e:
-        code = _exit_code(e)
-        if code is None:
-            raise  # a bug: Python prints the traceback
+    except PitvitError as e:  # anything else is a bug: Python prints its traceback
         if args.traceback:
             traceback.print_exc()
         print(f"pitvit {args.command}: error: {_one_line(e)}", file=sys.stderr)
-        return code
+        return e.exit_code
 
 
 if __name__ == "__main__":

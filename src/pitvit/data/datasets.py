@@ -218,13 +218,11 @@ def detect_kind(root: str | os.PathLike | None, split: str) -> str:
         return "fashion_mnist"
     if (root / split).is_dir():
         return "imagefolder"
+    missing = "" if root.exists() else f"{root} does not exist; "
     raise DatasetError(
-        f"cannot tell which dataset is at {root} (split {split!r}): expected one of\n"
-        f"  imagefolder: {_FOLDER_LAYOUT}\n"
-        f"  list: {_LIST_LAYOUT}\n"
-        f"  fashion_mnist: ROOT/train-images-idx3-ubyte.gz and the other IDX files "
-        f"(default ROOT {DEFAULT_FASHION_MNIST_DIR})"
-        + ("" if root.exists() else f"\n({root} does not exist)"))
+        f"cannot tell which dataset is at {root} (split {split!r}): {missing}expected an imagefolder "
+        f"({_FOLDER_LAYOUT}), a list ({_LIST_LAYOUT}) or fashion_mnist (ROOT/train-images-idx3-ubyte.gz and the "
+        f"other IDX files; default ROOT {DEFAULT_FASHION_MNIST_DIR})")
 
 
 def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "auto",

@@ -17,14 +17,17 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import random
+import signal
+import threading
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-from pitvit.utils.errors import DatasetError, PitvitError
+from pitvit.utils.errors import ConfigError, DatasetError, PitvitError
 from pitvit.utils.seed import mix_seed
 
 from .images import SkippedSample
@@ -334,6 +337,26 @@ def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
         yield b
 
 
+def _worker_init(worker_id: int) -> None:  # noqa: ARG001
+    """In each worker: a SIGTERM from anyone but the main process is left to the main process.
+
+    A scheduler, ``timeout`` or ``kill -- -PGID`` signal the whole process group. The main process handles that
+    SIGTERM: it finishes its step, saves and exits, and its workers end with it. torch's worker handler instead
+    dies of it, and the main process's SIGCHLD handler then raises in the middle of the save. Workers keep
+    torch's answer to their own parent's SIGTERM (torch and multiprocessing stopping them): a quiet exit.
+    """
+    if not hasattr(signal, "sigwaitinfo"):  # not on macOS: torch's handling stays
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    threading.Thread(target=_answer_sigterm, args=(os.getppid(),), daemon=True, name="pitvit-sigterm").start()
+
+
+def _answer_sigterm(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)  # as torch's handler does: a non-zero status would make the loader report a failure
+
+
 def build_loader(
     dataset: Any,
     *,
@@ -379,6 +402,8 @@ def build_loader(
         pin_memory: default: the stage's (the CPU stage's: when CUDA is available).
         persistent_workers: keep workers between epochs (default: when ``num_workers > 0``).
     """
+    if num_workers < 0:
+        raise ConfigError(f"the number of loader workers must be >= 0 (0 loads in the main process), got {num_workers}")
     bound = (stage or CpuStage()).bind(dataset, seed=seed, train=train, rank=rank)
     if drop_last is None:
         drop_last = train
@@ -390,7 +415,7 @@ def build_loader(
     loader = DataLoader(
         bound.dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=_CollateOrError(bound.collate),
         pin_memory=bound.pin_memory if pin_memory is None else pin_memory,
-        persistent_workers=persistent_workers and num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0, worker_init_fn=_worker_init,
         # the DataLoader draws a base seed per iteration; a private generator keeps it from consuming the
         # global torch generator (and the per-sample seeding makes that base seed irrelevant)
         generator=torch.Generator().manual_seed(mix_seed(seed, rank)),

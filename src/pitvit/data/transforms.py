@@ -49,6 +49,8 @@ AUG_PRESETS: dict[str, dict[str, Any]] = {
                  auto_augment=None, re_prob=0.0, re_mode="pixel", re_count=1),
 }
 _CROPS = ("rrc", "pad", "center")
+_RE_MODES = ("const", "rand", "pixel")  # timm RandomErasing
+_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")  # both PIL and torchvision
 
 
 def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -77,6 +79,16 @@ def resolve_aug(aug: str | Mapping[str, Any] | None) -> dict[str, Any]:
         raise ConfigError(f"unknown crop {out['crop']!r}; valid: {', '.join(_CROPS)}")
     if out["auto_augment"] in ("", "none", "None"):
         out["auto_augment"] = None
+    if out["re_mode"] not in _RE_MODES:
+        raise ConfigError(f"unknown random-erasing mode {out['re_mode']!r}; valid: {', '.join(_RE_MODES)}")
+    for k in ("scale", "ratio"):
+        if len(out[k]) != 2 or not 0 < out[k][0] <= out[k][1]:
+            raise ConfigError(f"aug {k} must be a (low, high) pair with 0 < low <= high, got {out[k]}")
+    for k in ("hflip", "re_prob"):
+        if not 0 <= out[k] <= 1:
+            raise ConfigError(f"aug {k} is a probability, in [0, 1]; got {out[k]}")
+    if out["padding"] < 0 or out["re_count"] < 1:
+        raise ConfigError(f"aug padding must be >= 0 and re_count >= 1; got {out['padding']} and {out['re_count']}")
     out["scale"], out["ratio"] = tuple(out["scale"]), tuple(out["ratio"])
     return out
 
@@ -254,6 +266,10 @@ def build_transform(
                          f"got mean={tuple(mean)}, std={tuple(std)}")
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must lie in (0, 1], got {crop_pct}")
+    if not all(s > 0 for s in std):
+        raise ConfigError(f"std must be positive, got {tuple(std)}")
+    if interpolation not in _INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation {interpolation!r}; valid: {', '.join(_INTERPOLATIONS)}")
     pil_interp = str_to_pil_interp(interpolation)
     size = (h, w)
     first: list[Any] = [ToMode("L" if in_chans == 1 else "RGB")]
@@ -287,8 +303,13 @@ def build_transform(
                        img_mean=fill_color(mean),
                        interpolation=pil_interp)
         name = a["auto_augment"]
-        color.append(_posterize_zero_bits_safe(rand_augment_transform(name, hparams) if name.startswith("rand")
-                                               else auto_augment_transform(name, hparams)))
+        try:
+            policy = rand_augment_transform(name, hparams) if name.startswith("rand") else \
+                auto_augment_transform(name, hparams)
+        except (AssertionError, KeyError, ValueError) as e:  # timm asserts on a policy it does not know
+            raise ConfigError(f"auto_augment {name!r} is not a policy timm knows (e.g. rand-m9-mstd0.5-inc1, "
+                              f"original, v0; or none): {e}") from None
+        color.append(_posterize_zero_bits_safe(policy))
     erase = []
     if a["re_prob"] > 0:
         erase.append(RandomErasing(a["re_prob"], mode=a["re_mode"], max_count=a["re_count"], device="cpu"))

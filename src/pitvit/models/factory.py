@@ -20,13 +20,18 @@ __all__ = ["create_model", "model_from_checkpoint", "pretrained_reference"]
 _CFG_FIELDS = tuple(PiTConfig.__dataclass_fields__)
 
 
+class UnknownOptionError(ConfigError, TypeError):
+    """An unknown keyword: a ``TypeError`` as Python raises for any call, and a ConfigError when it came from a
+    configuration (``model.arch``)."""
+
+
 def _config_changes(options: Mapping[str, Any], caller: str) -> dict[str, Any]:
     """The :class:`PiTConfig` changes among ``options`` (``None`` means "keep"); the one place where an
-    unknown keyword is refused, with a ``TypeError`` as Python does for any call."""
+    unknown keyword is refused."""
     unknown = sorted(set(options) - set(_CFG_FIELDS))
     if unknown:
-        raise TypeError(f"{caller} got unknown option(s) {unknown}; valid: {sorted(_CFG_FIELDS)} "
-                        f"(and device, dtype)")
+        raise UnknownOptionError(f"{caller} got unknown option(s) {unknown}; valid: {sorted(_CFG_FIELDS)} "
+                                 f"(and device, dtype)")
     return {k: v for k, v in options.items() if v is not None}
 
 

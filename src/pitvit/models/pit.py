@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pitvit.utils.errors import ConfigError
+
 __all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "POOL_TYPES"]
 
 POOL_TYPES = ("token", "")  # read the class token(s) / return every class token unpooled
@@ -29,16 +31,16 @@ POOL_TYPES = ("token", "")  # read the class token(s) / return every class token
 def _pair(x: Union[int, Tuple[int, int], List[int]]) -> Tuple[int, int]:
     if isinstance(x, (tuple, list)):
         if len(x) != 2:
-            raise ValueError(f"expected an int or a (height, width) pair, got {x!r}")
+            raise ConfigError(f"expected an int or a (height, width) pair, got {x!r}")
         return int(x[0]), int(x[1])
     return int(x), int(x)
 
 
 def _check_pool(global_pool: str, distilled: bool) -> None:
     if global_pool not in POOL_TYPES:
-        raise ValueError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
+        raise ConfigError(f"global_pool must be one of {POOL_TYPES}, got {global_pool!r}")
     if distilled and global_pool != "token":
-        raise ValueError("a distilled PiT reads its two class tokens with global_pool='token'")
+        raise ConfigError("a distilled PiT reads its two class tokens with global_pool='token'")
 
 
 @dataclass(frozen=True)
@@ -80,24 +82,31 @@ class PiTConfig:
 
     def __post_init__(self) -> None:
         for name in ("base_dims", "depth", "heads"):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        object.__setattr__(self, "img_size", _pair(self.img_size))
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{name} needs one integer per stage, got {value!r}") from None
+        try:
+            object.__setattr__(self, "img_size", _pair(self.img_size))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"img_size must be an int or a (height, width) pair, got {self.img_size!r}") from e
         if not len(self.base_dims) == len(self.depth) == len(self.heads) >= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"base_dims, depth and heads need one entry per stage, got "
                 f"{self.base_dims}, {self.depth}, {self.heads}")
         if self.patch_size < self.stride or self.stride < 1:
-            raise ValueError(f"need patch_size >= stride >= 1, got {self.patch_size} and {self.stride}")
+            raise ConfigError(f"need patch_size >= stride >= 1, got {self.patch_size} and {self.stride}")
         if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.in_chans < 1:
-            raise ValueError(f"in_chans must be >= 1, got {self.in_chans}")
+            raise ConfigError(f"in_chans must be >= 1, got {self.in_chans}")
         _check_pool(self.global_pool, self.distilled)
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         grid = token_grid(self.img_size, self.patch_size, self.stride)
         if min(grid) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"img_size {self.img_size} is smaller than the stem's patch ({self.patch_size} px)")
 
     @property

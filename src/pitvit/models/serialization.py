@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pitvit.utils.errors import CheckpointError, ConfigError
-from pitvit.utils.io import atomic_write, save_torch, write_text, write_with
+from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError
+from pitvit.utils.io import atomic_write, save_torch, write_bytes, write_files
 
 from . import hub
 from .layouts import convert_state_dict
@@ -145,8 +145,12 @@ class _NumpyUnpickler(pickle.Unpickler):
 
 
 def _first_line(e: BaseException) -> str:
+    """The first line of an error from torch or pickle, cut after its first sentence when that is long (torch's
+    go on with advice that does not apply here)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else ""
+    line = text.splitlines()[0] if text else ""
+    head, dot, _ = line.partition(". ")
+    return head + "." if dot and len(line) > 120 else line
 
 
 def _read_pickle(path: Path) -> Any:
@@ -241,7 +245,7 @@ def _read_path(path: Path) -> _Read:
         state_dict, _ = _read_safetensors(weights_path)
         return _Read({**config, "format": "pitvit", "state_dict": state_dict}, "save_pretrained directory", path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingPathError(f"no checkpoint at {path}: no such file or folder")
     kind = _sniff(path)
     if kind == "safetensors":
         state_dict, meta = _read_safetensors(path)
@@ -262,7 +266,7 @@ def read_checkpoint(source: PathSource) -> dict[str, Any]:
     a safetensors file as ``{"state_dict", "safetensors_metadata"}``. Content hashes are verified when present.
 
     Raises:
-        FileNotFoundError: nothing at ``source``.
+        MissingPathError: nothing at ``source`` (a ConfigError and a FileNotFoundError).
         CheckpointError: the file is truncated, damaged, not a checkpoint, or wants to import code; a Hub
             reference that is neither cached nor downloadable.
     """
@@ -374,7 +378,7 @@ def read_state_dict(source: PathSource | Mapping[str, Any], *, ema: bool = False
         ema: take the EMA weights of a training checkpoint (an error if it has none).
 
     Raises:
-        FileNotFoundError: nothing at ``source``.
+        MissingPathError: nothing at ``source`` (a ConfigError and a FileNotFoundError).
         CheckpointError: unreadable, unsafe, damaged, holding no tensors, or no EMA weights when asked for.
     """
     return read_stored(source, ema=ema).tensors
@@ -401,11 +405,12 @@ def _write_paddle(sd: Mapping[str, torch.Tensor], path: Path) -> None:
         _PortablePickler(f, protocol=4).dump(arrays)
 
 
-def _write_safetensors(sd: Mapping[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+def _safetensors_bytes(sd: Mapping[str, torch.Tensor], meta: dict[str, str]) -> bytes:
+    # In memory, then written by pitvit.utils.io: safetensors' own file writer fails on a full disk with an
+    # error of its own type, after leaving part of the file behind.
+    from safetensors.torch import save
 
-    meta = {**meta, DIGEST_KEY: state_dict_digest(sd)}
-    write_with(path, lambda tmp: save_file(dict(sd), str(tmp), metadata=meta))
+    return save(dict(sd), metadata={**meta, DIGEST_KEY: state_dict_digest(sd)})
 
 
 def save_weights(model: nn.Module, path: PathSource, format: str | None = None) -> Path:
@@ -440,19 +445,26 @@ def save_weights(model: nn.Module, path: PathSource, format: str | None = None) 
     layout = fmt if fmt in ("timm", "timm_legacy") else "official"
     sd = convert_state_dict(sd, "official", layout)
     if fmt == "safetensors" or (layout != "official" and path.suffix.lower() == ".safetensors"):
-        meta = {"format": "pt", "pitvit_layout": layout}
-        if getattr(model, "model_name", ""):
-            meta["model_name"] = model.model_name
-        _write_safetensors(sd, path, meta)
+        write_bytes(path, _safetensors_bytes(sd, _safetensors_meta(model, layout)))
     else:
         save_torch(sd, path)
     return path
+
+
+def _safetensors_meta(model: nn.Module, layout: str) -> dict[str, str]:
+    meta = {"format": "pt", "pitvit_layout": layout}
+    if getattr(model, "model_name", ""):
+        meta["model_name"] = model.model_name
+    return meta
 
 
 def save_pretrained(model: nn.Module, directory: PathSource) -> Path:
     """Write ``model.safetensors`` and ``config.json`` (model name, architecture, preprocessing, class names).
 
     ``create_model(name, weights=directory)`` and ``model_from_checkpoint(directory)`` read it back.
+
+    Raises:
+        OutputError: either file cannot be written; then neither was (nor the folder, if it was new).
     """
     directory = Path(directory)
     config: dict[str, Any] = {"format": "pitvit", "version": 1, "model_name": getattr(model, "model_name", ""),
@@ -462,6 +474,8 @@ def save_pretrained(model: nn.Module, directory: PathSource) -> Path:
         config["pretrained_cfg"] = pretrained.to_dict() if hasattr(pretrained, "to_dict") else dict(pretrained)
     if getattr(model, "class_names", None):
         config["class_names"] = list(model.class_names)
-    save_weights(model, directory / WEIGHTS_NAME)
-    write_text(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Both files or neither: a full disk must not leave new weights beside an old config.json.
+    write_files({directory / WEIGHTS_NAME: _safetensors_bytes(sd, _safetensors_meta(model, "official")),
+                 directory / CONFIG_NAME: (json.dumps(config, indent=2) + "\n").encode()})
     return directory

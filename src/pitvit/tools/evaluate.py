@@ -119,7 +119,7 @@ def evaluate_model(
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
         skipped as unreadable, processes, the precision that ran as ``amp``, preprocessing).
     """
-    from pitvit.data import build_dataset, build_loader, build_transform
+    from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
     from pitvit.utils.device import amp_dtype, resolve_amp
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
@@ -132,12 +132,16 @@ def evaluate_model(
         amp = resolve_amp(amp, dist_info.device)
         dtype = amp_dtype(amp, dist_info.device)
         model = load_model(model_name, weights, ema=ema)
+        if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
+            raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
+                              f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "
+                              f"outputs; pass --data DIR with the dataset the model was trained on")
         pre = preprocessing(model)
         transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
         dataset = build_dataset(data, split, kind=kind, transform=transform)
         targets = getattr(dataset, "targets", None)
         if targets is not None and len(targets) and max(targets) >= model.num_classes:
-            raise ConfigError(f"{data or 'Fashion-MNIST'} ({split}) has labels up to {max(targets)}, but the model "
+            raise ConfigError(f"{data} ({split}) has labels up to {max(targets)}, but the model "
                               f"has {model.num_classes} outputs; evaluate a model trained on these classes")
         loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)

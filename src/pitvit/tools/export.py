@@ -28,7 +28,7 @@ from torch import nn
 
 from pitvit.models import token_grid
 from pitvit.utils.errors import ConfigError, OutputError
-from pitvit.utils.io import write_with
+from pitvit.utils.io import open_output, write_with
 
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
@@ -125,7 +125,13 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> No
         # The tracer warns about every Python-level shape check; those are the model's input validation.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+        try:
+            torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+        except (torch.onnx.OnnxExporterError, RuntimeError) as e:  # an opset torch cannot, or cannot here, do
+            if opset == DEFAULT_OPSET:
+                raise  # a bug: the default opset exports every variant
+            raise ConfigError(f"--opset {opset}: {str(e).splitlines()[0]} (the default, {DEFAULT_OPSET}, "
+                              f"exports every PiT)") from None
     _add_onnx_metadata(out, metadata(model))
 
 
@@ -178,8 +184,9 @@ def _write_pt2(model: nn.Module, out: Path, dynamic_hw: bool) -> None:
     ctx = _dynamic_img_size(model, dynamic_hw)
     with ctx, torch.no_grad():
         program = torch.export.export(model, (_example(model),), dynamic_shapes=({**dims},))
-    # Through a file object: torch.export wants a path ending in .pt2, and the temporary name does not.
-    with open(out, "wb") as f:
+    # Through a file object: torch.export wants a path ending in .pt2, and the temporary name does not. And
+    # through open_output: told of a failed write (a full disk), torch's zip writer aborts the process.
+    with open_output(out) as f:
         torch.export.save(program, f, extra_files={"pitvit.json": json.dumps(metadata(model))})
 
 

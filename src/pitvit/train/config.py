@@ -474,7 +474,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ValueError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
@@ -513,17 +513,29 @@ def validate(cfg: Config) -> None:
                 "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
     for k, v in positive.items():
         if v < 1:
-            raise ValueError(f"{k} must be >= 1, got {v}")
-    if cfg.train.epochs < 0 or cfg.sched.warmup_epochs < 0 or cfg.sched.cooldown_epochs < 0:
-        raise ValueError("train.epochs, sched.warmup_epochs and sched.cooldown_epochs must be >= 0")
+            raise ConfigError(f"{k} must be >= 1, got {v}")
+    not_negative = {"train.epochs": cfg.train.epochs, "sched.warmup_epochs": cfg.sched.warmup_epochs,
+                    "sched.cooldown_epochs": cfg.sched.cooldown_epochs, "optim.lr": cfg.optim.lr,
+                    "optim.eps": cfg.optim.eps, "optim.weight_decay": cfg.optim.weight_decay,
+                    "optim.clip_grad": cfg.optim.clip_grad, "data.num_workers": cfg.data.num_workers,
+                    "data.eval_batch_size": cfg.data.eval_batch_size, "optim.lr_base_batch": cfg.optim.lr_base_batch,
+                    "sched.warmup_lr": cfg.sched.warmup_lr, "sched.min_lr": cfg.sched.min_lr,
+                    "train.max_steps_per_epoch": cfg.train.max_steps_per_epoch, "train.threads": cfg.train.threads}
+    for k, v in not_negative.items():
+        if not v >= 0:  # also NaN
+            raise ConfigError(f"{k} must be >= 0, got {v}")
+    for k, v in (("model.drop_path", cfg.model.drop_path), ("model.drop", cfg.model.drop)):
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"{k} must be in [0, 1), got {v}")
     if cfg.distill.mode != "none" and not cfg.distill.teacher:
-        raise ValueError("distill.mode is set but distill.teacher is empty (a model name or checkpoint path)")
-    if not 0.0 <= cfg.distill.alpha <= 1.0:
-        raise ValueError(f"distill.alpha must be in [0, 1], got {cfg.distill.alpha}")
+        raise ConfigError("distill.mode is set but distill.teacher is empty (a model name or checkpoint path)")
+    if not 0.0 <= cfg.distill.alpha <= 1.0 or not cfg.distill.tau > 0:
+        raise ConfigError(f"distill.alpha must be in [0, 1] and distill.tau > 0, got {cfg.distill.alpha} and "
+                          f"{cfg.distill.tau}")
     if not 0.0 <= cfg.ema.decay < 1.0:
-        raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
-    if len(cfg.optim.betas) != 2:
-        raise ValueError(f"optim.betas needs two values, got {cfg.optim.betas}")
+        raise ConfigError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas needs two values in [0, 1), got {cfg.optim.betas}")
     if not 0.0 <= cfg.optim.wd_ratio <= 1.0 or cfg.optim.delta <= 0:
         raise ConfigError(f"optim.wd_ratio must be in [0, 1] and optim.delta > 0; got {cfg.optim.wd_ratio} "
                           f"and {cfg.optim.delta}")

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pitvit.utils.errors import CheckpointError, ConfigError
+
 __all__ = ["ClassificationLoss", "DistillationLoss", "build_teacher"]
 
 log = logging.getLogger("pitvit.train")
@@ -97,6 +99,11 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
         num_classes: the student's classes (the teacher must predict the same ones).
         weights: a state-dict checkpoint for a teacher given by name (nothing is downloaded).
         device: where the teacher runs.
+
+    Raises:
+        ConfigError: ``spec`` is neither a file nor a model name, ``weights`` does not exist, or the teacher
+            predicts another number of classes.
+        CheckpointError: a checkpoint is unreadable, unsafe, damaged, or its weights do not fit the teacher.
     """
     model: nn.Module
     if os.path.exists(spec):
@@ -112,16 +119,34 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
             import torchvision
 
             if spec not in torchvision.models.list_models():
-                raise ValueError(f"teacher {spec!r} is neither a file nor a timm or torchvision model name")
+                raise ConfigError(f"distill.teacher {spec!r} is neither a file nor a timm or torchvision model name")
             model = torchvision.models.get_model(spec, weights=None, num_classes=num_classes)
         if weights:
-            from pitvit.models import read_state_dict
-
-            model.load_state_dict(read_state_dict(weights))
+            _load_teacher_weights(model, spec, weights)
         else:
             log.warning("teacher %s has random weights (nothing is downloaded): pass distill.teacher_weights", spec)
     out = getattr(model, "num_classes", None)
     if out is not None and out != num_classes:
-        raise ValueError(f"teacher predicts {out} classes, the student {num_classes}")
+        raise ConfigError(f"the teacher {spec} predicts {out} classes, the student {num_classes}; distil from a "
+                          f"teacher trained on the student's classes")
     model.eval().requires_grad_(False)
     return model.to(device)
+
+
+def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
+    from pitvit.models import read_state_dict
+
+    if not os.path.exists(weights):
+        raise ConfigError(f"distill.teacher_weights: {weights} does not exist")
+    state = read_state_dict(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # torch lists every missing and unexpected key, over many lines
+        mine = model.state_dict()
+        missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        shapes = [k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape)]
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("other shapes", sorted(shapes))) if keys)
+        raise CheckpointError(f"distill.teacher_weights: {weights} does not hold {spec}'s weights ({detail}); give "
+                              f"a state dict of that model") from e

@@ -7,6 +7,7 @@ metric improves), so a run killed at any moment resumes from its folder and ends
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -21,11 +22,11 @@ from torch import nn
 
 from pitvit.utils.device import amp_dtype
 from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from pitvit.utils.errors import ConfigError, TrainingError
-from pitvit.utils.io import remove_stale_temps, save_torch, write_with
-from pitvit.utils.logs import Progress, setup_logging
+from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError, OutputError, TrainingError
+from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
+from pitvit.utils.logs import Progress, setup_logging, start_log_file
 
-from .checkpoint import capture_rng, load_checkpoint, restore_rng
+from .checkpoint import capture_rng, load_checkpoint, order_changes, restore_rng, run_differences
 from .config import Config, config_to_dict, resolve_best_metric, save_config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
 from .ema import ModelEma
@@ -123,17 +124,28 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
 
 
 # ---------------------------------------------------------------------------- model and training objects
-def build_model(cfg: Config, num_classes: int, device: torch.device) -> nn.Module:
+def build_model(cfg: Config, num_classes: int, device: torch.device, input_size: int | None = None) -> nn.Module:
     """The student from the ``model`` section, optionally starting from weights, in distilled-training mode
-    when distilling."""
-    from pitvit.models import create_model
+    when distilling; ``input_size`` (the data's) is checked against its patches."""
+    from pitvit.models import create_model, token_grid
 
     m = cfg.model
-    model = create_model(m.name, num_classes=num_classes, img_size=m.img_size, drop_path_rate=m.drop_path,
-                         drop_rate=m.drop, weights=m.weights or None, **m.arch)
+    try:
+        model = create_model(m.name, num_classes=num_classes, img_size=m.img_size, drop_path_rate=m.drop_path,
+                             drop_rate=m.drop, weights=m.weights or None, **m.arch)
+    except ConfigError as e:
+        if not m.arch or isinstance(e, MissingPathError):
+            raise
+        raise ConfigError(f"model.arch {m.arch}: {e}") from e
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
+    if input_size is not None and min(token_grid(input_size, model.cfg.patch_size, model.cfg.stride)) < 1:
+        raise ConfigError(f"data.input_size {input_size} is smaller than {m.name}'s {model.cfg.patch_size} px "
+                          f"patches")
     if cfg.distill.mode != "none":
+        if not model.cfg.distilled:
+            raise ConfigError(f"distill.mode={cfg.distill.mode} needs a distilled model (a *_distilled variant, or "
+                              f"model.arch={{distilled: true}}); {m.name} has no distillation token")
         model.set_distilled_training(True)
     return model.to(device)
 
@@ -203,7 +215,9 @@ def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, A
 def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
                     partial: dict[str, float] | None = None) -> dict[str, Any]:
     """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
-    next one."""
+    next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
+    from pitvit.models import with_digests
+
     model = t.model
     pretrained = model.pretrained_cfg.to_dict()
     pretrained.update(num_classes=model.num_classes, input_size=[model.cfg.in_chans, data.input_size,
@@ -229,7 +243,7 @@ def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: i
         ckpt["scaler"] = t.scaler.state_dict()
     if partial is not None:
         ckpt["partial_epoch"] = dict(partial)
-    return ckpt
+    return with_digests(ckpt)
 
 
 def restore(ckpt: dict[str, Any], t: Training) -> None:
@@ -261,10 +275,11 @@ def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") 
 
 def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | None:
     """The checkpoint to continue from: ``run_dir/last.pt`` unless ``train.resume`` is false (and ``require``,
-    the ``--resume`` flag, is not set); warns about configuration changes since it was written.
+    the ``--resume`` flag, is not set).
 
     Raises:
         TrainingError: ``require`` and there is no ``last.pt``.
+        CheckpointError: ``last.pt`` is damaged, truncated or unsafe (the message says how to go on).
     """
     last = run_dir / "last.pt"
     if not last.exists():
@@ -274,11 +289,48 @@ def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | N
     if not cfg.train.resume and not require:
         log.warning("%s exists but train.resume is false: starting over", last)
         return None
-    ckpt = load_checkpoint(last)
+    try:
+        return load_checkpoint(last)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; it is the checkpoint this run would continue from: start over in {run_dir} "
+                              f"with --set train.resume=false (it is then replaced), or train in another folder "
+                              f"(--output)") from None
+
+
+def _check_resume(run: _Run, ckpt: dict[str, Any], epoch: int, step: int) -> None:
+    """Refuse another run's checkpoint, a finished run asked to go on with other settings, and a mid-epoch
+    resume that would not see the rest of the batches it stopped between; warn about any other change."""
+    last, cfg = run.run_dir / "last.pt", run.cfg
+    elsewhere = (f"to train this one, choose another --output, or start over in {run.run_dir} with "
+                 f"--set train.resume=false (its checkpoints are then replaced)")
+    other = run_differences(ckpt, run.t.model, run.data.classes, run.data.input_size)
+    if other:
+        config_file = run.run_dir / "config.yaml"
+        how = (f"run `pitvit train --config {config_file}`" if config_file.is_file() else
+               "rerun it with the settings it ran with")
+        raise TrainingError(f"{last} belongs to another run ({'; '.join(other)}): to continue that run, {how}; "
+                            f"{elsewhere}")
     changes = _config_changes(ckpt.get("config", {}), config_to_dict(cfg))
+    settings = [c for c in changes if not c.startswith("train.epochs:")]
+    if settings and epoch >= run.t.schedule.total_epochs and not step:
+        raise TrainingError(f"{last} holds a run that finished its {epoch} epochs with other settings "
+                            f"({'; '.join(settings)}): to continue it, raise train.epochs; {elsewhere}")
+    saved = (ckpt.get("sampler") or {}).get("sampler") or {}
+    sampler = getattr(run.data.train, "sampler", None)
+    order = order_changes(saved, sampler.state_dict()) if hasattr(sampler, "state_dict") else []
+    old_accum = ckpt.get("config", {}).get("optim", {}).get("accum_steps", cfg.optim.accum_steps)
+    if old_accum != cfg.optim.accum_steps:
+        order.append(f"optim.accum_steps {old_accum} -> {cfg.optim.accum_steps}")
+    if order and step:
+        raise TrainingError(
+            f"{last} stopped in the middle of epoch {epoch + 1}, after batch {step}, and its remaining batches "
+            f"only exist for the settings it ran with ({'; '.join(order)}): resume with those (global batch = "
+            f"data.batch_size x processes); {elsewhere}")
+    if order:
+        log.warning("the batches change at this epoch boundary (%s): the learning rate follows the new global "
+                    "batch, and the run no longer matches an uninterrupted one", "; ".join(order))
     if changes:
         log.warning("resuming with a changed configuration: %s", "; ".join(changes))
-    return ckpt
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -345,16 +397,13 @@ class _Run:
     best: dict[str, Any]
     bar: bool
     metrics: MetricsLog | None = None
+    good: str = "none (no epoch has finished)"  # the last checkpoint with finite weights and validation loss
 
 
 def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, dict[str, Any] | None]:
     info = init_distributed(cfg.train.device)
     run_dir = run_dir_of(cfg)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(run_dir)  # checkpoints half-written by a killed run
-    barrier()
-    setup_logging(info.rank, str(run_dir / "log.txt"))
+    setup_logging(info.rank, str(run_dir / "log.txt"), hold=True)  # the folder is made once the run starts
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)  # the initial weights depend on the seed only
@@ -362,7 +411,7 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
         torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt = load_resume(cfg, run_dir, require_resume)
     data = build_data(cfg, info, datasets)
-    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device)
+    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device, data.input_size)
     steps = len(data.train)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -376,8 +425,11 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     """Load the checkpoint into the run; returns where to go on: epoch, batch and the epoch's running sums."""
     if ckpt is None:
         return 0, 0, None
-    restore(ckpt, run.t)
     epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+    _check_resume(run, ckpt, epoch, step)
+    restore(ckpt, run.t)
+    if _finite_weights(run.t):
+        run.good = f"{run.run_dir / 'last.pt'} (epoch {epoch}" + (f", batch {step})" if step else ")")
     saved = ckpt.get("best_metric") or {}
     if saved.get("name") == run.best["name"]:
         run.best = dict(saved)
@@ -388,14 +440,46 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     return epoch, step, ckpt.get("partial_epoch")
 
 
+def _start(run: _Run, start_epoch: int) -> None:
+    """Make the run folder and write its configuration: only now, with every check passed, does the run write
+    anything (a run that cannot start leaves no folder, and an existing folder as it was)."""
+    if run.info.is_main:
+        make_dir(run.run_dir)
+        remove_stale_temps(run.run_dir)  # checkpoints half-written by a killed run
+        save_config(run.cfg, run.run_dir / "config.yaml")
+        start_log_file()
+        run.metrics = MetricsLog(run.run_dir, run.cfg.log.tensorboard, run.cfg.log.plot)
+        run.metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
+    barrier()
+
+
+def _finite_weights(t: Training) -> bool:
+    models = [t.model] + ([t.ema.module] if t.ema is not None else [])
+    return all(bool(torch.isfinite(v).all()) for m in models for v in m.state_dict().values()
+               if v.is_floating_point())
+
+
+def _require_finite_weights(run: _Run, epoch: int) -> None:
+    """Stop before a checkpoint of non-finite weights replaces the last good ``last.pt``."""
+    if not _finite_weights(run.t):
+        raise TrainingError(f"the weights became non-finite in epoch {epoch + 1} (its losses were finite): "
+                            f"stopping without saving it; the last good checkpoint is {run.good}. {_REMEDY}")
+
+
 def _save(run: _Run, *, epoch: int, step: int, is_best: bool = False,
           partial: dict[str, float] | None = None) -> None:
+    """Write ``last.pt`` (and ``best.pt``); a full disk stops the run with the checkpoints on disk intact."""
     if run.info.is_main:
         last = run.run_dir / "last.pt"
-        save_torch(make_checkpoint(run.cfg, run.t, run.data, epoch=epoch, step=step, best=run.best,
-                                   partial=partial), last)
-        if is_best:
-            write_with(run.run_dir / "best.pt", lambda tmp: shutil.copyfile(last, tmp))
+        try:
+            save_torch(make_checkpoint(run.cfg, run.t, run.data, epoch=epoch, step=step, best=run.best,
+                                       partial=partial), last)
+            if is_best:
+                write_with(run.run_dir / "best.pt", lambda tmp: shutil.copyfile(last, tmp))
+        except OutputError as e:
+            raise OutputError(e.errno, f"{e.strerror}; training stopped, the checkpoints already in {run.run_dir} "
+                                       f"are intact (the last good one: {run.good}): make room and run the same "
+                                       f"command to resume") from None
     barrier()
 
 
@@ -413,9 +497,10 @@ def _train_epoch(run: _Run, epoch: int, *, start_step: int, partial: dict[str, f
                                start_step=start_step, partial=partial, max_steps=cfg.train.max_steps_per_epoch,
                                progress=progress, should_stop=stop)
     except NonFiniteLossError as e:
-        kept = f"{run.run_dir / 'last.pt'} (epoch {epoch})" if epoch else "none (first epoch)"
-        raise TrainingError(f"{e}: stopping; the last good checkpoint is {kept}. Lower optim.lr, "
-                            f"set optim.clip_grad, or try train.amp=none.") from e
+        raise TrainingError(f"{e}: stopping; the last good checkpoint is {run.good}. {_REMEDY}") from e
+
+
+_REMEDY = "Lower optim.lr, set optim.clip_grad, or try train.amp=none."
 
 
 def _evaluate_all(run: _Run) -> dict[str, float]:
@@ -440,24 +525,29 @@ def _end_epoch(run: _Run, epoch: int, total: int, stats: dict[str, Any], t0: flo
         row.update(_evaluate_all(run))
     row["skipped_images"] = int(all_reduce_sum([_skipped(run.data.train)], info.device)[0])
     row["epoch_time_s"] = time.perf_counter() - t0
+    _require_finite_weights(run, epoch)
+    good = all(math.isfinite(row[k]) for k in ("val_loss", "ema_loss") if k in row)
     name = run.best["name"]
-    is_best = name in row and _improved(name, row[name], run.best)
+    is_best = good and name in row and _improved(name, row[name], run.best)
     if is_best:
         run.best = {"name": name, "value": row[name], "epoch": epoch + 1}
     _log_epoch(row, run.best)
     if run.metrics is not None:
         run.metrics.append(row)
     _save(run, epoch=epoch + 1, step=0, is_best=is_best)
+    if good:
+        run.good = f"{run.run_dir / 'last.pt'} (epoch {epoch + 1})"
+    else:
+        log.warning("epoch %d: the validation loss is not finite; its checkpoint is not a good one (nor best.pt)",
+                    epoch + 1)
+        kept = run.best.get("epoch") is not None and (run.run_dir / "best.pt").exists()
+        run.good = f"{run.run_dir / 'best.pt'} (epoch {run.best['epoch']})" if kept else "none"
     return row
 
 
 def _run_epochs(run: _Run, start_epoch: int, start_step: int, partial: dict[str, float] | None) -> dict[str, Any]:
     """Epochs ``start_epoch ..`` (the first from batch ``start_step``) until the end or a SIGTERM."""
     cfg, t, info, total = run.cfg, run.t, run.info, run.t.schedule.total_epochs
-    if info.is_main:  # the configuration is only written once the run really starts
-        save_config(cfg, run.run_dir / "config.yaml")
-        run.metrics = MetricsLog(run.run_dir, cfg.log.tensorboard, cfg.log.plot)
-        run.metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
     log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
              cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
              t.schedule.base_lr, total, t.steps_per_epoch, run.run_dir)
@@ -470,6 +560,7 @@ def _run_epochs(run: _Run, start_epoch: int, start_step: int, partial: dict[str,
             stats = _train_epoch(run, epoch, start_step=start_step, partial=partial, stop=stop)
             start_step, partial = 0, None
             if stats["stopped"]:
+                _require_finite_weights(run, epoch)
                 _save(run, epoch=epoch, step=stats["next_step"], partial=stats["partial"])
                 log.info("stopped by SIGTERM at epoch %d, batch %d: saved %s; run the same command to resume",
                          epoch + 1, stats["next_step"], run.run_dir / "last.pt")
@@ -494,7 +585,10 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         The last metrics row plus ``run_dir``, ``best`` and ``stopped``.
 
     Raises:
-        TrainingError: the loss became non-finite (the last good checkpoint is kept), or nothing to resume.
+        TrainingError: the loss or the weights became non-finite (the last good checkpoint is kept), nothing
+            to resume, or the run folder holds a run this configuration cannot continue (nothing is written).
+        CheckpointError: the run folder's ``last.pt`` is damaged or unsafe.
+        OutputError: the run folder or a checkpoint cannot be written (the checkpoints on disk are intact).
     """
     try:
         run, ckpt = _prepare(cfg, require_resume, datasets)
@@ -504,6 +598,7 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
                      run.run_dir / "last.pt", run.t.schedule.total_epochs)
             return {"epoch": start_epoch, "run_dir": str(run.run_dir), "best": run.best, "stopped": False,
                     "done_before": True}
+        _start(run, start_epoch)
         result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
         cleanup_distributed()

@@ -10,8 +10,8 @@ The classes also derive from the built-in type callers caught before they existe
 """
 from __future__ import annotations
 
-__all__ = ["PitvitError", "ConfigError", "DatasetError", "CorruptImageError", "CheckpointError", "TrainingError",
-           "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
+__all__ = ["PitvitError", "ConfigError", "MissingPathError", "DatasetError", "CorruptImageError", "CheckpointError",
+           "TrainingError", "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
 
 
 class PitvitError(Exception):
@@ -24,6 +24,10 @@ class ConfigError(PitvitError, ValueError):
     """A wrong option or value: an unknown config key, model name, choice or path argument."""
 
     exit_code = 2
+
+
+class MissingPathError(ConfigError, FileNotFoundError):
+    """A path argument (weights, a checkpoint) names nothing; a ``FileNotFoundError`` too."""
 
 
 class DatasetError(PitvitError, RuntimeError):

@@ -2,20 +2,28 @@
 
 A reader (or a crash, a kill, a full disk) sees the old file or the new one, never half of one. Temporary
 files are named ``.NAME.tmp<pid>``; one left by a killed process is removed by :func:`remove_stale_temps` at
-the next start. Every file the project writes goes through here.
+the next start. Every file the project writes goes through here, and every way it can fail (a full disk, a
+read-only folder, a path under a file) is an :class:`~pitvit.utils.errors.OutputError` that says so; folders
+created for a file that could not be written are removed again.
+
+Writers that stream into a file object from C++ (``torch.save``, ``torch.export.save``) get a file whose
+``write`` never fails (:func:`open_output`): the first error is kept and raised once the writer is done. Told
+of a failed write instead, torch's zip writer raises from its destructor, which aborts the process.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import re
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator, Mapping
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "save_torch", "write_with", "remove_stale_temps", "temp_name"]
+__all__ = ["atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
+           "make_dir", "remove_stale_temps", "temp_name"]
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
@@ -37,15 +45,138 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _output_error(path: Path, e: OSError) -> OutputError:
-    what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-            errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
-            errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
-            errno.EISDIR: "the path is a folder"}.get(e.errno, e.strerror or type(e).__name__)
-    err = OutputError(e.errno or 0, f"cannot write {path}: {what}; choose another path or free space "
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` (or ``path`` itself) when it is not a folder."""
+    for p in (path, *path.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def _output_error(path: Path, e: OSError, folder: Path | None = None) -> OutputError:
+    """``e`` as an OutputError about writing ``path`` (creating the folder ``folder``, when given)."""
+    blocker = _file_above(folder or path.parent) if e.errno in (errno.EEXIST, errno.ENOTDIR) else None
+    if blocker is not None:  # mkdir says "File exists" for a path under a file: name the file instead
+        what = f"{blocker} is a file, not a folder"
+    else:
+        what = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "the file is larger than this file system or process allows",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                errno.EISDIR: "the path is a folder"}.get(e.errno, e.strerror or type(e).__name__)
+    action = f"cannot create the folder {folder}" if folder is not None else f"cannot write {path}"
+    err = OutputError(e.errno or 0, f"{action}: {what}; choose another path or free space "
                                     f"(nothing was written there)")
-    err.filename = str(path)
+    err.filename = str(folder or path)
     return err
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; returns the ones created, outermost first."""
+    missing = [p for p in (folder, *folder.parents) if not p.is_dir()][::-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in reversed(folders):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """Create a folder (and its parents) for outputs.
+
+    Raises:
+        OutputError: it cannot be created (a file in the way, a read-only or full file system).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _output_error(path, e, folder=path) from e
+    return path
+
+
+class _Output(io.IOBase):
+    """A writable file whose ``write`` never raises: the first ``OSError`` is kept in ``error``, later writes
+    are dropped, and the writer carries on to its end (see the module docstring)."""
+
+    def __init__(self, raw: IO[Any]) -> None:
+        super().__init__()
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        if self.error is None:
+            try:
+                self.raw.write(data)
+            except OSError as e:
+                self.error = e
+        return len(data)
+
+    def flush(self) -> None:
+        if self.error is None and not self.raw.closed:
+            try:
+                self.raw.flush()
+            except OSError as e:
+                self.error = e
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self.raw.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+
+@contextlib.contextmanager
+def open_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open ``path`` for a writer that cannot take a failed ``write`` (see the module docstring); the first
+    ``OSError`` of any write is raised when the block ends, also in place of an error the writer then raised.
+
+    Not atomic by itself: the callers write temporary files with it.
+    """
+    with open(path, mode) as raw:
+        out = _Output(raw)
+        try:
+            yield out  # type: ignore[misc]
+        except Exception:
+            if out.error is not None:
+                raise out.error from None  # the cause, not what the writer made of it
+            raise
+        if out.error is not None:
+            raise out.error
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yields the temporary name to write; renames it over ``path`` if the block succeeds. On any failure the
+    temporary file and the folders created for it are removed, and an ``OSError`` becomes an OutputError."""
+    tmp = temp_name(path)
+    created: list[Path] = []
+    try:
+        created = _make_parents(path.parent)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        _remove_empty(created)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise _output_error(path, e) from e
+        raise
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -55,21 +186,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     Raises:
         OutputError: the folder cannot be created or written, or the disk is full (``path`` is untouched).
     """
-    path = Path(path)
-    tmp = temp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _output_error(path, e) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    with _replacing(Path(path)) as tmp, open_output(tmp, mode) as f:
+        yield f
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -94,25 +212,37 @@ def save_torch(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Atomically produce ``path`` with a writer that only accepts a file name (safetensors, ONNX, ...).
+    """Atomically produce ``path`` with a writer that only accepts a file name (ONNX, a copy, ...).
 
-    ``writer(tmp)`` writes the temporary file; it then replaces ``path`` as :func:`atomic_write` does.
+    ``writer(tmp)`` writes the temporary file (a writer streaming from C++ should open it with
+    :func:`open_output`); it then replaces ``path`` as :func:`atomic_write` does.
     """
     path = Path(path)
-    tmp = temp_name(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with _replacing(path) as tmp:
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise _output_error(path, e) from e
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
     return path
+
+
+def write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
+    """Write several files as one: every temporary file is written and synced before any is renamed into place,
+    so a full disk or a bad path leaves all of them as they were (a kill between two renames may still leave
+    some new and some old).
+
+    Raises:
+        OutputError: one of them cannot be written; none was replaced.
+    """
+    paths = [Path(p) for p in files]
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_replacing(p)) for p in paths]  # all renamed only if every write succeeds
+        for path, tmp, data in zip(paths, temps, files.values()):
+            try:
+                with open_output(tmp) as f:
+                    f.write(data)
+            except OSError as e:
+                raise _output_error(path, e) from e  # named here: the contexts would all name the last file
+    return paths
 
 
 def _pid_alive(pid: int) -> bool:

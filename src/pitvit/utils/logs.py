@@ -14,7 +14,7 @@ import torch
 
 from .device import peak_memory_mb
 
-__all__ = ["setup_logging", "get_logger", "Progress"]
+__all__ = ["setup_logging", "start_log_file", "get_logger", "Progress"]
 
 
 def get_logger(name: str = "pitvit") -> logging.Logger:
@@ -36,8 +36,45 @@ class _RankFilter(logging.Filter):
         return record.levelno >= logging.ERROR
 
 
-def setup_logging(rank: int, log_file: str | None = None) -> logging.Logger:
-    """The ``pitvit`` logger: messages to stderr (and ``log_file`` on rank 0), filtered by rank."""
+class _HeldFile(logging.Handler):
+    """A run's log file that does not exist yet: records wait in memory until :func:`start_log_file`, which
+    writes them first; a run that fails before it starts leaves no file (nor folder) behind."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.held: list[logging.LogRecord] = []
+        self.file: logging.FileHandler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is None:
+            self.held.append(record)
+        else:
+            self.file.emit(record)
+
+    def start(self) -> None:
+        if self.file is None:
+            self.file = logging.FileHandler(self.path)
+            self.file.setFormatter(self.formatter)
+            for record in self.held:
+                self.file.emit(record)
+            self.held = []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
+
+
+def setup_logging(rank: int, log_file: str | None = None, *, hold: bool = False) -> logging.Logger:
+    """The ``pitvit`` logger: messages to stderr (and ``log_file`` on rank 0), filtered by rank.
+
+    Args:
+        rank: this process's rank; ranks other than 0 log errors only.
+        log_file: also append the messages to this file (rank 0).
+        hold: keep the messages for ``log_file`` in memory until :func:`start_log_file` (its folder may not
+            exist yet).
+    """
     logger = logging.getLogger("pitvit")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -48,13 +85,20 @@ def setup_logging(rank: int, log_file: str | None = None) -> logging.Logger:
     fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file and rank == 0:
-        handlers.append(logging.FileHandler(log_file))
+        handlers.append(_HeldFile(log_file) if hold else logging.FileHandler(log_file))
     for h in handlers:
         h._pitvit = True  # type: ignore[attr-defined]
         h.setFormatter(fmt)
         h.addFilter(_RankFilter(rank))
         logger.addHandler(h)
     return logger
+
+
+def start_log_file() -> None:
+    """Start writing the log file held by ``setup_logging(..., hold=True)``, its held messages first."""
+    for h in logging.getLogger("pitvit").handlers:
+        if isinstance(h, _HeldFile):
+            h.start()
 
 
 def _clock(seconds: float) -> str:
