@@ -5,21 +5,22 @@ Datasets (:func:`build_dataset`) return ``(transform(PIL image), label)`` and ca
 ``.targets``; every image file is decoded by :func:`load_image`; :func:`build_transform` builds the training or
 evaluation pipeline; :func:`build_loader` yields ``(images, labels)`` batches, seeded per sample and sharded per
 process, through a decode-and-augment stage (:class:`CpuStage` by default, :class:`pitvit.data.gpu.GpuStage` on
-a device); :func:`build_mixup` provides Mixup/CutMix (the matching loss is training's ``ClassificationLoss``).
+a device, :class:`MemoryStage` for a dataset held in memory); :func:`build_mixup` provides Mixup/CutMix (the matching loss is training's ``ClassificationLoss``).
 """
 from pitvit.utils.errors import CorruptImageError, DatasetError
 
-from .datasets import FashionMNIST, ImageFolderDataset, ListDataset, build_dataset, detect_kind
+from .datasets import FashionMNIST, ImageFolderDataset, ListDataset, Subset, build_dataset, detect_kind, holdout_indices
 from .fashion_mnist import FASHION_MNIST_CLASSES, read_idx
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 from .loader import CpuStage, KeyedDataset, Loader, SeededDataset, Stage, build_loader, collate_skipping
+from .memory import MemoryStage
 from .mixup import build_mixup
 from .sampler import EpochBatchSampler
 from .transforms import AUG_PRESETS, build_transform, fill_color, resolve_aug, size_hw
 
 __all__ = [
     "build_dataset", "build_transform", "build_loader", "build_mixup",
-    "ImageFolderDataset", "ListDataset", "FashionMNIST", "FASHION_MNIST_CLASSES", "read_idx", "detect_kind",
+    "ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "holdout_indices", "MemoryStage", "FASHION_MNIST_CLASSES", "read_idx", "detect_kind",
     "IMAGE_EXTENSIONS", "is_image_file", "load_image", "SkippedSample", "DatasetError", "CorruptImageError",
     "Loader", "Stage", "CpuStage", "KeyedDataset", "SeededDataset", "EpochBatchSampler", "collate_skipping",
     "AUG_PRESETS", "resolve_aug", "size_hw", "fill_color",

@@ -10,13 +10,15 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from pitvit.utils.errors import ConfigError, DatasetError
 
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
-__all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "build_dataset",
-           "detect_kind"]
+__all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
+           "detect_kind", "holdout_indices"]
 
 KINDS = ("auto", "imagefolder", "list", "fashion_mnist")
 SPLITS = ("train", "val", "test")
@@ -262,3 +264,56 @@ def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "au
     if split != "train" and (root / "train").is_dir():
         classes = _class_dirs(root / "train") or None
     return ImageFolderDataset(root / split, transform, classes=classes, strict_images=strict_images)
+
+
+class Subset:
+    """The samples ``indices`` of ``dataset``, in that order.
+
+    ``targets`` (and ``images``, for a dataset held in memory) are those of the subset; ``classes`` and any
+    other attribute (``transform``...) are the dataset's.
+    """
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "indices"):  # not yet set (unpickling): avoid recursing
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    @property
+    def targets(self) -> list[int]:
+        targets = self.dataset.targets
+        return [targets[i] for i in self.indices]
+
+    @property
+    def images(self) -> Any:
+        images = getattr(self.dataset, "images", None)
+        if images is None:
+            raise AttributeError(f"{type(self.dataset).__name__} holds no images in memory")
+        return images[self.indices]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.dataset!r}, n={len(self)})"
+
+
+def holdout_indices(n: int, holdout: int) -> tuple[list[int], list[int]]:
+    """Split ``range(n)`` into ``(train, held out)``: ``holdout`` indices drawn at random, always the same ones
+    for the same ``n`` and ``holdout`` (numpy's legacy ``RandomState(0)``, whose stream numpy keeps fixed across
+    versions; independent of the run's seed), each list sorted.
+
+    Raises:
+        ConfigError: ``holdout`` is not in ``1 .. n - 1``.
+    """
+    if not 0 < holdout < n:
+        raise ConfigError(f"data.holdout must hold out between 1 and {n - 1} of the {n} training images, "
+                          f"got {holdout}")
+    perm = np.random.RandomState(0).permutation(n)
+    return sorted(perm[holdout:].tolist()), sorted(perm[:holdout].tolist())

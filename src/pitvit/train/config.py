@@ -90,7 +90,12 @@ class DataCfg:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     skip_corrupt: bool = True  # False: a corrupt image stops the run
-    pipeline: str = "cpu"  # cpu | gpu: decode and augment in CPU workers, or on the device (docs/gpu_pipeline.md)
+    # cpu | gpu | memory: decode and augment in CPU workers; on the device (docs/gpu_pipeline.md); or, for a
+    # dataset held in memory (Fashion-MNIST), a whole batch at a time in the main process (pad-crop and flip only)
+    pipeline: str = "cpu"
+    # N > 0: validate on N images held out of train_split (a fixed random choice, pitvit.data.holdout_indices)
+    # and train on the rest; val_split is then not read
+    holdout: int = 0
 
 
 @dataclass
@@ -508,7 +513,9 @@ def validate(cfg: Config) -> None:
     _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
     _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
-    _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu"))
+    _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu", "memory"))
+    if cfg.data.holdout < 0:
+        raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")
     positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
                 "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
     for k, v in positive.items():

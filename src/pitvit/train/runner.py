@@ -89,15 +89,21 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
         if not cfg.data.path and cfg.data.kind != "fashion_mnist":
             raise ConfigError("no dataset: pass --data DIR (or set data.path)")
         common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
-        gpu = cfg.data.pipeline == "gpu"  # the GPU pipeline applies the transforms itself
-        tf_train = None if gpu else D.build_transform(True, **common, aug=_aug_dict(cfg))
-        tf_val = None if gpu else D.build_transform(False, **common)
+        staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
+        tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
+        tf_val = None if staged else D.build_transform(False, **common)
         root = cfg.data.path or None
         strict = not cfg.data.skip_corrupt
         train_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_train,
                                     strict_images=strict)
-        val_set = D.build_dataset(root, cfg.data.val_split, kind=cfg.data.kind, transform=tf_val,
-                                  strict_images=strict)
+        if cfg.data.holdout:
+            val_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_val,
+                                      strict_images=strict)
+            keep, held = D.holdout_indices(len(train_set), cfg.data.holdout)
+            train_set, val_set = D.Subset(train_set, keep), D.Subset(val_set, held)
+        else:
+            val_set = D.build_dataset(root, cfg.data.val_split, kind=cfg.data.kind, transform=tf_val,
+                                      strict_images=strict)
     else:
         train_set, val_set = datasets
     common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
@@ -107,6 +113,9 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
 
         common_loader["stage"] = GpuStage(info.device, aug=_aug_dict(cfg), **{
             k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")})
+    elif cfg.data.pipeline == "memory":  # batches gathered from one uint8 tensor, augmented in the main process
+        common_loader["stage"] = D.MemoryStage(aug=_aug_dict(cfg),
+                                               **{k: pre[k] for k in ("input_size", "mean", "std")})
     train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
                            repeated_aug=cfg.aug.repeated_aug, **common_loader)
     val = None
@@ -582,7 +591,8 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         datasets: ``(train, val)`` datasets instead of ``data.path`` (tests, notebooks).
 
     Returns:
-        The last metrics row plus ``run_dir``, ``best`` and ``stopped``.
+        The last metrics row plus ``run_dir``, ``best``, ``stopped`` and ``precision`` (``fp32``, ``bf16`` or
+        ``fp16``: what ``train.amp`` resolved to).
 
     Raises:
         TrainingError: the loss or the weights became non-finite (the last good checkpoint is kept), nothing
@@ -602,7 +612,8 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
         cleanup_distributed()
-    return {**result, "run_dir": str(run.run_dir), "best": run.best}
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[run.t.amp_dtype]
+    return {**result, "run_dir": str(run.run_dir), "best": run.best, "precision": precision}
 
 
 def _log_epoch(row: dict[str, Any], best: dict[str, Any]) -> None:
