@@ -158,17 +158,27 @@ def test_compiled_training_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_reaches_90_percent(tmp_path):
-    """The README's first command: pit_nano on Fashion-MNIST to >= 90% test top-1 within 10 minutes."""
+def test_demo_reaches_its_floor_and_prints_what_eval_reports(tmp_path):
+    """The README's first command. Its floor is issue 12's: >= 91% Fashion-MNIST test top-1 on any x86 CPU (92%
+    or more on the machine the README's figure comes from). The printed figure is what `pitvit eval` reports for
+    the checkpoint the demo names, and selection never saw the test split. The time is printed, not asserted
+    (a shared machine makes it noisy); README gives the measured one."""
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
         pytest.skip("Fashion-MNIST is not installed (make data)")
-    r = subprocess.run([sys.executable, "-m", "pitvit", "demo", "--output", str(tmp_path / "demo")],
-                       env=dict(os.environ), capture_output=True, text=True, timeout=900)
+    run = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "pitvit", "demo", "--output", str(run)],
+                       env=dict(os.environ), capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
+    print(r.stdout)
     top1 = float(r.stdout.split("test top-1")[1].split("%")[0])
-    seconds = float(r.stdout.split("min (")[1].split(" s)")[0])
-    assert top1 >= 90.0 and seconds < 600, r.stdout
-    assert (tmp_path / "demo" / "best.pt").exists()
+    assert top1 >= 91.0, r.stdout
+    eval_cmd = r.stdout.split("evaluate it")[1].strip().split()
+    assert eval_cmd[:2] == ["pitvit", "eval"] and str(run / "best.pt") in eval_cmd
+    e = subprocess.run([sys.executable, "-m", "pitvit", *eval_cmd[1:]], capture_output=True, text=True,
+                       timeout=600)
+    assert e.returncode == 0, e.stderr[-3000:]
+    assert f"top-1 {top1:.2f}%" in e.stdout, (r.stdout, e.stdout)
+    assert "holdout: 5000" in (run / "config.yaml").read_text()  # best.pt chosen on held-out training images
 
 
 # ---------------------------------------------------------------------------- the README's multi-machine command
