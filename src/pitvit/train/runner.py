@@ -75,6 +75,26 @@ def _aug_dict(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg.aug).items() if k not in _MIX_KEYS and v is not None}
 
 
+def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:
+    """The training and validation datasets of ``data.path`` (``data.holdout``: both from the training split)."""
+    from pitvit import data as D
+
+    if not cfg.data.path and cfg.data.kind != "fashion_mnist":
+        raise ConfigError("no dataset: pass --data DIR (or set data.path)")
+    common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
+    staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
+    tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
+    tf_val = None if staged else D.build_transform(False, **common)
+    root, strict, kind = cfg.data.path or None, not cfg.data.skip_corrupt, cfg.data.kind
+    train_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_train, strict_images=strict)
+    if not cfg.data.holdout:
+        return train_set, D.build_dataset(root, cfg.data.val_split, kind=kind, transform=tf_val,
+                                          strict_images=strict)
+    held_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_val, strict_images=strict)
+    keep, held = D.holdout_indices(len(train_set), cfg.data.holdout)
+    return D.Subset(train_set, keep), D.Subset(held_set, held)
+
+
 def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = None) -> Data:
     """Datasets, loaders and mixing from the ``data`` and ``aug`` sections.
 
@@ -85,27 +105,7 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     from pitvit import data as D
 
     pre = _preprocessing(cfg)
-    if datasets is None:
-        if not cfg.data.path and cfg.data.kind != "fashion_mnist":
-            raise ConfigError("no dataset: pass --data DIR (or set data.path)")
-        common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
-        staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
-        tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
-        tf_val = None if staged else D.build_transform(False, **common)
-        root = cfg.data.path or None
-        strict = not cfg.data.skip_corrupt
-        train_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_train,
-                                    strict_images=strict)
-        if cfg.data.holdout:
-            val_set = D.build_dataset(root, cfg.data.train_split, kind=cfg.data.kind, transform=tf_val,
-                                      strict_images=strict)
-            keep, held = D.holdout_indices(len(train_set), cfg.data.holdout)
-            train_set, val_set = D.Subset(train_set, keep), D.Subset(val_set, held)
-        else:
-            val_set = D.build_dataset(root, cfg.data.val_split, kind=cfg.data.kind, transform=tf_val,
-                                      strict_images=strict)
-    else:
-        train_set, val_set = datasets
+    train_set, val_set = _read_datasets(cfg, pre) if datasets is None else datasets
     common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
                          world_size=info.world_size)
     if cfg.data.pipeline == "gpu":  # same batches and loader contract, decoded and augmented on info.device
