@@ -5,8 +5,11 @@ the same model with AdamW; the bare loop does nothing else (no per-step seeding,
 logging). The runs alternate (bare, fit, bare, fit, ...) so that load from other processes affects both alike; the table
 shows the median and the best round of each. Target: fit at >= 0.95 of the bare loop.
 
-    python benchmarks/bench_train.py                  # the demo's model and data, 40 steps of 128
-    python benchmarks/bench_train.py --steps 60 --rounds 3 --workers 0 --set train.threads=2
+    python benchmarks/bench_train.py                  # the demo recipe as it ships, 40 steps
+    python benchmarks/bench_train.py --steps 60 --rounds 3 --set train.threads=1
+
+``--against KEY=VALUE ...`` adds a third row: ``fit`` of the recipe with those overrides, timed in the same rounds
+(e.g. the demo's earlier settings: ``--against data.pipeline=cpu data.num_workers=1 train.threads=1``).
 """
 from __future__ import annotations
 
@@ -70,38 +73,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40, help="training steps per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="alternating bare/fit measurements")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--amp", default="none", choices=("none", "bf16"))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="further overrides of the demo recipe (e.g. model.name=pit_test)")
+                    help="overrides of the demo recipe (e.g. model.name=pit_test, data.batch_size=64)")
+    ap.add_argument("--against", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="also time fit with these further overrides, in the same rounds")
     args = ap.parse_args()
 
     import logging
 
-    from pitvit.train.config import load_config
+    from pitvit.train.config import apply_overrides, load_config
 
     logging.getLogger("pitvit").setLevel(logging.WARNING)
-    cfg = load_config("demo", [
-        f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}", f"train.amp={args.amp}",
-        "ema.enabled=false", *args.overrides])
-    if cfg.train.threads:  # fit sets this; the bare loop must run with the same
-        torch.set_num_threads(cfg.train.threads)
-    bare, fitted = [], []
+    cfg = load_config("demo", ["ema.enabled=false", *args.overrides])
+    other = apply_overrides(cfg, args.against) if args.against else None
+    rows = {"bare PyTorch loop": [], "pitvit train (fit)": []}
+    if other is not None:
+        rows[f"fit, {' '.join(args.against)}"] = []
     for r in range(args.rounds):
-        bare.append(bare_loop(cfg, args.steps))
-        fitted.append(fit_loop(cfg, args.steps))
+        torch.set_num_threads(cfg.train.threads or torch.get_num_threads())  # fit sets it; the bare loop alike
+        rows["bare PyTorch loop"].append(bare_loop(cfg, args.steps))
+        rows["pitvit train (fit)"].append(fit_loop(cfg, args.steps))
+        if other is not None:
+            rows[f"fit, {' '.join(args.against)}"].append(fit_loop(other, args.steps))
         logging.getLogger("pitvit").setLevel(logging.WARNING)
-        print(f"round {r + 1}: bare {bare[-1]:.0f} img/s, fit {fitted[-1]:.0f} img/s", flush=True)
-    b, f = statistics.median(bare), statistics.median(fitted)
-    bb, fb = max(bare), max(fitted)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.0f} img/s" for k, v in rows.items()), flush=True)
+    b, bb = statistics.median(rows["bare PyTorch loop"]), max(rows["bare PyTorch loop"])
     print()
-    print(f"{cfg.model.name} {dict(cfg.model.arch) or ''} batch {args.batch_size}, {args.steps} steps, "
-          f"workers {args.workers}, amp {args.amp}, {torch.get_num_threads()} threads, {args.rounds} rounds")
-    print("| loop                  | median img/s | ratio | best img/s | ratio |")
-    print("|-----------------------|-------------:|------:|-----------:|------:|")
-    print(f"| bare PyTorch loop     | {b:12.0f} | 1.000 | {bb:10.0f} | 1.000 |")
-    print(f"| pitvit train (fit)    | {f:12.0f} | {f / b:.3f} | {fb:10.0f} | {fb / bb:.3f} |")
+    d = cfg.data
+    print(f"{cfg.model.name} {dict(cfg.model.arch) or ''} batch {d.batch_size}, {args.steps} steps, pipeline "
+          f"{d.pipeline}, workers {d.num_workers}, amp {cfg.train.amp}, {cfg.train.threads} threads, {args.rounds} rounds")
+    print("| loop | median img/s | ratio | best img/s | ratio |")
+    print("|---|---:|---:|---:|---:|")
+    for k, v in rows.items():
+        m, best = statistics.median(v), max(v)
+        print(f"| {k} | {m:.0f} | {m / b:.3f} | {best:.0f} | {best / bb:.3f} |")
     print("(other processes on the machine make single rounds noisy: the best round is the steadier figure)")
 
 if __name__ == "__main__":

@@ -171,3 +171,23 @@ def test_holdout_validates_on_training_images_never_the_test_split(tmp_path, pip
     seen = torch.cat([x for x, _ in data.train])
     refs = [_reference(images[i]) for i in train_idx]
     assert len(seen) == 28 and all(any(torch.equal(x, r) for r in refs) for x in seen)  # 30 images, batches of 4
+
+
+def test_demo_recipe_is_deterministic_with_two_threads(tmp_path):
+    """README's claim for the demo: on the same machine and software, a second run gives the same weights, with
+    both threads computing (the demo's train.threads=2) and the memory stage drawing the augmentation."""
+    from test_data import write_fmnist
+
+    from pitvit.train.config import load_config
+    from pitvit.train.runner import fit
+
+    write_fmnist(tmp_path / "fm", n_train=300, n_test=6)
+    states = []
+    for run in ("a", "b"):
+        cfg = load_config("demo", [f"data.path={tmp_path / 'fm'}", "data.holdout=60", "data.batch_size=32",
+                                   "train.epochs=2", "train.threads=2", f"train.output={tmp_path / run}",
+                                   "log.plot=false"])
+        fit(cfg)
+        states.append(torch.load(tmp_path / run / "last.pt", weights_only=True)["state_dict"])
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
