@@ -93,8 +93,8 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
     """Read the architecture off the shapes of an official-layout state dict.
 
     Returns:
-        ``{"is_pit", "widths", "depth", "distilled", "num_classes", "patch_size", "in_chans", "grid",
-        "variant", "img_size"}``; ``variant`` is the registered name with the same widths, depths, stem and
+        ``{"is_pit", "widths", "depth", "distilled", "num_classes", "patch_size", "in_chans", "stem_channels",
+        "grid", "variant", "img_size"}``; ``variant`` is the registered name with the same widths, depths, stem and
         distillation (``None`` when none matches), ``img_size`` the input size the position embedding fits
         for that variant's stride.
     """
@@ -111,6 +111,8 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
     widths = tuple((shape(f"transformers.{s}.blocks.0.norm1.weight") or (0,))[0] for s in stages)
     stem, pos, cls, head = (shape("patch_embed.conv.weight"), shape("pos_embed"), shape("cls_token"),
                             shape("head.weight"))
+    conv_stem = shape("patch_embed.stem.0.weight")  # the optional convolutional stem before the patches
+    first = conv_stem if conv_stem and len(conv_stem) == 4 else stem
     info: dict[str, Any] = {
         "is_pit": bool(stages) and stem is not None and len(stem) == 4,
         "widths": widths,
@@ -118,7 +120,8 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
         "distilled": "head_dist.weight" in state_dict or (cls is not None and len(cls) == 3 and cls[1] == 2),
         "num_classes": head[0] if head and len(head) == 2 else 0,
         "patch_size": stem[-1] if stem and len(stem) == 4 else None,
-        "in_chans": stem[1] if stem and len(stem) == 4 else None,
+        "in_chans": first[1] if first and len(first) == 4 else None,
+        "stem_channels": conv_stem[0] if conv_stem and len(conv_stem) == 4 else 0,
         "grid": pos[-2:] if pos and len(pos) == 4 else None,
         "variant": None,
         "img_size": None,
@@ -127,8 +130,8 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
         return info
     for name in list_models():
         cfg = get_model_config(name)
-        if (cfg.widths, cfg.depth, cfg.distilled, cfg.patch_size) == (
-                widths, info["depth"], info["distilled"], info["patch_size"]):
+        if (cfg.widths, cfg.depth, cfg.distilled, cfg.patch_size, cfg.stem_channels) == (
+                widths, info["depth"], info["distilled"], info["patch_size"], info["stem_channels"]):
             info["variant"] = name
             if info["grid"]:
                 size = tuple((g - 1) * cfg.stride + cfg.patch_size for g in info["grid"])
@@ -152,6 +155,8 @@ def describe_state_dict(info: Mapping[str, Any]) -> str:
         parts.append(f"{grid} tokens" + (f" = {size if isinstance(size, int) else 'x'.join(map(str, size))} px"
                                          if size else ""))
     parts.append(f"{info['in_chans']} input channels")
+    if info.get("stem_channels"):
+        parts.append(f"a {info['stem_channels']}-channel convolutional stem")
     return f"{name} ({', '.join(parts)})"
 
 

@@ -137,7 +137,13 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
     trained for another number of classes. Returns the state dict, notes, and whether the heads were dropped."""
     target = model.state_dict()
     notes: list[str] = []
-    stem, model_stem = sd.get("patch_embed.conv.weight"), target["patch_embed.conv.weight"]
+    ckpt_stem, model_stem_ch = sd.get("patch_embed.stem.0.weight"), model.cfg.stem_channels
+    ckpt_stem_ch = ckpt_stem.shape[0] if ckpt_stem is not None and ckpt_stem.ndim == 4 else 0
+    if ckpt_stem_ch != model_stem_ch:
+        raise CheckpointError(f"{source}: the checkpoint's convolutional stem has {ckpt_stem_ch} channel(s) (0: none), "
+                              f"the model's {model_stem_ch}; build the model with stem_channels={ckpt_stem_ch}")
+    first = "patch_embed.stem.0.weight" if model_stem_ch else "patch_embed.conv.weight"
+    stem, model_stem = sd.get(first), target[first]  # the first convolution: what reads the input channels
     if (stem is not None and stem.ndim == 4 and stem.shape[1] != model_stem.shape[1]
             and stem.shape[0] == model_stem.shape[0]):
         raise CheckpointError(

@@ -63,6 +63,10 @@ class PiTConfig:
         drop_rate: dropout after the position embedding, in the MLPs and projections, and before the head.
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic depth; block ``i`` of ``N`` gets ``drop_path_rate * i / N`` (official rule).
+        stem_channels: 0 (published PiT): the stem is the one patch convolution. ``N > 0``: a 3x3 convolution to
+            ``N`` channels, BatchNorm and GELU run first, at the input's full resolution, and the patch
+            convolution reads their ``N`` channels (a convolutional stem, after Xiao et al. 2021, *Early
+            Convolutions Help Transformers See Better*, arXiv 2106.14881). Not in any published checkpoint.
     """
 
     patch_size: int = 16
@@ -79,6 +83,7 @@ class PiTConfig:
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    stem_channels: int = 0
 
     def __post_init__(self) -> None:
         for name in ("base_dims", "depth", "heads"):
@@ -101,6 +106,9 @@ class PiTConfig:
             raise ConfigError(f"num_classes must be >= 0, got {self.num_classes}")
         if self.in_chans < 1:
             raise ConfigError(f"in_chans must be >= 1, got {self.in_chans}")
+        if self.stem_channels < 0:
+            raise ConfigError(f"stem_channels must be >= 0 (0: the published patch convolution alone), "
+                              f"got {self.stem_channels}")
         _check_pool(self.global_pool, self.distilled)
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
@@ -279,14 +287,21 @@ class Pool(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int, device: Any = None,
-                 dtype: Any = None) -> None:
+    """The patch convolution, after an optional convolutional stem (``stem_channels``, see :class:`PiTConfig`)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int, stride: int, stem_channels: int = 0,
+                 device: Any = None, dtype: Any = None) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=stride, padding=0, bias=True,
-                              **_factory(device, dtype))
+        dd = _factory(device, dtype)
+        self.stem = None
+        if stem_channels:
+            self.stem = nn.Sequential(nn.Conv2d(in_chans, stem_channels, 3, padding=1, bias=False, **dd),
+                                      nn.BatchNorm2d(stem_channels, **dd), nn.GELU())
+        self.conv = nn.Conv2d(stem_channels or in_chans, dim, kernel_size=patch_size, stride=stride, padding=0,
+                              bias=True, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(x if self.stem is None else self.stem(x))
 
 
 def _take_indices(num_stages: int, indices: Optional[Union[int, List[int], Tuple[int, ...]]]) -> List[int]:
@@ -337,7 +352,7 @@ class PiT(nn.Module):
 
         grid = token_grid(cfg.img_size, cfg.patch_size, cfg.stride)
         self.pos_embed = nn.Parameter(torch.zeros(1, widths[0], *grid, **dd))
-        self.patch_embed = PatchEmbed(cfg.in_chans, widths[0], cfg.patch_size, cfg.stride, **dd)
+        self.patch_embed = PatchEmbed(cfg.in_chans, widths[0], cfg.patch_size, cfg.stride, cfg.stem_channels, **dd)
         self.cls_token = nn.Parameter(torch.zeros(1, cfg.num_tokens, widths[0], **dd))
         self.pos_drop = nn.Dropout(cfg.drop_rate)
 

@@ -438,6 +438,10 @@ def save_weights(model: nn.Module, path: PathSource, format: str | None = None) 
         raise ConfigError(f"cannot tell the format of {path} (give format= one of {', '.join(SAVE_FORMATS)}, "
                           f"or use a .safetensors, .pth, .pt or .pdparams path)" if fmt is None else
                           f"unknown format {fmt!r}; valid: {', '.join(SAVE_FORMATS)}")
+    stem = getattr(getattr(model, "cfg", None), "stem_channels", 0)
+    if stem and fmt in ("paddle", "timm", "timm_legacy"):
+        raise ConfigError(f"a PiT with a convolutional stem (stem_channels={stem}) has no {fmt} layout: neither "
+                          f"timm nor Paddle builds one; save it as .safetensors or .pth (pitvit reads both)")
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if fmt == "paddle":
         _write_paddle(convert_state_dict(sd, "official", "paddle"), path)
