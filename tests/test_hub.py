@@ -22,6 +22,7 @@ import pitvit
 from pitvit.cli import main as cli_main
 from pitvit.models import CheckpointError, create_model, load_weights, read_state_dict, save_weights
 from pitvit.utils.errors import ConfigError
+from test_weights import randomized, same_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,17 +31,6 @@ REPO = "pitvit-tests/pit_test"
 FILE_PATH = f"/{REPO}/resolve/main/model.safetensors"
 
 
-def randomized(name: str = "pit_test") -> pitvit.PiT:
-    torch.manual_seed(0)
-    model = create_model(name)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.1)
-    return model.eval()
-
-
-def same_tensors(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def put_in_cache(cache: Path, repo_id: str, data: bytes, filename: str = "model.safetensors") -> Path:
