@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from pitvit.cli import SUBCOMMANDS
 from pitvit.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,14 @@ def test_user_errors_are_one_line_with_their_code(bad_inputs, capsys, argv, code
     assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
     for w in words:
         assert w.replace("{d}", str(bad_inputs)) in lines[-1], (w, lines[-1])
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommands_help_prints(command, capsys):
+    """`pitvit COMMAND --help` (it once raised KeyError from the shared --traceback option's help text)."""
+    assert cli([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pitvit {command}") and "--traceback" in out
 
 
 def test_help_lists_every_exit_code(capsys):

@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pitvit", formatter_class=HelpFormatter, epilog=_epilog(),
         description="PiT, the Pooling-based Vision Transformer: train, evaluate, predict, export, benchmark.")
     parser.add_argument("--version", action="version", version=f"pitvit {__version__}")
-    traceback_help = "on an error, also show its traceback (errors that are bugs always show theirs)%(default).0s"
-    parser.add_argument("--traceback", action="store_true", help=traceback_help)
+    traceback_help = "on an error, also show its traceback (errors that are bugs always show theirs)"
+    # "%(default).0s" keeps the formatter from appending "(default: False)"; the subcommands' copy below has no
+    # default to name (SUPPRESS), so its help must not mention one
+    parser.add_argument("--traceback", action="store_true", help=traceback_help + "%(default).0s")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"pitvit.cli.{name}").add_parser(sub, HelpFormatter)

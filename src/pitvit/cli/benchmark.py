@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import model_name
-from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:

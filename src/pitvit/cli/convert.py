@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import model_name
-from pitvit.tools.convert import CONVERT_FORMATS
+from pitvit.utils.names import CONVERT_FORMATS
 
 DESCRIPTION = """\
 Convert PiT weights between formats. The source format is detected:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import add_model_args
-from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:

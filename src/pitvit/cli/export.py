@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import add_model_args
-from pitvit.tools.export import DEFAULT_OPSET, FORMATS
+from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
 
 def add_parser(sub, formatter) -> None:
@@ -13,7 +13,7 @@ def add_parser(sub, formatter) -> None:
                     "the file is kept only when it agrees within --atol. Preprocessing and class names are\n"
                     "stored in the file.")
     add_model_args(p, "export")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="output format")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="onnx", help="output format")
     p.add_argument("--dynamic-hw", action="store_true",
                    help="make height and width dynamic too (the position embedding is resized in the graph)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")

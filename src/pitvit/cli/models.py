@@ -1,7 +1,7 @@
 """`pitvit models`: the model zoo table."""
 from __future__ import annotations
 
-from pitvit.tools.zoo import ZOO_FORMATS
+from pitvit.utils.names import ZOO_FORMATS
 
 
 def add_parser(sub, formatter) -> None:

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import add_model_args
-from pitvit.tools.predict import FORMATS
-from pitvit.utils.device import AMP_CHOICES, DEVICE_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DEVICE_CHOICES, PREDICT_FORMATS
 
 
 def add_parser(sub, formatter) -> None:
@@ -16,7 +15,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders of images")
     add_model_args(p, "use")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
-    p.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    p.add_argument("--format", choices=PREDICT_FORMATS, default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="auto: CUDA when available")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,

@@ -32,6 +32,7 @@ from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError
 from pitvit.utils.io import atomic_write, save_torch, write_bytes, write_files
+from pitvit.utils.names import SAVE_FORMATS
 
 from . import hub
 from .layouts import convert_state_dict
@@ -41,7 +42,6 @@ __all__ = ["SAVE_FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "DIGEST_KEY", "DIGESTS
 
 PathSource = Union[str, "os.PathLike[str]"]
 
-SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")
 PADDLE_SUFFIXES = (".pdparams", ".pdopt", ".pdema")
 NAME_TABLE_KEY = "StructuredToParameterName@@"
 CONFIG_NAME = "config.json"

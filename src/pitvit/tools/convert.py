@@ -9,14 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pitvit.models import SAVE_FORMATS, model_from_checkpoint, read_weights, save_pretrained, save_weights
+from pitvit.models import model_from_checkpoint, read_weights, save_pretrained, save_weights
+from pitvit.utils.names import CONVERT_FORMATS
 from pitvit.utils.errors import ConfigError
 
 __all__ = ["CONVERT_FORMATS", "convert"]
 
 # What `convert` can write: save_weights' formats, and a save_pretrained directory.
-CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)
-
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
             format: str | None = None, ema: bool = False) -> dict[str, Any]:

@@ -29,14 +29,14 @@ from torch import nn
 from pitvit.models import token_grid
 from pitvit.utils.errors import ConfigError, OutputError
 from pitvit.utils.io import open_output, write_with
+from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
 
 __all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata"]
 
-FORMATS = ("onnx", "pt2")
-DEFAULT_OPSET = 17  # the first opset with LayerNormalization; onnxruntime >= 1.14 runs it
+FORMATS = EXPORT_FORMATS
 MAX_SIDE = 4096
 
 

@@ -20,13 +20,14 @@ from torch import nn
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 from pitvit.utils.device import amp_dtype, resolve_device
 from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.names import PREDICT_FORMATS
 
 from .evaluate import load_model, preprocessing
 from .imagenet import class_names_for
 
 __all__ = ["Prediction", "expand_inputs", "predict_files", "predict", "format_predictions"]
 
-FORMATS = ("table", "json", "csv")
+FORMATS = PREDICT_FORMATS
 
 
 @dataclass

@@ -10,10 +10,9 @@ from torch import nn
 from pitvit.models import create_model, get_pretrained_cfg, list_models
 from pitvit.models.pit import Attention
 from pitvit.utils.errors import ConfigError
+from pitvit.utils.names import ZOO_FORMATS
 
 __all__ = ["count_params", "count_macs", "zoo_rows", "format_zoo", "ZOO_FORMATS"]
-
-ZOO_FORMATS = ("table", "markdown", "json")
 
 
 def count_params(model: nn.Module) -> int:

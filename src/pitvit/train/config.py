@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from pitvit.utils.device import AMP_CHOICES
+from pitvit.utils.names import AMP_CHOICES
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.io import write_text
 

@@ -16,15 +16,14 @@ import sys
 import torch
 
 from .errors import ConfigError
+from .names import AMP_CHOICES, DEVICE_CHOICES
 
 __all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "resolve_device", "resolve_amp", "amp_dtype", "cpu_bf16_support",
            "parse_cpu_flags", "cpu_flags", "peak_memory_mb"]
 
 log = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 _AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-AMP_CHOICES = ("auto", *_AMP_DTYPES)
 CPUINFO = "/proc/cpuinfo"
 
 # (what it is called, torch's probe in torch.cpu, the Linux /proc/cpuinfo flag): the CPU features that compute

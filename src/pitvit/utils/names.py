@@ -1,0 +1,19 @@
+"""The names the command line offers as choices, in a module that imports nothing, so that ``pitvit --help``
+and argument errors answer at once instead of after importing torch and timm.
+
+Each table has its one home here; the modules that act on the names (:mod:`pitvit.utils.device`,
+:mod:`pitvit.models.serialization`, the tools) import them from here.
+"""
+from __future__ import annotations
+
+__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
+           "PREDICT_FORMATS", "ZOO_FORMATS"]
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device computes it natively, else fp32
+SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # weight files pitvit writes
+CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
+EXPORT_FORMATS = ("onnx", "pt2")
+DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
+PREDICT_FORMATS = ("table", "json", "csv")
+ZOO_FORMATS = ("table", "markdown", "json")
