@@ -128,12 +128,12 @@ class _BoundMemoryStage:
         """Pad by ``padding`` (zeros), crop a random window of the input size, flip with probability ``hflip``:
         one gather for the batch."""
         n, _, h, w = x.shape
-        p, s = self.stage.padding, self.stage
-        if p == 0 and s.hflip == 0:
+        p, hflip = self.stage.padding, self.stage.hflip
+        if p == 0 and hflip == 0:
             return x
         dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
         dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        flip = torch.rand(n, generator=g) < s.hflip
+        flip = torch.rand(n, generator=g) < hflip
         cols = torch.arange(w)
         cols = dx[:, None] + torch.where(flip[:, None], cols.flip(0)[None], cols[None])  # (n, w)
         rows = dy[:, None] + torch.arange(h)[None]  # (n, h)

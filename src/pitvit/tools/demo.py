@@ -37,10 +37,6 @@ def demo_config(output: str | None = None, data: str | None = None, epochs: int 
     return load_config("demo", extra)
 
 
-# the settings `pitvit eval` runs with by default: the demo's test figure is that command's, bit for bit
-_EVAL_DEFAULTS = {"batch_size": 64, "amp": "none"}
-
-
 def run_demo(cfg: Config) -> dict[str, Any]:
     """Train ``cfg`` (see :func:`demo_config`), then evaluate the checkpoint it names on the test split, once.
 
@@ -70,7 +66,8 @@ def run_demo(cfg: Config) -> dict[str, Any]:
            "run_dir": str(run_dir), "checkpoint": str(checkpoint), "precision": res.get("precision"),
            "curves": str(curves) if curves.exists() else None, "metrics": str(run_dir / "metrics.csv")}
     if not out["stopped"]:
+        # evaluate_model's defaults (fp32, batch 64) are the ones `pitvit eval` runs with: the figure is eval's
         test = evaluate_model(None, checkpoint, cfg.data.path or None, split="test", kind="fashion_mnist",
-                              workers=0, device=cfg.train.device, **_EVAL_DEFAULTS)
+                              workers=0, device=cfg.train.device)
         out["top1"] = test["top1"]
     return out
