@@ -6,7 +6,8 @@ arXiv 2103.16302); see ``configs/`` for the variants' recipes.
 """
 from pitvit.utils.errors import TrainingError
 
-from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from .config import Config, config_from_dict, config_to_dict
+from .recipes import apply_overrides, load_config, save_config
 from .curves import plot_runs, read_metrics
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
 from .ema import ModelEma
