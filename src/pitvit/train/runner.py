@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from pitvit.utils.errors import OutputError, TrainingError
+from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
 from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
 
 from .builders import Data, Training, build_data, build_model, build_train_step, build_training
 from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
 from .config import Config, resolve_best_metric
-from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
+from .engine import TrainStep, evaluate, train_one_epoch
 from .metrics import MetricsLog
 from .recipes import save_config
 
