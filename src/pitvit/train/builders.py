@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pitvit.utils.device import amp_dtype
 from pitvit.utils.distributed import DistInfo
 from pitvit.utils.errors import ConfigError, MissingPathError
+from pitvit.utils.precision import amp_dtype
 
 from .config import Config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher

@@ -138,8 +138,8 @@ class TrainCfg:
 
     epochs: int = 300
     seed: int = 0
-    amp: str = "bf16"  # auto | none | bf16 | fp16 (auto: bf16 where the device computes it natively, else fp32;
-    # fp16 uses a GradScaler, GPU only)
+    amp: str = "bf16"  # auto | fp32 | bf16 | fp16 (none: fp32; auto: bf16 where the device computes it natively,
+    # else fp32; fp16 uses a GradScaler, GPU only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>

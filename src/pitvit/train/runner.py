@@ -24,6 +24,7 @@ from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_
 from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
 from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
+from pitvit.utils.precision import precision_name
 
 from .builders import Data, Training, build_data, build_model, build_train_step, build_training
 from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
@@ -209,7 +210,7 @@ def _train_epoch(run: _Run, epoch: int, *, start_step: int, partial: dict[str, f
         raise TrainingError(f"{e}: stopping; the last good checkpoint is {run.good}. {_REMEDY}") from e
 
 
-_REMEDY = "Lower optim.lr, set optim.clip_grad, or try train.amp=none."
+_REMEDY = "Lower optim.lr, set optim.clip_grad, or try train.amp=fp32."
 
 
 def _evaluate_all(run: _Run) -> dict[str, float]:
@@ -312,8 +313,7 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
         cleanup_distributed()
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[run.t.amp_dtype]
-    return {**result, "run_dir": str(run.run_dir), "best": run.best, "precision": precision}
+    return {**result, "run_dir": str(run.run_dir), "best": run.best, "precision": precision_name(run.t.amp_dtype)}
 
 
 def _log_epoch(row: dict[str, Any], best: dict[str, Any]) -> None:
