@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from pitvit.models import PiT, create_model
+from pitvit.models import PiT, create_model, resolve_preprocessing
 from pitvit.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "preprocessing", "evaluate_model"]
+__all__ = ["load_model", "evaluate_model"]
 
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
@@ -64,21 +63,6 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
         if names and getattr(model, "class_names", None) is None:
             model.class_names = [str(n) for n in names]
     return model.eval()
-
-
-def preprocessing(model: nn.Module) -> dict[str, Any]:
-    """The evaluation preprocessing a model's weights expect, read from ``model.pretrained_cfg``.
-
-    Returns:
-        ``input_size`` (C, H, W), ``crop_pct``, ``interpolation``, ``mean``, ``std``, as plain data: the
-        keyword arguments of ``pitvit.data.build_transform`` for evaluation.
-    """
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg is None:
-        raise ValueError("the model carries no pretrained_cfg (build it with pitvit.create_model)")
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return {"input_size": tuple(d["input_size"]), "crop_pct": float(d["crop_pct"]),
-            "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
 
 
 def evaluate_model(
@@ -136,7 +120,7 @@ def evaluate_model(
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
                               f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "
                               f"outputs; pass --data DIR with the dataset the model was trained on")
-        pre = preprocessing(model)
+        pre = resolve_preprocessing(model)
         transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
         dataset = build_dataset(data, split, kind=kind, transform=transform)
         targets = getattr(dataset, "targets", None)

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+from pitvit.models import resolve_preprocessing
 from pitvit.utils.device import resolve_device
-from pitvit.utils.precision import amp_dtype, autocast
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
+from pitvit.utils.precision import amp_dtype, autocast
 
-from .evaluate import load_model, preprocessing
+from .evaluate import load_model
 from .imagenet import class_names_for
 
 __all__ = ["Prediction", "expand_inputs", "predict_files", "predict", "format_predictions"]
@@ -93,7 +94,7 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
     if not names:
         raise CheckpointError("the model has no classifier head (num_classes=0); nothing to predict")
     k = min(topk, len(names))
-    transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
+    transform = build_transform(False, **resolve_preprocessing(model), in_chans=model.cfg.in_chans)
     device = resolve_device(device)
     autocast_dtype = amp_dtype(amp, device)  # auto: resolved and logged
     model = model.eval().to(device)

@@ -126,13 +126,16 @@ def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: i
                     partial: dict[str, float] | None = None) -> dict[str, Any]:
     """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
     next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
-    from pitvit.models import with_digests
+    from pitvit.models import resolve_preprocessing, with_digests
 
     model = t.model
-    pretrained = model.pretrained_cfg.to_dict()
-    pretrained.update(num_classes=model.num_classes, input_size=[model.cfg.in_chans, data.input_size,
-                                                                 data.input_size],
-                      mean=data.mean, std=data.std, interpolation=data.interpolation, crop_pct=data.crop_pct)
+    # the variant's pretrained_cfg with what this run trained on: its classes and resolved preprocessing
+    pretrained = {**model.pretrained_cfg.to_dict(), "num_classes": model.num_classes,
+                  **resolve_preprocessing(model.pretrained_cfg, mean=data.mean,
+                                          input_size=(model.cfg.in_chans, data.input_size, data.input_size),
+                                          std=data.std, interpolation=data.interpolation, crop_pct=data.crop_pct)}
+    pretrained.update(input_size=list(pretrained["input_size"]), mean=list(pretrained["mean"]),
+                      std=list(pretrained["std"]))
     ckpt = {
         "format": "pitvit", "version": 1,
         "model_name": model.model_name, "model_cfg": model.cfg.to_dict(), "pretrained_cfg": pretrained,
