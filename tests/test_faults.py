@@ -200,7 +200,7 @@ CASES = [
                                                    *_sets("distill.mode=hard", "distill.teacher=test_resnet")], 2,
      ["distill.mode=hard needs a distilled model", "pit_test"]),
     ("train.amp=xx", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("train.amp=xx")], 2,
-     ["train.amp must be one of auto, none, bf16, fp16; got 'xx'"]),
+     ["train.amp must be one of auto, fp32, bf16, fp16, none; got 'xx'"]),
     ("train.device=tpu", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("train.device=tpu")], 2,
      ["train.device must be one of auto, cpu, cuda; got 'tpu'"]),
     ("negative lr", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("optim.lr=-1")], 2,

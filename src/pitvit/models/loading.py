@@ -14,13 +14,14 @@ from typing import Any, Union
 
 import torch
 
-from pitvit.utils.errors import CheckpointError
+from pitvit.utils.errors import CheckpointError, preview_list
 
 from .layouts import LAYOUT_TEXT, convert_state_dict, describe_model, describe_state_dict, detect_layout, inspect_state_dict
 from .pit import PiT, resize_pos_embed
-from .serialization import preview_list, read_stored
+from .serialization import read_stored
 
-__all__ = ["Weights", "LoadResult", "read_weights", "load_weights"]
+__all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "state_dict_differences",
+           "describe_differences"]
 
 Source = Union[str, "os.PathLike[str]", Mapping, "Weights"]
 
@@ -155,10 +156,10 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
         notes.append(note)
 
     # Heads: drop them when they are the only difference and differ in the number of classes only.
-    body_ok = not any(_compare(sd, target, skip=_HEAD_KEYS))
+    body_ok = not any(state_dict_differences(sd, target, skip=_HEAD_KEYS))
     head = sd.get("head.weight")
     ckpt_classes = head.shape[0] if head is not None and head.ndim == 2 else 0
-    heads_fit = not any(_compare(sd, target, only=_HEAD_KEYS))
+    heads_fit = not any(state_dict_differences(sd, target, only=_HEAD_KEYS))
     if body_ok and not heads_fit and ckpt_classes != model.num_classes and (
             head is None or head.shape[1] == model.embed_dim):
         sd = {k: v for k, v in sd.items() if k not in _HEAD_KEYS}
@@ -170,14 +171,32 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
     return sd, notes, False
 
 
-def _compare(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
-             skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> tuple[list, list, list]:
-    """Missing, unexpected and mis-shaped keys of ``sd`` against ``target``."""
+def state_dict_differences(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
+                           skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                           ) -> tuple[list[str], list[str], list[str]]:
+    """Missing, unexpected and mis-shaped keys of ``sd`` against ``target`` (the one comparison of two state
+    dicts; :func:`describe_differences` words it)."""
     keep = (lambda k: k in only) if only is not None else (lambda k: k not in skip)
     missing = [k for k in target if keep(k) and k not in sd]
     unexpected = [k for k in sd if keep(k) and k not in target]
     mismatched = [k for k in sd if keep(k) and k in target and sd[k].shape != target[k].shape]
     return missing, unexpected, mismatched
+
+
+def describe_differences(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
+                         skip: tuple[str, ...] = (), n: int = 5, owner: str = "model") -> list[str]:
+    """One line per kind of difference between ``sd`` and ``target`` (``[]`` when they fit): missing,
+    unexpected and mis-shaped keys, each list cut to ``n`` items; ``owner`` names ``target`` in the shapes."""
+    missing, unexpected, mismatched = state_dict_differences(sd, target, skip=skip)
+    lines = []
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): {preview_list(missing, n)}")
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): {preview_list(unexpected, n)}")
+    if mismatched:
+        shapes = [f"{k} {tuple(sd[k].shape)} vs {owner} {tuple(target[k].shape)}" for k in mismatched]
+        lines.append(f"mis-shaped keys ({len(mismatched)}): {preview_list(shapes, min(n, 4))}")
+    return lines
 
 
 def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool = False) -> LoadResult:
@@ -202,9 +221,9 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
     weights = read_weights(source, ema=ema)
     sd, notes, dropped = _fit(dict(weights.state_dict), model, weights.source)
     target = model.state_dict()
-    missing, unexpected, mismatched = _compare(sd, target, skip=_HEAD_KEYS if dropped else ())
+    missing, unexpected, mismatched = state_dict_differences(sd, target, skip=_HEAD_KEYS if dropped else ())
     if strict and (missing or unexpected or mismatched):
-        raise CheckpointError(_mismatch_message(weights, model, sd, target, missing, unexpected, mismatched))
+        raise CheckpointError(_mismatch_message(weights, model, sd, target, _HEAD_KEYS if dropped else ()))
     bad = set(unexpected) | set(mismatched)
     model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
     class_names = weights.meta.get("class_names")
@@ -213,17 +232,9 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
     return LoadResult(weights, notes, missing, unexpected, mismatched)
 
 
-def _mismatch_message(weights: Weights, model: PiT, sd: Mapping, target: Mapping, missing: list[str],
-                      unexpected: list[str], mismatched: list[str]) -> str:
+def _mismatch_message(weights: Weights, model: PiT, sd: Mapping, target: Mapping, skip: tuple[str, ...]) -> str:
     lines = [f"{weights.source} does not fit the model {describe_model(model)}: the checkpoint looks like "
              f"{describe_state_dict(weights.info)}."]
     if weights.info["variant"] and weights.info["variant"] != getattr(model, "model_name", None):
         lines.append(f"Build the model as create_model({weights.info['variant']!r}, ...) to load it.")
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): {preview_list(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): {preview_list(unexpected)}")
-    if mismatched:
-        shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in mismatched]
-        lines.append(f"mis-shaped keys ({len(mismatched)}): {preview_list(shapes, 4)}")
-    return "\n".join(lines)
+    return "\n".join(lines + describe_differences(sd, target, skip=skip))

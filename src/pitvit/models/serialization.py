@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError
+from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError, first_line, preview_list
 from pitvit.utils.io import atomic_write, save_torch, write_bytes, write_files
 from pitvit.utils.names import SAVE_FORMATS
 
@@ -144,15 +144,6 @@ class _NumpyUnpickler(pickle.Unpickler):
                 f"refused, nothing from it was run (only numpy arrays and plain containers are read)") from None
 
 
-def _first_line(e: BaseException) -> str:
-    """The first line of an error from torch or pickle, cut after its first sentence when that is long (torch's
-    go on with advice that does not apply here)."""
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else ""
-    head, dot, _ = line.partition(". ")
-    return head + "." if dot and len(line) > 120 else line
-
-
 def _read_pickle(path: Path) -> Any:
     with open(path, "rb") as f:
         try:
@@ -174,10 +165,10 @@ def _read_torch(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), the file holds more than "
-                              f"tensors and plain data ({_first_line(e) or type(e).__name__})") from None
+                              f"tensors and plain data ({first_line(e) or type(e).__name__})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch file, it may be truncated or not a checkpoint "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
+                              f"({type(e).__name__}: {first_line(e)})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -241,7 +232,7 @@ def _read_path(path: Path) -> _Read:
         try:
             config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         except (ValueError, OSError) as e:
-            raise CheckpointError(f"{config_path}: not readable JSON ({_first_line(e)})") from None
+            raise CheckpointError(f"{config_path}: not readable JSON ({first_line(e)})") from None
         state_dict, _ = _read_safetensors(weights_path)
         return _Read({**config, "format": "pitvit", "state_dict": state_dict}, "save_pretrained directory", path)
     if not path.is_file():
@@ -328,11 +319,6 @@ def _as_tensors(obj: Mapping, source: str) -> tuple[dict[str, torch.Tensor], boo
         if isinstance(v, torch.Tensor):
             out[k] = v
     return out, from_numpy
-
-
-def preview_list(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 class StoredTensors(NamedTuple):

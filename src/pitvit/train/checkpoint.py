@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pitvit.utils.errors import CheckpointError, TrainingError
+from pitvit.utils.errors import CheckpointError, TrainingError, preview_list
 
 from .builders import Data, Training
 from .config import Config, config_to_dict
@@ -72,10 +72,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def _preview(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
-
-
 def run_differences(ckpt: dict[str, Any], model: torch.nn.Module, class_names: list[str],
                     input_size: int) -> list[str]:
     """What makes ``ckpt`` another run's checkpoint than the run these objects would train: another model, other
@@ -86,20 +82,15 @@ def run_differences(ckpt: dict[str, Any], model: torch.nn.Module, class_names: l
         out.append(f"model {ckpt.get('model_name')!r}, this run {name!r}")
     saved = [str(c) for c in ckpt.get("class_names") or []]
     if saved and saved != [str(c) for c in class_names]:
-        out.append(f"{len(saved)} classes ({_preview(saved)}), this run {len(class_names)} "
-                   f"({_preview([str(c) for c in class_names])})")
+        out.append(f"{len(saved)} classes ({preview_list(saved, 4)}), this run {len(class_names)} "
+                   f"({preview_list([str(c) for c in class_names], 4)})")
     size = ((ckpt.get("pretrained_cfg") or {}).get("input_size") or [None])[-1]
     if size is not None and size != input_size:
         out.append(f"{size} px inputs, this run {input_size} px")
     if not out:  # the same model, classes and size: an architecture change (model.arch) shows in the shapes
-        stored, mine = ckpt.get("state_dict") or {}, model.state_dict()
-        if stored.keys() != mine.keys():
-            out.append(f"weights named otherwise ({_preview(sorted(set(stored) ^ set(mine)))})")
-        else:
-            shapes = [f"{k} {tuple(stored[k].shape)}, this run {tuple(v.shape)}" for k, v in mine.items()
-                      if tuple(stored[k].shape) != tuple(v.shape)]
-            if shapes:
-                out.append("weights of other shapes: " + _preview(shapes, 2))
+        from pitvit.models import describe_differences
+
+        out += describe_differences(ckpt.get("state_dict") or {}, model.state_dict(), n=4, owner="this run")
     return out
 
 

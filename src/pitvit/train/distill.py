@@ -134,7 +134,7 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
 
 
 def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
-    from pitvit.models import read_state_dict
+    from pitvit.models import describe_differences, read_state_dict
 
     if not os.path.exists(weights):
         raise ConfigError(f"distill.teacher_weights: {weights} does not exist")
@@ -142,11 +142,6 @@ def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # torch lists every missing and unexpected key, over many lines
-        mine = model.state_dict()
-        missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-        shapes = [k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape)]
-        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
-                           for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("other shapes", sorted(shapes))) if keys)
+        detail = "; ".join(describe_differences(state, model.state_dict(), n=3, owner="teacher"))
         raise CheckpointError(f"distill.teacher_weights: {weights} does not hold {spec}'s weights ({detail}); give "
                               f"a state dict of that model") from e
