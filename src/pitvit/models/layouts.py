@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .pit import PiT
+from .pit import PiT, grid_img_size
 from .registry import get_model_config, list_models
 
 __all__ = ["LAYOUTS", "LAYOUT_TEXT", "convert_state_dict", "detect_layout", "inspect_state_dict",
@@ -134,7 +134,7 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
                 widths, info["depth"], info["distilled"], info["patch_size"], info["stem_channels"]):
             info["variant"] = name
             if info["grid"]:
-                size = tuple((g - 1) * cfg.stride + cfg.patch_size for g in info["grid"])
+                size = grid_img_size(info["grid"], cfg.patch_size, cfg.stride)
                 info["img_size"] = size[0] if size[0] == size[1] else size
             break
     return info

@@ -228,7 +228,7 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
     model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
     class_names = weights.meta.get("class_names")
     if class_names and not dropped and len(class_names) == model.num_classes:
-        model.class_names = list(class_names)
+        model.class_names = [str(n) for n in class_names]
     return LoadResult(weights, notes, missing, unexpected, mismatched)
 
 

@@ -38,7 +38,7 @@ from . import hub
 from .layouts import convert_state_dict
 
 __all__ = ["SAVE_FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "DIGEST_KEY", "DIGESTS_KEY", "read_checkpoint",
-           "read_state_dict", "state_dict_digest", "with_digests", "save_weights", "save_pretrained"]
+           "read_state_dict", "state_dict_digest", "with_digests", "save_weights", "save_pretrained", "format_of"]
 
 PathSource = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +49,11 @@ WEIGHTS_NAME = "model.safetensors"
 DIGEST_KEY = "pitvit_sha256"  # safetensors metadata: state_dict_digest of the file's tensors
 DIGESTS_KEY = "digests"  # training checkpoint: {entry name: state_dict_digest of that entry}
 _SUFFIX_FORMAT = {".safetensors": "safetensors", ".pth": "official", ".pt": "official", ".pdparams": "paddle"}
+
+
+def format_of(path: str | os.PathLike) -> str | None:
+    """The weight format :func:`save_weights` writes for a file name's extension (``None``: unknown)."""
+    return _SUFFIX_FORMAT.get(Path(path).suffix.lower())
 # The first bytes of a legacy (non-zip) torch.save file: protocol 2, then the pickled magic number.
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
@@ -419,7 +424,7 @@ def save_weights(model: nn.Module, path: PathSource, format: str | None = None) 
         OutputError: the file cannot be written (nothing is left half-written).
     """
     path = Path(path)
-    fmt = format or _SUFFIX_FORMAT.get(path.suffix.lower())
+    fmt = format or format_of(path)
     if fmt not in SAVE_FORMATS:
         raise ConfigError(f"cannot tell the format of {path} (give format= one of {', '.join(SAVE_FORMATS)}, "
                           f"or use a .safetensors, .pth, .pt or .pdparams path)" if fmt is None else
