@@ -40,6 +40,8 @@ class Weights:
         source: the path, the ``hf-hub:`` reference, or ``"<dict>"``.
         ema: whether these are EMA weights.
         meta: ``model_name``, ``model_cfg``, ``pretrained_cfg``, ``class_names`` when the checkpoint had them.
+        checkpoint: everything the file held, as read (a training checkpoint's epoch, metrics, provenance,
+            digests; a safetensors file's ``safetensors_metadata``).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -48,6 +50,7 @@ class Weights:
     source: str = "<dict>"
     ema: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -89,7 +92,8 @@ def read_weights(source: Source, *, ema: bool = False) -> Weights:
         meta = {k: v for k, v in obj["safetensors_metadata"].items() if k == "model_name"}
     tensors = stored.tensors
     layout = "paddle" if stored.from_numpy or stored.container == "paddle pickle" else detect_layout(tensors)
-    weights = Weights(convert_state_dict(tensors, layout), layout, stored.container, stored.source, stored.ema, meta)
+    weights = Weights(convert_state_dict(tensors, layout), layout, stored.container, stored.source, stored.ema, meta,
+                      obj)
     if not weights.info["is_pit"]:
         raise CheckpointError(f"{stored.source}: not a PiT checkpoint; its {len(tensors)} tensors have keys like "
                               f"{preview_list(list(tensors), 4)}")

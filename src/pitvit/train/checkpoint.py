@@ -114,9 +114,12 @@ def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, A
 
 
 def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
-                    partial: dict[str, float] | None = None) -> dict[str, Any]:
+                    partial: dict[str, float] | None = None, metrics: dict[str, Any] | None = None,
+                    provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
-    next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
+    next one; ``metrics`` is the last finished epoch's row, ``provenance`` where the run comes from
+    (:func:`pitvit.utils.provenance.provenance`). It carries the SHA-256 of its weights (``with_digests``),
+    checked whenever it is read."""
     from pitvit.models import resolve_preprocessing, with_digests
 
     model = t.model
@@ -147,6 +150,10 @@ def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: i
         ckpt["scaler"] = t.scaler.state_dict()
     if partial is not None:
         ckpt["partial_epoch"] = dict(partial)
+    if metrics:
+        ckpt["metrics"] = dict(metrics)
+    if provenance is not None:
+        ckpt["provenance"] = dict(provenance)
     return with_digests(ckpt)
 
 
