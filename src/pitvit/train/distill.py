@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError
@@ -35,13 +36,14 @@ class ClassificationLoss(nn.Module):
     def __init__(self, smoothing: float = 0.0) -> None:
         super().__init__()
         self.smoothing = smoothing
+        self.soft = SoftTargetCrossEntropy()
 
     def forward(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(outputs, (tuple, list)):
             outputs = outputs[0]
         outputs = outputs.float()
         if targets.ndim == outputs.ndim:  # soft targets from mixup/cutmix, smoothing already applied
-            return torch.sum(-targets * F.log_softmax(outputs, dim=-1), dim=-1).mean()
+            return self.soft(outputs, targets)
         return F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
 
 
