@@ -20,6 +20,7 @@ from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.names import DISTILL_MODES
 from pitvit.utils.precision import autocast
 
 __all__ = ["ClassificationLoss", "DistillationLoss", "build_teacher"]
@@ -62,7 +63,7 @@ class DistillationLoss(nn.Module):
     def __init__(self, base: nn.Module, teacher: nn.Module | None, mode: str = "hard", alpha: float = 0.5,
                  tau: float = 1.0, amp_dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if mode not in ("none", "hard", "soft"):
+        if mode not in DISTILL_MODES:
             raise ValueError(f"distillation mode must be none, hard or soft; got {mode!r}")
         if mode != "none" and teacher is None:
             raise ValueError(f"{mode} distillation needs a teacher")

@@ -16,6 +16,8 @@ import torch
 from timm.optim import AdamP as TimmAdamP
 from torch import nn
 
+from pitvit.utils.names import OPTIMIZERS
+
 __all__ = ["AdamP", "param_groups", "scaled_lr", "build_optimizer"]
 
 
@@ -91,4 +93,4 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     if name == "adamp":
         return AdamP(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
                      wd_ratio=wd_ratio, nesterov=nesterov)
-    raise ValueError(f"unknown optimizer {name!r}; choose adamw or adamp")
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
