@@ -213,9 +213,9 @@ def test_readme_multi_machine_command_as_two_agents(tmp_path):
     for p in procs:
         p.communicate(timeout=600)
     assert procs[0].returncode != 0 and procs[1].returncode == -signal.SIGKILL
-    from pitvit.train.checkpoint import load_checkpoint
+    from pitvit.train.checkpoint import read_run_checkpoint
 
-    ckpt = load_checkpoint(run / "last.pt")  # intact: readable, its content hashes match
+    ckpt = read_run_checkpoint(run / "last.pt")  # intact: readable, its content hashes match
     assert ckpt["epoch"] in (1, 2) and ckpt["step_in_epoch"] == 0 and not list(run.glob(".*tmp*"))
     finish(agents(run))
     assert "resuming" in (run / "log.txt").read_text()

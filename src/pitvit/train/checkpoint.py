@@ -1,4 +1,4 @@
-"""Training checkpoints: what one holds (:func:`make_checkpoint`), how it is read (:func:`load_checkpoint`,
+"""Training checkpoints: what one holds (:func:`make_checkpoint`), how it is read (:func:`read_run_checkpoint`,
 :func:`load_resume`), put back into a run (:func:`restore_training`), and what may change on resume
 (:func:`check_resume`). Checkpoints are plain data (tensors, numbers, strings, lists, dicts), written
 atomically by :func:`pitvit.utils.io.save_torch`.
@@ -21,7 +21,7 @@ from pitvit.utils.errors import CheckpointError, TrainingError, preview_list
 from .builders import Data, Training
 from .config import Config, config_to_dict
 
-__all__ = ["make_checkpoint", "load_checkpoint", "load_resume", "restore_training", "check_resume",
+__all__ = ["make_checkpoint", "read_run_checkpoint", "load_resume", "restore_training", "check_resume",
            "capture_rng", "restore_rng", "run_differences", "order_changes", "config_changes"]
 
 log = logging.getLogger("pitvit.train")
@@ -55,7 +55,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
     """A pitvit training checkpoint, read on the CPU by the one safe reader (``pitvit.models.read_checkpoint``:
     no code runs, content hashes are checked).
 
@@ -203,7 +203,7 @@ def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | N
         log.warning("%s exists but train.resume is false: starting over", last)
         return None
     try:
-        return load_checkpoint(last)
+        return read_run_checkpoint(last)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; it is the checkpoint this run would continue from: start over in {run_dir} "
                               f"with --set train.resume=false (it is then replaced), or train in another folder "
