@@ -17,7 +17,7 @@ import torch
 from pitvit.utils.errors import CheckpointError, preview_list
 
 from .layouts import LAYOUT_TEXT, convert_state_dict, describe_model, describe_state_dict, detect_layout, inspect_state_dict
-from .pit import PiT, resize_pos_embed
+from .pit import PATCH_KEY, STEM_KEY, PiT, resize_pos_embed
 from .serialization import read_stored
 
 __all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "state_dict_differences",
@@ -142,12 +142,11 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
     trained for another number of classes. Returns the state dict, notes, and whether the heads were dropped."""
     target = model.state_dict()
     notes: list[str] = []
-    ckpt_stem, model_stem_ch = sd.get("patch_embed.stem.0.weight"), model.cfg.stem_channels
-    ckpt_stem_ch = ckpt_stem.shape[0] if ckpt_stem is not None and ckpt_stem.ndim == 4 else 0
+    ckpt_stem_ch, model_stem_ch = inspect_state_dict(sd)["stem_channels"], model.cfg.stem_channels
     if ckpt_stem_ch != model_stem_ch:
         raise CheckpointError(f"{source}: the checkpoint's convolutional stem has {ckpt_stem_ch} channel(s) (0: none), "
                               f"the model's {model_stem_ch}; build the model with stem_channels={ckpt_stem_ch}")
-    first = "patch_embed.stem.0.weight" if model_stem_ch else "patch_embed.conv.weight"
+    first = STEM_KEY if model_stem_ch else PATCH_KEY
     stem, model_stem = sd.get(first), target[first]  # the first convolution: what reads the input channels
     if (stem is not None and stem.ndim == 4 and stem.shape[1] != model_stem.shape[1]
             and stem.shape[0] == model_stem.shape[0]):

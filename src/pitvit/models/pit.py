@@ -23,7 +23,11 @@ from torch.utils.checkpoint import checkpoint
 
 from pitvit.utils.errors import ConfigError
 
-__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES"]
+__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES",
+           "STEM_KEY", "PATCH_KEY"]
+
+# The state-dict keys of the first convolutions: the optional stem's (stem_channels > 0), then the patch one
+STEM_KEY, PATCH_KEY = "patch_embed.stem.0.weight", "patch_embed.conv.weight"
 
 POOL_TYPES = ("token", "")  # read the class token(s) / return every class token unpooled
 
