@@ -26,6 +26,8 @@ __all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "state_dict_
 Source = Union[str, "os.PathLike[str]", Mapping, "Weights"]
 
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+_RECORD_KEYS = ("format", "version", "epoch", "step_in_epoch", "best_metric", "metrics", "provenance", "digests",
+                "safetensors_metadata")
 
 
 @dataclass(repr=False)
@@ -40,8 +42,9 @@ class Weights:
         source: the path, the ``hf-hub:`` reference, or ``"<dict>"``.
         ema: whether these are EMA weights.
         meta: ``model_name``, ``model_cfg``, ``pretrained_cfg``, ``class_names`` when the checkpoint had them.
-        checkpoint: everything the file held, as read (a training checkpoint's epoch, metrics, provenance,
-            digests; a safetensors file's ``safetensors_metadata``).
+        record: what the file says besides its weights: a training checkpoint's ``format``, ``epoch``,
+            ``step_in_epoch``, ``best_metric``, ``metrics``, ``provenance``, ``digests``; a safetensors file's
+            ``safetensors_metadata``; and ``entries``, the names of everything it holds.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -50,7 +53,7 @@ class Weights:
     source: str = "<dict>"
     ema: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
-    checkpoint: Mapping[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -92,8 +95,10 @@ def read_weights(source: Source, *, ema: bool = False) -> Weights:
         meta = {k: v for k, v in obj["safetensors_metadata"].items() if k == "model_name"}
     tensors = stored.tensors
     layout = "paddle" if stored.from_numpy or stored.container == "paddle pickle" else detect_layout(tensors)
+    record = {k: obj[k] for k in _RECORD_KEYS if k in obj}  # no tensors: a Weights stays the size of its weights
+    record["entries"] = sorted(map(str, obj))
     weights = Weights(convert_state_dict(tensors, layout), layout, stored.container, stored.source, stored.ema, meta,
-                      obj)
+                      record)
     if not weights.info["is_pit"]:
         raise CheckpointError(f"{stored.source}: not a PiT checkpoint; its {len(tensors)} tensors have keys like "
                               f"{preview_list(list(tensors), 4)}")

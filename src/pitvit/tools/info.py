@@ -41,7 +41,7 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
         CheckpointError: unreadable, unsafe, damaged (a digest does not match), or not PiT weights.
     """
     w = read_weights(path)
-    ckpt = dict(w.checkpoint)
+    ckpt = w.record
     info = w.info
     pre = w.meta.get("pretrained_cfg") or {}
     size = pre.get("input_size")
@@ -55,7 +55,7 @@ def describe_file(path: str | os.PathLike) -> dict[str, Any]:
         "architecture": describe_state_dict(info), "num_classes": info.get("num_classes"),
         "class_names": [str(c) for c in w.meta.get("class_names") or []] or None,
         "input_size": list(size) if size else None,
-        "ema": any(k in ckpt for k in ("ema_state_dict", "model_ema", "state_dict_ema")),
+        "ema": any(k in ckpt["entries"] for k in ("ema_state_dict", "model_ema", "state_dict_ema")),
         "digest": _digest_status(ckpt, w.container),
     }
     if ckpt.get("format") == "pitvit" and "epoch" in ckpt:
