@@ -7,13 +7,18 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 from __future__ import annotations
 
 __all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
-           "PREDICT_FORMATS", "ZOO_FORMATS"]
+           "PREDICT_FORMATS", "ZOO_FORMATS",
+           "BACKENDS", "PRECISIONS"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device computes it natively, else fp32
 SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # weight files pitvit writes
 CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
-EXPORT_FORMATS = ("onnx", "pt2")
+EXPORT_FORMATS = ("onnx", "pt2", "openvino")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # inference engines of predict, eval and benchmark
+# One precision vocabulary on every backend: auto (bf16 where the device computes it natively, else fp32), and
+# int8 (OpenVINO, NNCF post-training quantization); "none" is read as fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
