@@ -27,10 +27,12 @@ use), so backends are compared fairly and none oversubscribes a shared machine.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -275,8 +277,9 @@ def _calibration_source(calibration: str | os.PathLike | None, weights: Any) -> 
                       "the ones to classify); a pitvit run checkpoint defaults to its own training data")
 
 
-def _calibration_batches(source: Any, model: nn.Module, batch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Calibration batches and held-out check batches, drawn with a fixed seed from ``source``."""
+def _calibration_batches(source: Any, model: nn.Module) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Calibration images (batches of one, as NNCF counts its samples) and held-out check batches, drawn with a
+    fixed seed from ``source``."""
     from pitvit.data import build_dataset, build_transform
     from pitvit.data.images import SkippedSample, load_image
 
@@ -301,19 +304,20 @@ def _calibration_batches(source: Any, model: nn.Module, batch: int) -> tuple[lis
     n_cal = (CALIBRATION_IMAGES if len(images) >= CALIBRATION_IMAGES + CHECK_IMAGES
              else max(1, len(images) * 3 // 5))
 
-    def batches(ts: list[torch.Tensor]) -> list[np.ndarray]:
+    def batches(ts: list[torch.Tensor], batch: int) -> list[np.ndarray]:
         return [torch.stack(ts[i:i + batch]).numpy() for i in range(0, len(ts), batch)]
 
-    return batches(images[:n_cal]), batches(images[n_cal:])
+    return batches(images[:n_cal], 1), batches(images[n_cal:], 16)
 
 
 def _quantize(ov_model: Any, model: nn.Module, source: Any, threads: int, fp32_run: Callable) -> tuple[Any, dict]:
     nncf = require("nncf")
-    cal, check = _calibration_batches(source, model, batch=16)
-    n_cal = sum(len(b) for b in cal)
+    cal, check = _calibration_batches(source, model)
+    n_cal = len(cal)
     log.info("int8: calibrating on %d images (NNCF post-training quantization)", n_cal)
-    quantized = nncf.quantize(ov_model, nncf.Dataset(cal), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=n_cal)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout carries the results
+        quantized = nncf.quantize(ov_model, nncf.Dataset(cal), model_type=nncf.ModelType.TRANSFORMER,
+                                  subset_size=n_cal)
     info: dict[str, Any] = {"calibration_images": n_cal}
     if check:
         int8_run = _ov_compile(quantized, "int8", threads)

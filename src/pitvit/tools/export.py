@@ -55,7 +55,11 @@ def _dynamic_img_size(model: nn.Module, enable: bool) -> Iterator[None]:
     would freeze whichever side the example input took, and ``torch.export`` refuses a graph that only holds
     for grids other than the stored one. The model's ``set_dynamic_img_size`` switch always takes the resize
     path; bicubic resizing to the same size is an exact identity, so no number changes.
+    A wrapper without the switch (the features of :mod:`pitvit.tools.backends`) exports at its stored size.
     """
+    if not hasattr(model, "set_dynamic_img_size"):
+        yield
+        return
     before = model.dynamic_img_size
     model.set_dynamic_img_size(enable or before)
     try:
@@ -197,8 +201,7 @@ def convert_openvino(model: nn.Module, *, batch: int | None = None, dynamic_hw: 
     model = model.eval()
     c, h, w = preprocessing(model)["input_size"]
     shape = (batch or -1, c, -1 if dynamic_hw else h, -1 if dynamic_hw else w)
-    with _dynamic_img_size(model, dynamic_hw) if hasattr(model, "set_dynamic_img_size") else contextlib.nullcontext(), \
-            torch.no_grad(), warnings.catch_warnings():
+    with _dynamic_img_size(model, dynamic_hw), torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         try:
             return ov.convert_model(model, example_input=_example(model, batch or 2), input=[shape])
