@@ -25,22 +25,14 @@ import torch.distributed as dist
 from torch import nn
 
 from pitvit.utils.distributed import is_distributed
-from pitvit.utils.errors import TrainingError
+from pitvit.utils.errors import NonFiniteLossError
 from pitvit.utils.logs import Progress
 from pitvit.utils.seed import mix_seed
 
 from .ema import ModelEma
 from .sched import LRSchedule
 
-__all__ = ["TrainStep", "train_one_epoch", "evaluate", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
-
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.value = epoch, step, value
+__all__ = ["TrainStep", "train_one_epoch", "evaluate"]
 
 
 @dataclass
