@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,12 +49,12 @@ from pitvit.utils.extras import require
 from pitvit.utils.io import write_files
 from pitvit.utils.names import BACKENDS, PRECISIONS
 
-from .evaluate import load_model, preprocessing
+from .loading import load_model, preprocessing
 from .export import convert_openvino, export_onnx, openvino_files
 from .imagenet import class_names_for
 
 __all__ = ["BACKENDS", "PRECISIONS", "Predictor", "load_predictor", "resolve_precision", "backend_version",
-           "cache_folder", "OV_HINTS"]
+           "cache_folder", "default_calibration", "OV_HINTS"]
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def resolve_precision(name: str, backend: str = "torch", device: str | torch.dev
         raise ConfigError(f"--precision int8 runs on --backend openvino (NNCF post-training quantization), "
                           f"not on {backend}")
     if name == "fp16" and device.type != "cuda":
-        raise ConfigError(f"--precision fp16 needs a CUDA device (--backend torch --device cuda); on the CPU "
-                          f"use bf16 or fp32")
+        raise ConfigError("--precision fp16 needs a CUDA device (--backend torch --device cuda); on the CPU "
+                          "use bf16 or fp32")
     if name == "bf16":
         if backend == "onnxruntime":
             raise ConfigError("--precision bf16: onnxruntime's CPU provider has no bf16 kernels; use --backend "
@@ -155,9 +155,22 @@ class Predictor:
         return torch.from_numpy(np.asarray(self.run(np.ascontiguousarray(images, dtype=np.float32)),
                                            dtype=np.float32))
 
+    def as_module(self) -> nn.Module:
+        """The predictor as an ``nn.Module`` (CPU tensors in and out), for loops written for modules."""
+        return _AsModule(self)
+
     def describe(self) -> str:
         """One line: backend, precision, threads and where the model came from."""
         return f"{self.backend} {self.precision}, {self.threads} threads ({self.source})"
+
+
+class _AsModule(nn.Module):
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(x)
 
 
 class _Features(nn.Module):
@@ -185,7 +198,7 @@ def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path | None:
 
 def _cache_key(model: nn.Module, backend: str, precision: str, output: str, batch: int | None,
                calibration: str) -> str:
-    from pitvit import __version__
+    from pitvit._version import __version__
     from pitvit.models import state_dict_digest
 
     parts = {"weights": state_dict_digest(model.state_dict()), "cfg": model.cfg.to_dict(), "backend": backend,
@@ -249,8 +262,30 @@ def _torch_runner(module: nn.Module, precision: str, device: torch.device, threa
 
 
 # ---------------------------------------------------------------------------- int8
-def _calibration_source(calibration: str | os.PathLike | None, weights: Any) -> tuple[Any, str]:
-    """The dataset the calibration images come from, and a fingerprint of it for the cache key."""
+def default_calibration(weights: Any) -> dict[str, Any] | None:
+    """The training data a pitvit run checkpoint names (``{"path", "kind", "split"}``), or ``None``."""
+    if not isinstance(weights, (str, os.PathLike)) or not Path(weights).is_file():
+        return None
+    from pitvit.models import read_checkpoint
+
+    try:
+        ckpt = read_checkpoint(weights)
+    except CheckpointError:
+        return None
+    data = (ckpt.get("config") or {}).get("data") if isinstance(ckpt, dict) else None
+    if not isinstance(data, dict) or "train_split" not in data:
+        return None
+    return {"path": data.get("path") or None, "kind": data.get("kind", "auto"), "split": data["train_split"]}
+
+
+def _calibration_source(calibration: Any, weights: Any) -> tuple[Any, str]:
+    """The calibration images (a list of files, or a dataset spec) and a fingerprint of them for the cache key."""
+    if calibration is None:
+        calibration = default_calibration(weights)
+    if isinstance(calibration, dict):
+        return calibration, json.dumps(calibration, sort_keys=True)
+    if isinstance(calibration, np.ndarray):  # preprocessed images, (N, C, H, W)
+        return calibration, hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest()
     if calibration is not None:
         folder = Path(calibration)
         if not folder.is_dir():
@@ -262,17 +297,6 @@ def _calibration_source(calibration: str | os.PathLike | None, weights: Any) -> 
             raise ConfigError(f"--calibration {calibration}: no images in this folder")
         stamp = hashlib.sha256("\n".join(f"{f}:{os.path.getsize(f)}" for f in files).encode()).hexdigest()
         return files, stamp
-    if isinstance(weights, (str, os.PathLike)) and Path(weights).is_file():
-        from pitvit.models import read_checkpoint
-
-        try:
-            ckpt = read_checkpoint(weights)
-        except CheckpointError:
-            ckpt = {}
-        data = (ckpt.get("config") or {}).get("data") if isinstance(ckpt, dict) else None
-        if isinstance(data, dict) and "train_split" in data:
-            spec = {"path": data.get("path") or None, "kind": data.get("kind", "auto"), "split": data["train_split"]}
-            return spec, json.dumps(spec, sort_keys=True)
     raise ConfigError("--precision int8 needs calibration images: --calibration DIR (a few hundred images like "
                       "the ones to classify); a pitvit run checkpoint defaults to its own training data")
 
@@ -284,7 +308,11 @@ def _calibration_batches(source: Any, model: nn.Module) -> tuple[list[np.ndarray
     from pitvit.data.images import SkippedSample, load_image
 
     transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
-    if isinstance(source, list):
+    if isinstance(source, np.ndarray):
+        def get(i: int) -> torch.Tensor | None:
+            return torch.from_numpy(source[i])
+        n = len(source)
+    elif isinstance(source, list):
         def get(i: int) -> torch.Tensor | None:
             img = load_image(source[i], strict=False)
             return None if isinstance(img, SkippedSample) else transform(img)
@@ -371,7 +399,8 @@ def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model
         output: ``logits``, or ``features`` (what the head reads).
         batch: a fixed batch size for the converted graph (default: any batch).
         cache_dir: where converted models are kept (see :func:`cache_folder`); ``"none"``: no cache.
-        calibration: folder of images for int8 (default: a run checkpoint's training data).
+        calibration: folder of images for int8, a dataset spec from :func:`default_calibration`, or preprocessed
+            images as an (N, C, H, W) array (default: the training data of a run checkpoint given as ``source``).
         ema: the EMA weights of a training checkpoint.
         compile: ``torch.compile`` the model (torch backend).
 

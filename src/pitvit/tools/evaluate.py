@@ -1,84 +1,23 @@
-"""Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes.
+"""Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes, on any inference
+backend (:mod:`pitvit.tools.backends`).
 
-Also :func:`load_model`, the one way eval, predict and export turn a model name and/or a weights file into
-a model in evaluation mode, with its preprocessing metadata (``model.pretrained_cfg``) and class names
-(``model.class_names``, when the checkpoint carries them). ``convert`` reads weights without building a
-model for inference, and ``benchmark`` times fresh models by name.
+The model comes from :func:`pitvit.tools.loading.load_model` (re-exported here with :func:`preprocessing`).
 """
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from pitvit.models import PiT, create_model
 from pitvit.utils.errors import ConfigError
+
+from .loading import load_model, preprocessing
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_model", "preprocessing", "evaluate_model"]
-
-
-def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
-               **create_kwargs: Any) -> PiT:
-    """A registered model, with weights from any format ``pitvit.models.read_weights`` reads, in eval mode.
-
-    Args:
-        model_name: a registered variant; may be left out for a pitvit checkpoint or a ``save_pretrained``
-            folder, which name their model (given anyway, it must agree).
-        weights: a checkpoint file, ``save_pretrained`` folder or ``hf-hub:OWNER/NAME`` reference (fetched
-            into the Hugging Face cache on first use); ``None`` keeps the random initialization,
-            drawn with seed 0 (and logs a warning saying so).
-        ema: take the EMA weights of a pitvit training checkpoint.
-        **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
-
-    Raises:
-        ConfigError: ``weights`` does not exist (the message names it), an unknown model name (the message
-            lists the registered ones), or neither a name nor weights that name their model.
-    """
-    if weights is None:
-        if not model_name:
-            raise ConfigError("give a model name (--model), weights that name their model (--weights), or both")
-        if ema:
-            raise ConfigError("--ema needs --weights: a training checkpoint holding EMA weights")
-        # A fixed seed: every process of a distributed run (and every run) gets the same random weights,
-        # without disturbing the caller's random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = create_model(model_name, **create_kwargs)
-        log.warning("note: no weights given, %s is randomly initialized (seed 0)", model_name)
-    else:
-        from pitvit.models import is_hub_reference, model_from_checkpoint, read_weights
-
-        if not is_hub_reference(weights) and not Path(weights).exists():
-            raise ConfigError(f"weights not found: {weights}")
-        read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
-        if model_name:
-            create_kwargs["model"] = model_name
-        model = model_from_checkpoint(read, ema=ema, **create_kwargs)
-        names = read.meta.get("class_names")
-        if names and getattr(model, "class_names", None) is None:
-            model.class_names = [str(n) for n in names]
-    return model.eval()
-
-
-def preprocessing(model: nn.Module) -> dict[str, Any]:
-    """The evaluation preprocessing a model's weights expect, read from ``model.pretrained_cfg``.
-
-    Returns:
-        ``input_size`` (C, H, W), ``crop_pct``, ``interpolation``, ``mean``, ``std``, as plain data: the
-        keyword arguments of ``pitvit.data.build_transform`` for evaluation.
-    """
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg is None:
-        raise ValueError("the model carries no pretrained_cfg (build it with pitvit.create_model)")
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return {"input_size": tuple(d["input_size"]), "crop_pct": float(d["crop_pct"]),
-            "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
 
 
 def evaluate_model(
@@ -94,6 +33,10 @@ def evaluate_model(
     device: str = "auto",
     amp: str = "none",
     compile: bool = False,
+    backend: str = "torch",
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
 
@@ -111,17 +54,23 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: autocast precision: ``none`` (fp32, the default: published figures are measured in it), ``auto``
-            (bf16 where the device computes it natively, else fp32), ``bf16`` or ``fp16``.
+        amp: the precision: ``none``/``fp32`` (the default: published figures are measured in it), ``auto``
+            (bf16 where the device computes it natively, else fp32), ``bf16``, ``fp16`` (CUDA) or ``int8``
+            (OpenVINO).
         compile: evaluate through ``torch.compile`` (inductor).
+        backend: ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`pitvit.tools.backends`; those two on the CPU).
+        threads: threads of the backend (default: the cores this process may use).
+        cache_dir: where converted models are cached.
+        calibration: int8's calibration images (default: the training data a run checkpoint names).
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
-        skipped as unreadable, processes, the precision that ran as ``amp``, preprocessing).
+        skipped as unreadable, processes, the backend, the precision that ran as ``precision`` and, for the
+        torch backend, as ``amp`` (``none`` for fp32), preprocessing).
     """
     from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.device import amp_dtype, resolve_amp
+    from pitvit.utils.device import amp_dtype
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:
@@ -129,8 +78,10 @@ def evaluate_model(
     started_group = not is_distributed()
     dist_info = init_distributed(device)
     try:
-        amp = resolve_amp(amp, dist_info.device)
-        dtype = amp_dtype(amp, dist_info.device)
+        from .backends import default_calibration, load_predictor, resolve_precision
+
+        precision = resolve_precision(amp, backend, dist_info.device)
+        amp = "none" if precision == "fp32" else precision
         model = load_model(model_name, weights, ema=ema)
         if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
@@ -145,16 +96,23 @@ def evaluate_model(
                               f"has {model.num_classes} outputs; evaluate a model trained on these classes")
         loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)
-        model.to(dist_info.device)
-        metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
-                           amp_dtype=dtype)
+        if backend == "torch":
+            model.to(dist_info.device)
+            metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
+                               amp_dtype=amp_dtype(amp, dist_info.device))
+        else:
+            predictor = load_predictor(model, backend=backend, precision=precision, threads=threads,
+                                       cache_dir=cache_dir, calibration=calibration or default_calibration(weights))
+            log.info("eval: %s", predictor.describe())
+            metrics = evaluate(predictor.as_module(), loader, device=torch.device("cpu"))
         skipped = int(all_reduce_sum([float(loader.skipped)], dist_info.device)[0])
         result: dict[str, Any] = {
             "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n": metrics["n"],
             "skipped_images": skipped, "model": getattr(model, "model_name", model_name),
             "weights": None if weights is None else str(weights), "ema": ema,
             "data": None if data is None else str(data), "split": split, "processes": dist_info.world_size,
-            "device": str(dist_info.device), "amp": amp, "compile": compile,
+            "device": str(dist_info.device) if backend == "torch" else "cpu", "amp": amp, "compile": compile,
+            "backend": backend, "precision": precision,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
         }
         return result

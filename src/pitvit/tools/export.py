@@ -37,7 +37,7 @@ from pitvit.utils.extras import require
 from pitvit.utils.io import open_output, write_files, write_with
 from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
-from .evaluate import load_model, preprocessing
+from .loading import load_model, preprocessing
 from .imagenet import class_names_for
 
 __all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata", "convert_openvino",
