@@ -204,3 +204,28 @@ def test_threads_follow_affinity_and_quota(tmp_path, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr("pitvit.utils.cpus.cgroup_cpu_limit", lambda: 1.5)
     assert usable_cpus() == 2  # the quota, rounded up, caps the 4 cores of the mask
+
+
+@needs_ov
+def test_predict_openvino_same_top5_as_torch(tmp_path, imagenet_photos):
+    from pitvit.tools.predict import predict_files
+
+    model = _sized("pit_ti", 64)
+    eager, _ = predict_files(model, imagenet_photos, topk=5, batch_size=8, amp="fp32")
+    ov_preds, _ = predict_files(model, imagenet_photos, topk=5, batch_size=8, amp="fp32", backend="openvino",
+                                cache_dir="none", threads=1)
+    assert [p.path for p in ov_preds] == [p.path for p in eager] and len(eager) == len(imagenet_photos)
+    assert [[i for i, _, _ in p.top] for p in ov_preds] == [[i for i, _, _ in p.top] for p in eager]
+
+
+@needs_ort
+def test_benchmark_engine_table():
+    from pitvit.tools.bench_backends import compare_backends, format_backends
+
+    r = compare_backends("pit_test", backend="onnxruntime", batch=3, rounds=1, threads=1, cache_dir="none")
+    assert [(row["setting"], row["batch"]) for row in r["rows"]] == [
+        ("torch fp32", 1), ("onnxruntime fp32", 1), ("torch fp32", 3), ("onnxruntime fp32", 3)]
+    eager, ort = r["rows"][2], r["rows"][3]
+    assert eager["vs_eager"] == 1.0 and eager["max_diff"] == 0.0
+    assert ort["max_diff"] < 1e-4 and ort["top1_agree"] == 1.0
+    assert "onnxruntime fp32" in format_backends(r)
