@@ -229,3 +229,30 @@ def test_benchmark_engine_table():
     assert eager["vs_eager"] == 1.0 and eager["max_diff"] == 0.0
     assert ort["max_diff"] < 1e-4 and ort["top1_agree"] == 1.0
     assert "onnxruntime fp32" in format_backends(r)
+
+
+@needs_ov
+def test_cli_export_openvino_and_predict(tmp_path, capsys):
+    from pitvit.cli import main as cli
+
+    out = tmp_path / "pt.xml"
+    assert cli(["export", "--model", "pit_test", "--format", "openvino", "--batch", "2", "--out", str(out)]) == 0
+    assert f"wrote {out} (openvino, input 2 x 3 x 32 x 32)" in capsys.readouterr().out
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    assert cli(["predict", str(tmp_path / "a.png"), "--model", "pit_test", "--backend", "openvino",
+                "--precision", "fp32", "--cache-dir", "none", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["path"].endswith("a.png")  # stdout holds the results only
+    assert "predict: openvino fp32" in captured.err  # the precision that ran is said
+
+
+@needs_ort
+def test_cli_unsupported_precision_is_one_line(capsys):
+    from pitvit.cli import main as cli
+
+    assert cli(["predict", "x.png", "--model", "pit_test", "--backend", "onnxruntime", "--amp", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pitvit predict: error: --precision bf16: onnxruntime") and len(
+        [line for line in err if "error" in line]) == 1
