@@ -88,6 +88,8 @@ def main() -> None:
     p.add_argument("--int8-weights", default=None, help="a trained Fashion-MNIST checkpoint (the demo's best.pt)")
     p.add_argument("--int8-split", default="test")
     p.add_argument("--cache-dir", default=None, help="conversion cache (default: a temporary folder)")
+    p.add_argument("--sections", nargs="+", default=["engines", "int8", "predict"],
+                   choices=["engines", "int8", "predict"], help="what to measure")
     p.add_argument("--json", default=None, help="also write the results here")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -96,16 +98,18 @@ def main() -> None:
         cache = a.cache_dir or str(Path(tmp) / "cache")
         out: dict = {"machine": f"{cpu_name()}, {os.cpu_count()} cores, {threads} used", "torch": torch.__version__,
                      "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": " ".join(sys.argv)}
-        table = compare_backends(a.model, backend="all", batch=a.batch, rounds=a.rounds, threads=threads,
-                                 cache_dir=cache)
-        out["engines"] = table
-        print(format_backends(table), flush=True)
-        if a.int8_weights:
+        out["load_average_before"] = os.getloadavg()
+        if "engines" in a.sections:
+            table = compare_backends(a.model, backend="all", batch=a.batch, rounds=a.rounds, threads=threads,
+                                     cache_dir=cache)
+            out["engines"] = table
+            print(format_backends(table), flush=True)
+        if a.int8_weights and "int8" in a.sections:
             out["int8"] = int8_on_trained(a.int8_weights, a.int8_split, threads, cache)
             r = out["int8"]
             print(f"\nint8 on {a.int8_weights} [{a.int8_split}], {r['n']} images: top-1 fp32 {r['fp32_top1']:.2f}%, "
                   f"OpenVINO int8 {r['int8_top1']:.2f}% ({r['delta']:+.2f} points)", flush=True)
-        if a.images:
+        if a.images and "predict" in a.sections:
             folder = Path(tmp) / "images"
             folder.mkdir()
             make_images(folder, a.images)
@@ -113,7 +117,9 @@ def main() -> None:
             print(f"\npitvit predict over {r['images']} JPEGs (500x375), end to end, fp32: torch {r['torch_s']:.1f} s, "
                   f"openvino {r['openvino_s']:.1f} s ({r['speedup']:.2f}x); same top-5 for every image: "
                   f"{r['same_top5']}", flush=True)
-    print(f"\n{out['machine']}, torch {out['torch']}, {out['date']}")
+    out["load_average_after"] = os.getloadavg()
+    print(f"\n{out['machine']}, torch {out['torch']}, {out['date']}; load average (1, 5, 15 min) before "
+          f"{out['load_average_before'][0]:.1f}, after {out['load_average_after'][0]:.1f}")
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, default=str))
 

@@ -246,6 +246,13 @@ def test_cli_export_openvino_and_predict(tmp_path, capsys):
     captured = capsys.readouterr()
     assert json.loads(captured.out)[0]["path"].endswith("a.png")  # stdout holds the results only
     assert "predict: openvino fp32" in captured.err  # the precision that ran is said
+    from_model = json.loads(captured.out)[0]["predictions"]
+    # The exported file runs as it is, with the preprocessing and class names stored beside it.
+    assert cli(["predict", str(tmp_path / "a.png"), "--weights", str(out), "--backend", "openvino",
+                "--precision", "fp32", "--format", "json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert [p["index"] for p in from_file] == [p["index"] for p in from_model]
+    assert [p["prob"] for p in from_file] == pytest.approx([p["prob"] for p in from_model], abs=1e-5)
 
 
 @needs_ort

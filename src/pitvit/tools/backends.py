@@ -133,6 +133,7 @@ class Predictor:
         source: where the compiled model came from (``converted``, ``cache PATH``, ``file PATH``).
         info: facts stored with the model (int8: ``top1_agreement`` with fp32 and the images it was measured on).
         setup_s: seconds from the call to a ready predictor.
+        batch: the batch a graph was fixed to (``None``: any); other batches are cut or padded to it.
     """
 
     backend: str
@@ -147,13 +148,21 @@ class Predictor:
     run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict)
     setup_s: float = 0.0
+    batch: int | None = None
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Logits (or features) for a batch of preprocessed images, as a CPU fp32 tensor."""
         if isinstance(images, torch.Tensor):
             images = images.detach().to("cpu", torch.float32).numpy()
-        return torch.from_numpy(np.asarray(self.run(np.ascontiguousarray(images, dtype=np.float32)),
-                                           dtype=np.float32))
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        if self.batch is None or len(x) == self.batch:
+            return torch.from_numpy(np.asarray(self.run(x), dtype=np.float32))
+        outs = []
+        for i in range(0, len(x), self.batch):  # a graph of fixed batch: whole batches, the last one padded
+            part = x[i:i + self.batch]
+            pad = np.zeros((self.batch - len(part),) + part.shape[1:], dtype=np.float32)
+            outs.append(np.asarray(self.run(np.concatenate([part, pad]) if len(pad) else part))[:len(part)])
+        return torch.from_numpy(np.concatenate(outs).astype(np.float32, copy=False))
 
     def as_module(self) -> nn.Module:
         """The predictor as an ``nn.Module`` (CPU tensors in and out), for loops written for modules."""
@@ -242,6 +251,7 @@ def _ort_session(model_bytes: bytes | str, threads: int) -> Callable[[np.ndarray
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {name: x})[0]
 
+    run.session = session  # type: ignore[attr-defined]
     return run
 
 
@@ -362,8 +372,10 @@ def _quantize(ov_model: Any, model: nn.Module, source: Any, threads: int, fp32_r
 
 
 # ---------------------------------------------------------------------------- entry point
-def _read_export(path: Path, backend: str, precision: str, threads: int) -> tuple[Callable, dict[str, Any]]:
-    """A runner for a file ``pitvit export`` wrote, and its metadata (model, preprocessing, class names)."""
+def _read_export(path: Path, backend: str, precision: str,
+                 threads: int) -> tuple[Callable, dict[str, Any], int | None]:
+    """A runner for a file ``pitvit export`` wrote, its metadata (model, preprocessing, class names), and the
+    batch it was fixed to (``None``: any)."""
     if path.suffix == ".onnx":
         meta = {p.key: p.value for p in require("onnx").load(str(path), load_external_data=False).metadata_props}
     else:
@@ -376,8 +388,12 @@ def _read_export(path: Path, backend: str, precision: str, threads: int) -> tupl
     if backend == "onnxruntime":
         if path.suffix != ".onnx":
             raise ConfigError(f"{path}: onnxruntime reads .onnx files; run OpenVINO IR with --backend openvino")
-        return _ort_session(str(path), threads), meta
-    return _ov_compile(require("openvino").Core().read_model(str(path)), precision, threads), meta
+        run = _ort_session(str(path), threads)
+        first = run.session.get_inputs()[0].shape[0]  # type: ignore[attr-defined]
+        return run, meta, first if isinstance(first, int) else None
+    ov_model = require("openvino").Core().read_model(str(path))
+    first = ov_model.input(0).get_partial_shape()[0]
+    return _ov_compile(ov_model, precision, threads), meta, None if first.is_dynamic else first.get_length()
 
 
 def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model_name: str | None = None,
@@ -428,11 +444,11 @@ def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model
             raise ConfigError(f"exported model not found: {path}")
         if output != "logits":
             raise ConfigError(f"{path}: an exported file gives logits; features need the weights")
-        run, meta = _read_export(path, backend, precision, threads)
+        run, meta, fixed = _read_export(path, backend, precision, threads)
         pre = json.loads(meta.get("pitvit_preprocessing", "null")) or {}
         return Predictor(backend, precision, threads, tuple(pre.get("input_size", ())), output,
                          meta.get("pitvit_model", ""), json.loads(meta.get("pitvit_class_names", "[]")), pre,
-                         f"file {path}", run, setup_s=time.perf_counter() - started)
+                         f"file {path}", run, setup_s=time.perf_counter() - started, batch=fixed)
 
     model = source if isinstance(source, nn.Module) else load_model(model_name, source, ema=ema)
     model = model.eval().float()
@@ -443,7 +459,8 @@ def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model
 
     def predictor(run: Callable, where: str, info: dict | None = None) -> Predictor:
         return Predictor(backend, precision, threads, tuple(pre["input_size"]), output, name, names, pre, where,
-                         run, info or {}, setup_s=time.perf_counter() - started)
+                         run, info or {}, setup_s=time.perf_counter() - started,
+                         batch=batch if backend != "torch" else None)
 
     if backend == "torch":
         return predictor(_torch_runner(module, precision, resolve_device(device), threads, compile), "in memory")

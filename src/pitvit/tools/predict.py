@@ -25,8 +25,9 @@ from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, l
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
 
-from .loading import load_model, preprocessing
+from .backends import Predictor, load_predictor
 from .imagenet import class_names_for
+from .loading import load_model, preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def _decoded_batches(files: Iterable[str | os.PathLike], transform: Callable[[An
             thread.join(0.05)
 
 
-def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
+def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
                   device: str | torch.device = "cpu", amp: str = "auto", compile: bool = False,
                   backend: str = "torch", threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   calibration: str | os.PathLike | None = None,
@@ -120,7 +121,8 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
     backend runs the previous batch.
 
     Args:
-        model: a model with ``pretrained_cfg`` (its preprocessing) and optionally ``class_names``.
+        model: a model with ``pretrained_cfg`` (its preprocessing) and optionally ``class_names``, or a
+            :class:`~pitvit.tools.backends.Predictor` (an exported file; the backend options are then its own).
         files: image paths.
         topk: classes per image (at most the number of classes).
         batch_size: images per forward pass.
@@ -138,19 +140,22 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
     """
     from pitvit.data import build_transform
 
-    from .backends import load_predictor
-
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    names = class_names_for(model)
+    if isinstance(model, Predictor):  # an exported file, already loaded
+        predictor = model
+        names, pre, in_chans = predictor.class_names, predictor.preprocessing, predictor.input_size[0]
+    else:
+        names, pre, in_chans = class_names_for(model), preprocessing(model), model.cfg.in_chans
     if not names:
         raise CheckpointError("the model has no classifier head (num_classes=0); nothing to predict")
     k = min(topk, len(names))
-    transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
-    predictor = load_predictor(model, backend=backend, precision=amp, threads=threads, device=device,
-                               cache_dir=cache_dir, calibration=calibration, compile=compile)
+    transform = build_transform(False, **pre, in_chans=in_chans)
+    if not isinstance(model, Predictor):
+        predictor = load_predictor(model, backend=backend, precision=amp, threads=threads, device=device,
+                                   cache_dir=cache_dir, calibration=calibration, compile=compile)
     log.info("predict: %s", predictor.describe())
     results: list[Prediction] = []
     errors: list[tuple[str, str]] = []
@@ -197,7 +202,10 @@ def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: S
         inputs that could not (missing, not an image, a folder without images).
     """
     files, problems = expand_inputs(inputs)
-    model = load_model(model_name, weights, ema=ema)
+    if weights is not None and Path(weights).suffix in (".onnx", ".xml"):  # written by `pitvit export`
+        model = load_predictor(weights, backend=backend, precision=amp, threads=threads)
+    else:
+        model = load_model(model_name, weights, ema=ema)
     if amp == "int8" and calibration is None:
         from .backends import default_calibration
 
