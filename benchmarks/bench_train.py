@@ -34,7 +34,7 @@ def build_loader(cfg):
 def bare_loop(cfg, steps: int) -> float:
     """Images/s of a plain loop: load, forward, loss, backward, AdamW step."""
     from pitvit.models import create_model
-    from pitvit.utils.device import amp_dtype
+    from pitvit.utils.precision import amp_dtype
 
     loader, classes = build_loader(cfg)
     torch.manual_seed(cfg.train.seed)

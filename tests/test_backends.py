@@ -114,7 +114,7 @@ def test_bf16_refused_without_native_support(monkeypatch):
     for backend in ("torch", "openvino"):
         with pytest.raises(ConfigError, match=r"lacks AVX-512 BF16 \(avx512_bf16\) and AMX"):
             bk.resolve_precision("bf16", backend)
-    monkeypatch.setattr("pitvit.utils.device.cpu_bf16_support", lambda: None)
+    monkeypatch.setattr("pitvit.utils.precision.cpu_bf16_support", lambda: None)
     assert bk.resolve_precision("auto", "openvino") == "fp32"  # auto never picks emulated bf16
 
 

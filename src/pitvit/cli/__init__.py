@@ -20,7 +20,7 @@ import traceback
 from pitvit.utils.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, PitvitError
 
 # Subcommand name -> module under pitvit.cli. Order is the order of `pitvit --help`.
-SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "plot", "models")
+SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "info", "plot", "models")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -58,13 +58,13 @@ def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
 def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_why: str = "") -> None:
     """The options of every inference subcommand: --backend, --precision (--amp), --threads, --cache-dir,
     --calibration."""
-    from pitvit.utils.names import BACKENDS, PRECISIONS
+    from pitvit.utils.names import BACKEND_PRECISIONS, BACKENDS
 
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="inference engine: eager PyTorch, ONNX Runtime or OpenVINO (converted on first use and "
                         "cached; pip install 'pitvit[onnx]' or 'pitvit[openvino]')")
     p.add_argument("--precision", "--amp", dest="precision", default=default_precision,
-                   choices=PRECISIONS + ("none",),
+                   choices=BACKEND_PRECISIONS,
                    help="what runs, the same on every backend, and printed: fp32 (none) gives PyTorch's fp32 "
                         "numbers" + fp32_why + "; auto: bf16 where the device computes it natively (CPUs with AMX or "
                         "AVX-512 BF16, GPUs from Ampere on), else fp32; bf16 is refused where it would be "

@@ -31,7 +31,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--backend", default="torch", choices=("all",) + BACKENDS,
                    help="torch: the training and inference figures above; all or another backend: the table of "
                         "inference engines (CPU)")
-    p.add_argument("--precision", "--amp", dest="precision", default="auto", choices=AMP_CHOICES + ("fp32",),
+    p.add_argument("--precision", "--amp", dest="precision", default="auto", choices=AMP_CHOICES,
                    help="autocast dtype of --backend torch; auto: bf16 where the device computes it natively, "
                         "else fp32 (none); the engine table times every precision the CPU runs natively")
     p.add_argument("--threads", type=int, default=None,

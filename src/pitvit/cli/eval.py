@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import add_backend_args, add_model_args
-from pitvit.utils.names import DEVICE_CHOICES
+from pitvit.utils.names import DATASET_KINDS, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -16,7 +16,7 @@ def add_parser(sub, formatter) -> None:
                    help="dataset root: ROOT/SPLIT_list.txt, ROOT/SPLIT/CLASS/*.jpg or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--kind", default="auto", choices=("auto", "imagefolder", "list", "fashion_mnist"),
+    p.add_argument("--kind", default="auto", choices=DATASET_KINDS,
                    help="dataset layout")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")

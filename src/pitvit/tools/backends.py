@@ -43,17 +43,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from pitvit.utils.device import cpu_bf16_support, resolve_amp, resolve_device
+from pitvit.models import resolve_preprocessing
+from pitvit.utils.device import cpu_bf16_support, resolve_device
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.extras import require
 from pitvit.utils.io import write_files
-from pitvit.utils.names import BACKENDS, PRECISIONS
+from pitvit.utils.names import BACKEND_PRECISIONS, BACKENDS
+from pitvit.utils.precision import amp_dtype, autocast, resolve_amp
 
-from .loading import load_model, preprocessing
 from .export import convert_openvino, export_onnx, openvino_files
 from .imagenet import class_names_for
+from .loading import load_model
 
-__all__ = ["BACKENDS", "PRECISIONS", "Predictor", "load_predictor", "resolve_precision", "backend_version",
+__all__ = ["BACKENDS", "BACKEND_PRECISIONS", "Predictor", "load_predictor", "resolve_precision", "backend_version",
            "cache_folder", "default_calibration", "OV_HINTS"]
 
 log = logging.getLogger(__name__)
@@ -89,14 +91,14 @@ def resolve_precision(name: str, backend: str = "torch", device: str | torch.dev
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     name = "fp32" if name == "none" else name
-    if name not in PRECISIONS:
-        raise ConfigError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name not in BACKEND_PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}; choose one of {', '.join(BACKEND_PRECISIONS)}")
     device = resolve_device(device) if backend == "torch" else torch.device("cpu")
     if name == "auto":
         if backend == "onnxruntime":
             log.info("precision auto on onnxruntime: fp32 (its CPU provider has no bf16 kernels)")
             return "fp32"
-        return "bf16" if resolve_amp("auto", device) == "bf16" else "fp32"
+        return resolve_amp("auto", device)
     if name == "int8" and backend != "openvino":
         raise ConfigError(f"--precision int8 runs on --backend openvino (NNCF post-training quantization), "
                           f"not on {backend}")
@@ -110,10 +112,6 @@ def resolve_precision(name: str, backend: str = "torch", device: str | torch.dev
         if device.type == "cpu":
             _require_native_bf16("--precision bf16")
     return name
-
-
-def _autocast_dtype(precision: str) -> torch.dtype | None:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # ---------------------------------------------------------------------------- the predictor
@@ -211,7 +209,7 @@ def _cache_key(model: nn.Module, backend: str, precision: str, output: str, batc
     from pitvit.models import state_dict_digest
 
     parts = {"weights": state_dict_digest(model.state_dict()), "cfg": model.cfg.to_dict(), "backend": backend,
-             "version": backend_version(backend), "input_size": list(preprocessing(model)["input_size"]),
+             "version": backend_version(backend), "input_size": list(resolve_preprocessing(model)["input_size"]),
              "batch": batch, "precision": precision, "output": output, "pitvit": __version__,
              "calibration": calibration}
     if backend == "openvino" and precision == "int8":
@@ -261,11 +259,10 @@ def _torch_runner(module: nn.Module, precision: str, device: torch.device, threa
         torch.set_num_threads(threads)
     module = module.eval().to(device)
     fn = torch.compile(module) if compile else module
-    dtype = _autocast_dtype(precision)
+    dtype = amp_dtype(precision, device)
 
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                     enabled=dtype is not None):
+        with torch.inference_mode(), autocast(device, dtype):
             return fn(torch.from_numpy(x).to(device)).float().cpu().numpy()
 
     return run
@@ -317,7 +314,7 @@ def _calibration_batches(source: Any, model: nn.Module) -> tuple[list[np.ndarray
     from pitvit.data import build_dataset, build_transform
     from pitvit.data.images import SkippedSample, load_image
 
-    transform = build_transform(False, **preprocessing(model), in_chans=model.cfg.in_chans)
+    transform = build_transform(False, **resolve_preprocessing(model), in_chans=model.cfg.in_chans)
     if isinstance(source, np.ndarray):
         def get(i: int) -> torch.Tensor | None:
             return torch.from_numpy(source[i])
@@ -453,7 +450,7 @@ def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model
     model = source if isinstance(source, nn.Module) else load_model(model_name, source, ema=ema)
     model = model.eval().float()
     name = str(getattr(model, "model_name", model_name) or "")
-    pre = preprocessing(model)
+    pre = resolve_preprocessing(model)
     module: nn.Module = _Features(model) if output == "features" else model
     names = class_names_for(model) if output == "logits" else []
 

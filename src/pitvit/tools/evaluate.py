@@ -1,7 +1,7 @@
 """Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes, on any inference
 backend (:mod:`pitvit.tools.backends`).
 
-The model comes from :func:`pitvit.tools.loading.load_model` (re-exported here with :func:`preprocessing`).
+The model comes from :func:`pitvit.tools.loading.load_model` (re-exported here).
 """
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+from pitvit.models import resolve_preprocessing
 from pitvit.utils.errors import ConfigError
 
-from .loading import load_model, preprocessing
+from .loading import load_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "preprocessing", "evaluate_model"]
+__all__ = ["load_model", "evaluate_model"]
 
 
 def evaluate_model(
@@ -31,7 +32,7 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
-    amp: str = "none",
+    amp: str = "fp32",
     compile: bool = False,
     backend: str = "torch",
     threads: int | None = None,
@@ -54,7 +55,7 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: the precision: ``none``/``fp32`` (the default: published figures are measured in it), ``auto``
+        amp: the precision: ``fp32`` (the default: published figures are measured in it), ``auto``
             (bf16 where the device computes it natively, else fp32), ``bf16``, ``fp16`` (CUDA) or ``int8``
             (OpenVINO).
         compile: evaluate through ``torch.compile`` (inductor).
@@ -65,12 +66,12 @@ def evaluate_model(
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
-        skipped as unreadable, processes, the backend, the precision that ran as ``precision`` and, for the
-        torch backend, as ``amp`` (``none`` for fp32), preprocessing).
+        skipped as unreadable, processes, the backend, the precision that ran as ``amp`` and ``precision``,
+        preprocessing).
     """
     from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.device import amp_dtype
+    from pitvit.utils.precision import amp_dtype
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:
@@ -80,14 +81,13 @@ def evaluate_model(
     try:
         from .backends import default_calibration, load_predictor, resolve_precision
 
-        precision = resolve_precision(amp, backend, dist_info.device)
-        amp = "none" if precision == "fp32" else precision
+        amp = resolve_precision(amp, backend, dist_info.device)
         model = load_model(model_name, weights, ema=ema)
         if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
                               f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "
                               f"outputs; pass --data DIR with the dataset the model was trained on")
-        pre = preprocessing(model)
+        pre = resolve_preprocessing(model)
         transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
         dataset = build_dataset(data, split, kind=kind, transform=transform)
         targets = getattr(dataset, "targets", None)
@@ -101,7 +101,7 @@ def evaluate_model(
             metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
                                amp_dtype=amp_dtype(amp, dist_info.device))
         else:
-            predictor = load_predictor(model, backend=backend, precision=precision, threads=threads,
+            predictor = load_predictor(model, backend=backend, precision=amp, threads=threads,
                                        cache_dir=cache_dir, calibration=calibration or default_calibration(weights))
             log.info("eval: %s", predictor.describe())
             metrics = evaluate(predictor.as_module(), loader, device=torch.device("cpu"))
@@ -112,7 +112,7 @@ def evaluate_model(
             "weights": None if weights is None else str(weights), "ema": ema,
             "data": None if data is None else str(data), "split": split, "processes": dist_info.world_size,
             "device": str(dist_info.device) if backend == "torch" else "cpu", "amp": amp, "compile": compile,
-            "backend": backend, "precision": precision,
+            "backend": backend, "precision": amp,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
         }
         return result

@@ -31,13 +31,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from pitvit.models import token_grid
+from pitvit.models import resolve_preprocessing, token_grid
 from pitvit.utils.errors import ConfigError, OutputError
 from pitvit.utils.extras import require
 from pitvit.utils.io import open_output, write_files, write_with
 from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
-from .loading import load_model, preprocessing
+from .loading import load_model
 from .imagenet import class_names_for
 
 __all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata", "convert_openvino",
@@ -86,7 +86,7 @@ def _min_side(model: nn.Module) -> int:
 
 def metadata(model: nn.Module) -> dict[str, str]:
     """Plain-string metadata stored with an export: model, preprocessing, class names."""
-    pre = preprocessing(model)
+    pre = resolve_preprocessing(model)
     return {
         "pitvit_model": str(getattr(model, "model_name", "")),
         "pitvit_preprocessing": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()}),
@@ -96,7 +96,7 @@ def metadata(model: nn.Module) -> dict[str, str]:
 
 
 def _example(model: nn.Module, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 0) -> torch.Tensor:
-    c, h, w = preprocessing(model)["input_size"]
+    c, h, w = resolve_preprocessing(model)["input_size"]
     if hw is not None:
         h, w = hw
     g = torch.Generator().manual_seed(seed)
@@ -108,7 +108,7 @@ def _check_sizes(model: nn.Module, dynamic_hw: bool) -> list[tuple[int, tuple[in
     """(batch, (height, width)) pairs the check runs: another batch always, another size if free."""
     sizes: list[tuple[int, tuple[int, int] | None]] = [(2, None), (3, None)]
     if dynamic_hw:
-        _, h, w = preprocessing(model)["input_size"]
+        _, h, w = resolve_preprocessing(model)["input_size"]
         s = model.cfg.stride
         sizes.append((1, (h + 3 * s, w + 5 * s)))  # unequal sides: a swapped H/W would show
     return sizes
@@ -199,7 +199,7 @@ def convert_openvino(model: nn.Module, *, batch: int | None = None, dynamic_hw: 
     """
     ov = require("openvino")
     model = model.eval()
-    c, h, w = preprocessing(model)["input_size"]
+    c, h, w = resolve_preprocessing(model)["input_size"]
     shape = (batch or -1, c, -1 if dynamic_hw else h, -1 if dynamic_hw else w)
     with _dynamic_img_size(model, dynamic_hw), torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -339,7 +339,7 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{'xml' if format == 'openvino' else format}")
     result = {"path": str(out), "format": format, "dynamic_hw": dynamic_hw, "batch": batch,
-              "input_size": list(preprocessing(model)["input_size"])}
+              "input_size": list(resolve_preprocessing(model)["input_size"])}
     if format == "openvino":
         return {**result, "max_abs_diff": _export_openvino(model, out, dynamic_hw, batch, atol)}
     write, check = (_write_onnx, check_onnx) if format == "onnx" else (_write_pt2, check_pt2)

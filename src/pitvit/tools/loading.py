@@ -1,6 +1,7 @@
 """The model that eval, predict, export and the inference backends run: :func:`load_model` turns a model name
 and/or a weights file into a model in evaluation mode, with its preprocessing metadata (``model.pretrained_cfg``,
-read by :func:`preprocessing`) and class names (``model.class_names``, when the checkpoint carries them).
+read by :func:`pitvit.models.resolve_preprocessing`) and class names (``model.class_names``, when the checkpoint
+carries them).
 ``convert`` reads weights without building a model for inference, and ``benchmark`` times fresh models by name.
 """
 from __future__ import annotations
@@ -11,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from pitvit.models import PiT, create_model
 from pitvit.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "preprocessing"]
+__all__ = ["load_model"]
 
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
@@ -50,30 +50,11 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             model = create_model(model_name, **create_kwargs)
         log.warning("note: no weights given, %s is randomly initialized (seed 0)", model_name)
     else:
-        from pitvit.models import is_hub_reference, model_from_checkpoint, read_weights
+        from pitvit.models import is_hub_reference, model_from_checkpoint
 
         if not is_hub_reference(weights) and not Path(weights).exists():
             raise ConfigError(f"weights not found: {weights}")
-        read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
-        model = model_from_checkpoint(read, ema=ema, **create_kwargs)
-        names = read.meta.get("class_names")
-        if names and getattr(model, "class_names", None) is None:
-            model.class_names = [str(n) for n in names]
+        model = model_from_checkpoint(weights, ema=ema, **create_kwargs)  # class names: load_weights sets them
     return model.eval()
-
-
-def preprocessing(model: nn.Module) -> dict[str, Any]:
-    """The evaluation preprocessing a model's weights expect, read from ``model.pretrained_cfg``.
-
-    Returns:
-        ``input_size`` (C, H, W), ``crop_pct``, ``interpolation``, ``mean``, ``std``, as plain data: the
-        keyword arguments of ``pitvit.data.build_transform`` for evaluation.
-    """
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg is None:
-        raise ValueError("the model carries no pretrained_cfg (build it with pitvit.create_model)")
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return {"input_size": tuple(d["input_size"]), "crop_pct": float(d["crop_pct"]),
-            "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}

@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+from pitvit.models import resolve_preprocessing
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
 
 from .backends import Predictor, load_predictor
 from .imagenet import class_names_for
-from .loading import load_model, preprocessing
+from .loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLik
         predictor = model
         names, pre, in_chans = predictor.class_names, predictor.preprocessing, predictor.input_size[0]
     else:
-        names, pre, in_chans = class_names_for(model), preprocessing(model), model.cfg.in_chans
+        names, pre, in_chans = class_names_for(model), resolve_preprocessing(model), model.cfg.in_chans
     if not names:
         raise CheckpointError("the model has no classifier head (num_classes=0); nothing to predict")
     k = min(topk, len(names))

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from pitvit.utils.device import amp_dtype
 from pitvit.utils.distributed import DistInfo
 from pitvit.utils.errors import ConfigError, MissingPathError
+from pitvit.utils.precision import amp_dtype
 
 from .config import Config
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
@@ -41,23 +41,22 @@ class Data:
 
 
 def _preprocessing(cfg: Config) -> dict[str, Any]:
-    """Input size and normalization: the configuration's, else the variant's ``pretrained_cfg``."""
-    from pitvit.models import get_pretrained_cfg
+    """Input size and normalization: the configuration's, else the variant's (``resolve_preprocessing``)."""
+    from pitvit.models import resolve_preprocessing
 
-    pc = get_pretrained_cfg(cfg.model.name)
-    return {"in_chans": pc.input_size[0],
-            "input_size": cfg.data.input_size or cfg.model.img_size or pc.input_size[-1],
-            "mean": list(cfg.data.mean or pc.mean), "std": list(cfg.data.std or pc.std),
-            "interpolation": cfg.data.interpolation or pc.interpolation,
-            "crop_pct": cfg.data.crop_pct if cfg.data.crop_pct is not None else pc.crop_pct}
-
-
-_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "smoothing", "repeated_aug")
+    d = cfg.data
+    pre = resolve_preprocessing(cfg.model.name, input_size=d.input_size or cfg.model.img_size, crop_pct=d.crop_pct,
+                                interpolation=d.interpolation, mean=d.mean, std=d.std)
+    return {**pre, "in_chans": pre["input_size"][0], "input_size": pre["input_size"][-1], "mean": list(pre["mean"]),
+            "std": list(pre["std"])}
 
 
 def _aug_dict(cfg: Config) -> dict[str, Any]:
-    """The data layer's augmentation settings: the preset plus the fields the config sets."""
-    return {k: v for k, v in asdict(cfg.aug).items() if k not in _MIX_KEYS and v is not None}
+    """The data layer's augmentation settings: the preset plus the fields the config sets (the ``aug`` section's
+    other fields are mixing, smoothing and sampling, which are not the transforms')."""
+    from pitvit.data import AUG_SETTINGS
+
+    return {k: v for k, v in asdict(cfg.aug).items() if (k == "preset" or k in AUG_SETTINGS) and v is not None}
 
 
 def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pitvit.utils.errors import ConfigError
-from pitvit.utils.names import AMP_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DATA_PIPELINES, DEVICE_CHOICES, DISTILL_MODES, OPTIMIZERS, PROGRESS_BARS
 
 from .sched import SCHEDULES, STEPPINGS
 
@@ -138,8 +138,8 @@ class TrainCfg:
 
     epochs: int = 300
     seed: int = 0
-    amp: str = "bf16"  # auto | none | bf16 | fp16 (auto: bf16 where the device computes it natively, else fp32;
-    # fp16 uses a GradScaler, GPU only)
+    amp: str = "bf16"  # auto | fp32 | bf16 | fp16 (none: fp32; auto: bf16 where the device computes it natively,
+    # else fp32; fp16 uses a GradScaler, GPU only)
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>
@@ -323,14 +323,14 @@ def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
-    _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
+    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("sched.name", cfg.sched.name, SCHEDULES)
     _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
     _choice("train.amp", cfg.train.amp, AMP_CHOICES)
-    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
-    _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
-    _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
-    _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu", "memory"))
+    _choice("train.device", cfg.train.device, DEVICE_CHOICES)
+    _choice("distill.mode", cfg.distill.mode, DISTILL_MODES)
+    _choice("log.progress_bar", cfg.log.progress_bar, PROGRESS_BARS)
+    _choice("data.pipeline", cfg.data.pipeline, DATA_PIPELINES)
     if cfg.data.holdout < 0:
         raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")
     positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,

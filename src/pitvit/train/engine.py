@@ -27,6 +27,7 @@ from torch import nn
 from pitvit.utils.distributed import is_distributed
 from pitvit.utils.errors import NonFiniteLossError
 from pitvit.utils.logs import Progress
+from pitvit.utils.precision import autocast
 from pitvit.utils.seed import mix_seed
 
 from .ema import ModelEma
@@ -80,8 +81,7 @@ class TrainStep:
             images, targets = self.mixup(images, labels)
         no_sync = not boundary and hasattr(self.model, "no_sync")
         with self.model.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.amp_dtype):
                 loss = self.loss_fn(self.model(images), targets, images)
             scaled = loss / self.accum_steps
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -241,7 +241,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dt
         if max_steps and i >= max_steps:
             break
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             out = model(images)
         if isinstance(out, (tuple, list)):
             out = (out[0] + out[1]) / 2

@@ -6,19 +6,33 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 """
 from __future__ import annotations
 
-__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
-           "PREDICT_FORMATS", "ZOO_FORMATS",
-           "BACKENDS", "PRECISIONS"]
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
+           "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS", "DATA_PIPELINES", "OPTIMIZERS",
+           "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device computes it natively, else fp32
+# The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
+# the device types that compute it. One line per precision; pitvit.utils.precision acts on this table.
+PRECISIONS = {
+    "fp32": (None, ("cpu", "cuda")),
+    "bf16": ("bfloat16", ("cpu", "cuda")),
+    "fp16": ("float16", ("cuda",)),
+}
+PRECISION_ALIASES = {"none": "fp32"}  # the older spelling of fp32, still accepted
+# auto: bf16 where the device computes it natively, else fp32
+AMP_CHOICES = ("auto", *PRECISIONS, *PRECISION_ALIASES)
 SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # weight files pitvit writes
 CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
 EXPORT_FORMATS = ("onnx", "pt2", "openvino")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # inference engines of predict, eval and benchmark
-# One precision vocabulary on every backend: auto (bf16 where the device computes it natively, else fp32), and
-# int8 (OpenVINO, NNCF post-training quantization); "none" is read as fp32.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# The inference precisions: the vocabulary above, and int8 (OpenVINO: NNCF post-training quantization).
+BACKEND_PRECISIONS = AMP_CHOICES + ("int8",)
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
+DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist")  # data.kind, eval --kind
+DATA_PIPELINES = ("cpu", "gpu", "memory")  # data.pipeline: where images are decoded and augmented
+OPTIMIZERS = ("adamw", "adamp")  # optim.name
+DISTILL_MODES = ("none", "hard", "soft")  # distill.mode
+PROGRESS_BARS = ("auto", "on", "off")  # log.progress_bar
+INFO_FORMATS = ("text", "json")
