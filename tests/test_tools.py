@@ -107,10 +107,14 @@ def _hand_metrics(logits, labels):
             "loss": torch.nn.functional.cross_entropy(logits, labels).item()}
 
 
-@pytest.mark.parametrize("ema", [False, True])
-def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, imagenet_photos, ema):
+@pytest.mark.parametrize("ema,backend", [(False, "torch"), (True, "torch"), (False, "onnxruntime"),
+                                         (False, "openvino")])
+def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, imagenet_photos, ema, backend):
     from pitvit.models import resolve_preprocessing
     from pitvit.tools.evaluate import evaluate_model
+
+    if backend != "torch":
+        pytest.importorskip(backend, reason=f"{backend} not installed (the onnx / openvino extra)")
 
     path, raw, ema_model = ti_checkpoint
     model = ema_model if ema else raw
@@ -121,7 +125,9 @@ def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, imagenet_photo
     order = logits.argsort(dim=1, descending=True)
     labels = [int(order[i, r]) for i, r in enumerate(ranks)]
     data = _list_dataset(tmp_path / "data", imagenet_photos, labels)
-    r = evaluate_model(None, path, data, ema=ema, batch_size=8, workers=0, device="cpu")
+    r = evaluate_model(None, path, data, ema=ema, batch_size=8, workers=0, device="cpu", backend=backend,
+                       cache_dir="none", threads=1)
+    assert (r["backend"], r["precision"]) == (backend, "fp32")
     hand = _hand_metrics(logits, labels)
     assert (r["top1"], r["top5"], r["n"]) == (40.0, 70.0, 20) == (hand["top1"], hand["top5"], 20)
     assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)

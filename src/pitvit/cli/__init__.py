@@ -55,6 +55,32 @@ def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
     p.add_argument("--ema", action="store_true", help=f"{ema_verb} the EMA weights of a training checkpoint")
 
 
+def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_why: str = "") -> None:
+    """The options of every inference subcommand: --backend, --precision (--amp), --threads, --cache-dir,
+    --calibration."""
+    from pitvit.utils.names import BACKEND_PRECISIONS, BACKENDS
+
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="inference engine: eager PyTorch, ONNX Runtime or OpenVINO (converted on first use and "
+                        "cached; pip install 'pitvit[onnx]' or 'pitvit[openvino]')")
+    p.add_argument("--precision", "--amp", dest="precision", default=default_precision,
+                   choices=BACKEND_PRECISIONS,
+                   help="what runs, the same on every backend, and printed: fp32 (none) gives PyTorch's fp32 "
+                        "numbers" + fp32_why + "; auto: bf16 where the device computes it natively (CPUs with AMX or "
+                        "AVX-512 BF16, GPUs from Ampere on), else fp32; bf16 is refused where it would be "
+                        "emulated; fp16: CUDA; int8: OpenVINO with NNCF post-training quantization (see "
+                        "--calibration). --amp is the older name")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the backend (default: the cores this process may use: its CPU affinity, "
+                        "capped by a cgroup quota)%(default).0s")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where converted models are kept (default: $XDG_CACHE_HOME/pitvit, else "
+                        "~/.cache/pitvit; 'none': convert every time)%(default).0s")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="int8: a folder of a few hundred images like the ones to classify (default: the "
+                        "training data a pitvit run checkpoint names)%(default).0s")
+
+
 def _epilog() -> str:
     lines = ["exit status:"] + [f"  {code:<4} {what}" for code, what in EXIT_CODES.items()]
     lines.append("  an error with a traceback (exit status 1) is a bug in pitvit: please report it")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import model_name
-from pitvit.utils.names import AMP_CHOICES, DEVICE_CHOICES
+from pitvit.utils.names import AMP_CHOICES, BACKENDS, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -13,7 +13,11 @@ def add_parser(sub, formatter) -> None:
                     "AdamW step), and peak memory (CUDA max_memory_allocated; on a CPU the growth of the\n"
                     "resident set). --compare timm measures timm's pit_*_224 the same way and prints ratios.\n"
                     "--amp auto runs bf16 where the device computes it natively (CPUs with AMX or AVX-512 BF16,\n"
-                    "GPUs from Ampere on) and fp32 elsewhere, and logs which.")
+                    "GPUs from Ampere on) and fp32 elsewhere, and logs which.\n"
+                    "--backend all|onnxruntime|openvino instead times inference engines against eager PyTorch fp32\n"
+                    "in one run, at batch 1 and --batch: torch.compile, ONNX Runtime, OpenVINO (fp32, and bf16\n"
+                    "where the CPU computes it natively, int8), with the ratio to eager, the largest logit\n"
+                    "difference to eager fp32 and images/s as a share of the CPU's fp32 peak.")
     # "%(default).0s" prints nothing; it stops the formatter from appending a default that means nothing
     # ("None" for a required option, "True" for a switch that turns something off).
     p.add_argument("--model", required=True, type=model_name,
@@ -24,9 +28,21 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--compare", choices=("timm",), default=None,
                    help="also measure timm's same architecture (default: no comparison)%(default).0s")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype; auto: bf16 where the device computes it natively, else fp32 (none is "
-                        "fp32 too)")
+    p.add_argument("--backend", default="torch", choices=("all",) + BACKENDS,
+                   help="torch: the training and inference figures above; all or another backend: the table of "
+                        "inference engines (CPU)")
+    p.add_argument("--precision", "--amp", dest="precision", default="auto", choices=AMP_CHOICES,
+                   help="autocast dtype of --backend torch; auto: bf16 where the device computes it natively, "
+                        "else fp32 (none); the engine table times every precision the CPU runs natively")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of every engine in the engine table (default: the cores this process may "
+                        "use)%(default).0s")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where converted models are kept (default: $XDG_CACHE_HOME/pitvit, else ~/.cache/pitvit; "
+                        "'none': convert every time)%(default).0s")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="int8's calibration images in the engine table (default: random inputs; speed only)"
+                        "%(default).0s")
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (inductor; the warm-up steps compile, at least 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
@@ -40,10 +56,19 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     import json
 
+    if args.backend != "torch":
+        from pitvit.tools.bench_backends import compare_backends, format_backends
+
+        r = compare_backends(args.model, backend=args.backend, batch=args.batch, img_size=args.img_size,
+                             threads=args.threads, rounds=args.steps, cache_dir=args.cache_dir,
+                             calibration=args.calibration)
+        print(json.dumps(r, indent=1) if args.format == "json" else format_backends(r))
+        return 0
+
     from pitvit.tools.benchmark import benchmark, format_table
 
     rows = benchmark(args.model, batch=args.batch, img_size=args.img_size, compare=args.compare,
-                     device=args.device, amp=args.amp, compile=args.compile, steps=args.steps, warmup=args.warmup,
-                     train=args.train)
+                     device=args.device, amp=args.precision, compile=args.compile, steps=args.steps,
+                     warmup=args.warmup, train=args.train)
     print(json.dumps(rows, indent=1) if args.format == "json" else format_table(rows))
     return 0

@@ -1,8 +1,8 @@
 """`pitvit eval`: top-1, top-5 and loss on a labelled dataset, on 1..N processes (torchrun)."""
 from __future__ import annotations
 
-from pitvit.cli import add_model_args
-from pitvit.utils.names import AMP_CHOICES, DATASET_KINDS, DEVICE_CHOICES
+from pitvit.cli import add_backend_args, add_model_args
+from pitvit.utils.names import DATASET_KINDS, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -20,10 +20,9 @@ def add_parser(sub, formatter) -> None:
                    help="dataset layout")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
-    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
-    p.add_argument("--amp", default="fp32", choices=AMP_CHOICES,
-                   help="autocast dtype (fp32, also spelled none: the precision published figures are measured in; "
-                        "auto: bf16 where the device computes it natively, else fp32)")
+    p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
+                   help="where --backend torch runs (auto: CUDA when available); the others run on the CPU")
+    add_backend_args(p, "fp32", " (the default here: published figures are measured in fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor) before evaluating")
     p.add_argument("--out", default=None, metavar="JSON",
                    help="also write the result here as JSON (default: print only)%(default).0s")
@@ -39,15 +38,17 @@ def run(args) -> int:
     from pitvit.utils.io import write_text
 
     r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
-                       batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
-                       compile=args.compile)
+                       batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.precision,
+                       compile=args.compile, backend=args.backend, threads=args.threads, cache_dir=args.cache_dir,
+                       calibration=args.calibration)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     what = r["model"] + (" (EMA)" if r["ema"] else "")
     # Printed before --out is written: a path that cannot be written loses nothing.
     print(f"{what} on {r['data'] or 'Fashion-MNIST'} [{r['split']}], {r['n']} images"
           + (f" ({r['skipped_images']} unreadable, skipped)" if r["skipped_images"] else "")
-          + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}", flush=True)
+          + f": top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}  "
+          f"[{r['backend']} {r['precision']}]", flush=True)
     if args.out:
         write_text(args.out, json.dumps(r, indent=1) + "\n")
         print(f"wrote {args.out}", file=sys.stderr)

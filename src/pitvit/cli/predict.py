@@ -1,8 +1,8 @@
 """`pitvit predict`: top-k classes and probabilities for image files and folders."""
 from __future__ import annotations
 
-from pitvit.cli import add_model_args
-from pitvit.utils.names import AMP_CHOICES, DEVICE_CHOICES, PREDICT_FORMATS
+from pitvit.cli import add_backend_args, add_model_args
+from pitvit.utils.names import DEVICE_CHOICES, PREDICT_FORMATS
 
 
 def add_parser(sub, formatter) -> None:
@@ -17,10 +17,9 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--format", choices=PREDICT_FORMATS, default="table", help="output format")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="auto: CUDA when available")
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype; auto: bf16 where the device computes it natively (CPUs with AMX or "
-                        "AVX-512 BF16, GPUs from Ampere on), else fp32 (none is fp32 too)")
+    p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES,
+                   help="where --backend torch runs (auto: CUDA when available); the others run on the CPU")
+    add_backend_args(p, "auto")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor): pays off for many images; compiling takes a while")
     p.set_defaults(func=run)
@@ -32,7 +31,9 @@ def run(args) -> int:
     from pitvit.tools.predict import format_predictions, predict
 
     preds, problems = predict(args.model, args.weights, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                              device=args.device, amp=args.amp, compile=args.compile, ema=args.ema)
+                              device=args.device, amp=args.precision, compile=args.compile, ema=args.ema,
+                              backend=args.backend, threads=args.threads, cache_dir=args.cache_dir,
+                              calibration=args.calibration)
     for path, reason in problems:
         print(f"cannot read {path}: {reason}", file=sys.stderr)
     if preds:

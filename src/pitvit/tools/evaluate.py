@@ -1,64 +1,24 @@
-"""Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes.
+"""Evaluation of a model on a labelled dataset: top-1, top-5 and loss, on 1..N processes, on any inference
+backend (:mod:`pitvit.tools.backends`).
 
-Also :func:`load_model`, the one way eval, predict and export turn a model name and/or a weights file into
-a model in evaluation mode, with its preprocessing metadata (``model.pretrained_cfg``) and class names
-(``model.class_names``, when the checkpoint carries them). ``convert`` reads weights without building a
-model for inference, and ``benchmark`` times fresh models by name.
+The model comes from :func:`pitvit.tools.loading.load_model` (re-exported here).
 """
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from pitvit.models import PiT, create_model, resolve_preprocessing
+from pitvit.models import resolve_preprocessing
 from pitvit.utils.errors import ConfigError
+
+from .loading import load_model
 
 log = logging.getLogger(__name__)
 
 __all__ = ["load_model", "evaluate_model"]
-
-
-def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
-               **create_kwargs: Any) -> PiT:
-    """A registered model, with weights from any format ``pitvit.models.read_weights`` reads, in eval mode.
-
-    Args:
-        model_name: a registered variant; may be left out for a pitvit checkpoint or a ``save_pretrained``
-            folder, which name their model (given anyway, it must agree).
-        weights: a checkpoint file, ``save_pretrained`` folder or ``hf-hub:OWNER/NAME`` reference (fetched
-            into the Hugging Face cache on first use); ``None`` keeps the random initialization,
-            drawn with seed 0 (and logs a warning saying so).
-        ema: take the EMA weights of a pitvit training checkpoint.
-        **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
-
-    Raises:
-        ConfigError: ``weights`` does not exist (the message names it), an unknown model name (the message
-            lists the registered ones), or neither a name nor weights that name their model.
-    """
-    if weights is None:
-        if not model_name:
-            raise ConfigError("give a model name (--model), weights that name their model (--weights), or both")
-        if ema:
-            raise ConfigError("--ema needs --weights: a training checkpoint holding EMA weights")
-        # A fixed seed: every process of a distributed run (and every run) gets the same random weights,
-        # without disturbing the caller's random stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            model = create_model(model_name, **create_kwargs)
-        log.warning("note: no weights given, %s is randomly initialized (seed 0)", model_name)
-    else:
-        from pitvit.models import is_hub_reference, model_from_checkpoint
-
-        if not is_hub_reference(weights) and not Path(weights).exists():
-            raise ConfigError(f"weights not found: {weights}")
-        if model_name:
-            create_kwargs["model"] = model_name
-        model = model_from_checkpoint(weights, ema=ema, **create_kwargs)  # class names: load_weights sets them
-    return model.eval()
 
 
 def evaluate_model(
@@ -74,6 +34,10 @@ def evaluate_model(
     device: str = "auto",
     amp: str = "fp32",
     compile: bool = False,
+    backend: str = "torch",
+    threads: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    calibration: Any = None,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
 
@@ -91,17 +55,23 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: autocast precision: ``fp32`` (the default: published figures are measured in it), ``auto``
-            (bf16 where the device computes it natively, else fp32), ``bf16`` or ``fp16``.
+        amp: the precision: ``fp32`` (the default: published figures are measured in it), ``auto``
+            (bf16 where the device computes it natively, else fp32), ``bf16``, ``fp16`` (CUDA) or ``int8``
+            (OpenVINO).
         compile: evaluate through ``torch.compile`` (inductor).
+        backend: ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`pitvit.tools.backends`; those two on the CPU).
+        threads: threads of the backend (default: the cores this process may use).
+        cache_dir: where converted models are cached.
+        calibration: int8's calibration images (default: the training data a run checkpoint names).
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images
-        skipped as unreadable, processes, the precision that ran as ``amp``, preprocessing).
+        skipped as unreadable, processes, the backend, the precision that ran as ``amp`` and ``precision``,
+        preprocessing).
     """
     from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.precision import amp_dtype, resolve_amp
+    from pitvit.utils.precision import amp_dtype
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:
@@ -109,8 +79,9 @@ def evaluate_model(
     started_group = not is_distributed()
     dist_info = init_distributed(device)
     try:
-        amp = resolve_amp(amp, dist_info.device)
-        dtype = amp_dtype(amp, dist_info.device)
+        from .backends import default_calibration, load_predictor, resolve_precision
+
+        amp = resolve_precision(amp, backend, dist_info.device)
         model = load_model(model_name, weights, ema=ema)
         if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
@@ -125,16 +96,23 @@ def evaluate_model(
                               f"has {model.num_classes} outputs; evaluate a model trained on these classes")
         loader = build_loader(dataset, batch_size=batch_size, train=False, seed=0, num_workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)
-        model.to(dist_info.device)
-        metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
-                           amp_dtype=dtype)
+        if backend == "torch":
+            model.to(dist_info.device)
+            metrics = evaluate(torch.compile(model) if compile else model, loader, device=dist_info.device,
+                               amp_dtype=amp_dtype(amp, dist_info.device))
+        else:
+            predictor = load_predictor(model, backend=backend, precision=amp, threads=threads,
+                                       cache_dir=cache_dir, calibration=calibration or default_calibration(weights))
+            log.info("eval: %s", predictor.describe())
+            metrics = evaluate(predictor.as_module(), loader, device=torch.device("cpu"))
         skipped = int(all_reduce_sum([float(loader.skipped)], dist_info.device)[0])
         result: dict[str, Any] = {
             "top1": metrics["top1"], "top5": metrics["top5"], "loss": metrics["loss"], "n": metrics["n"],
             "skipped_images": skipped, "model": getattr(model, "model_name", model_name),
             "weights": None if weights is None else str(weights), "ema": ema,
             "data": None if data is None else str(data), "split": split, "processes": dist_info.world_size,
-            "device": str(dist_info.device), "amp": amp, "compile": compile,
+            "device": str(dist_info.device) if backend == "torch" else "cpu", "amp": amp, "compile": compile,
+            "backend": backend, "precision": amp,
             "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()},
         }
         return result

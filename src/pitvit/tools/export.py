@@ -1,6 +1,7 @@
-"""Export a PiT model to ONNX or to a ``torch.export`` archive (``.pt2``), checked against PyTorch.
+"""Export a PiT model to ONNX, OpenVINO IR (``.xml`` + ``.bin``) or a ``torch.export`` archive (``.pt2``),
+checked against PyTorch.
 
-The batch dimension is always dynamic. ``dynamic_hw=True`` also frees the height and width: the model
+The batch dimension is dynamic unless ``batch`` fixes it (ONNX and OpenVINO). ``dynamic_hw=True`` also frees the height and width: the model
 resizes its position embedding to the token grid of the input, and the exported graph keeps that resize
 (bicubic to the same size is an exact identity, so the stored size gives the same numbers).
 
@@ -10,8 +11,10 @@ falls back to only when the legacy exporter is gone. Each file is run once after
 ``torch.export.load``) on random inputs and compared with the PyTorch model; a difference above the
 tolerance is an error, and :func:`export_model` then leaves nothing behind (every file is written to a temporary
 name and renamed into place only once it passed, through :mod:`pitvit.utils.io`). Preprocessing and class
-names travel inside the file (ONNX ``metadata_props``; ``pitvit.json`` in the ``.pt2`` archive), so a
-deployment reads them from the same place.
+names travel inside the file (ONNX ``metadata_props``; ``pitvit.json`` in the ``.pt2`` archive) or beside it
+(OpenVINO: ``MODEL.json``, the same keys), so a deployment reads them from the same place. OpenVINO goes through
+``openvino.convert_model`` on the module, its weights stay fp32, and the check runs it with the precision hint
+f32 (its CPU plugin would otherwise run bf16 on CPUs that have it).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import contextlib
 import inspect
 import json
 import os
+import re
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,13 +33,15 @@ from torch import nn
 
 from pitvit.models import resolve_preprocessing, token_grid
 from pitvit.utils.errors import ConfigError, OutputError
-from pitvit.utils.io import open_output, write_with
+from pitvit.utils.extras import require
+from pitvit.utils.io import open_output, write_files, write_with
 from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
-from .evaluate import load_model
+from .loading import load_model
 from .imagenet import class_names_for
 
-__all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata"]
+__all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata", "convert_openvino",
+           "openvino_files", "check_openvino", "conversion_error"]
 
 FORMATS = EXPORT_FORMATS
 MAX_SIDE = 4096
@@ -48,7 +55,11 @@ def _dynamic_img_size(model: nn.Module, enable: bool) -> Iterator[None]:
     would freeze whichever side the example input took, and ``torch.export`` refuses a graph that only holds
     for grids other than the stored one. The model's ``set_dynamic_img_size`` switch always takes the resize
     path; bicubic resizing to the same size is an exact identity, so no number changes.
+    A wrapper without the switch (the features of :mod:`pitvit.tools.backends`) exports at its stored size.
     """
+    if not hasattr(model, "set_dynamic_img_size"):
+        yield
+        return
     before = model.dynamic_img_size
     model.set_dynamic_img_size(enable or before)
     try:
@@ -105,14 +116,16 @@ def _check_sizes(model: nn.Module, dynamic_hw: bool) -> list[tuple[int, tuple[in
 
 # ---------------------------------------------------------------------------- ONNX
 def export_onnx(model: nn.Module, out: str | os.PathLike, *, dynamic_hw: bool = False,
-                opset: int = DEFAULT_OPSET) -> Path:
-    """Write ``model`` (eval mode) as ONNX with input ``images`` (N, C, H, W) and output ``logits``."""
-    return write_with(out, lambda tmp: _write_onnx(model, tmp, dynamic_hw, opset))
+                opset: int = DEFAULT_OPSET, batch: int | None = None) -> Path:
+    """Write ``model`` (eval mode) as ONNX with input ``images`` (N, C, H, W) and output ``logits``; ``batch``
+    fixes N (default: any)."""
+    return write_with(out, lambda tmp: _write_onnx(model, tmp, dynamic_hw, opset, batch))
 
 
-def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> None:
+def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int, batch: int | None = None) -> None:
+    require("onnx")  # torch's exporter needs it; say which extra before tracing
     model = model.eval()
-    axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
+    axes: dict[str, dict[int, str]] = {"images": {} if batch else {0: "batch"}, "logits": {} if batch else {0: "batch"}}
     if dynamic_hw:
         axes["images"].update({2: "height", 3: "width"})
     kwargs: dict[str, Any] = dict(input_names=["images"], output_names=["logits"], dynamic_axes=axes,
@@ -126,7 +139,7 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> No
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         try:
-            torch.onnx.export(model, (_example(model),), str(out), **kwargs)
+            torch.onnx.export(model, (_example(model, batch or 2),), str(out), **kwargs)
         except (torch.onnx.OnnxExporterError, RuntimeError) as e:  # an opset torch cannot, or cannot here, do
             if opset == DEFAULT_OPSET:
                 raise  # a bug: the default opset exports every variant
@@ -136,7 +149,7 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> No
 
 
 def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
+    onnx = require("onnx")
 
     proto = onnx.load(str(path))
     for k, v in meta.items():
@@ -146,16 +159,16 @@ def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
-def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False) -> float:
+def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False,
+               batch: int | None = None) -> float:
     """Largest absolute difference between onnxruntime on ``path`` and ``model`` over a few input shapes."""
-    import onnxruntime as ort
-
+    ort = require("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     model = model.eval()
     diff = 0.0
-    for i, (batch, hw) in enumerate(_check_sizes(model, dynamic_hw)):
-        x = _example(model, batch, hw, seed=i + 1).float().cpu()
+    for i, (b, hw) in enumerate(_check_sizes(model, dynamic_hw)):
+        x = _example(model, batch or b, hw, seed=i + 1).float().cpu()
         with torch.no_grad():
             ref = model.float().cpu()(x)
         got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
@@ -163,6 +176,81 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = 
             raise RuntimeError(f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input "
                                f"{tuple(x.shape)}")
         diff = max(diff, (got - ref).abs().max().item())
+    return diff
+
+
+# ---------------------------------------------------------------------------- OpenVINO
+def conversion_error(backend: str, model: nn.Module, e: BaseException) -> ConfigError:
+    """A one-line error for a model a backend cannot convert, naming the operation(s) it names."""
+    text = str(e)
+    ops = sorted(set(re.findall(r"\b(?:aten|prim|onnx)::[A-Za-z_0-9.]+", text)))
+    first = text.strip().splitlines()[0][:300] if text.strip() else type(e).__name__
+    what = f"no conversion for {', '.join(ops)}" if ops else first
+    return ConfigError(f"{backend} cannot convert {getattr(model, 'model_name', '') or 'the model'}: {what}; "
+                       f"nothing else was tried (choose another backend)")
+
+
+def convert_openvino(model: nn.Module, *, batch: int | None = None, dynamic_hw: bool = False) -> Any:
+    """``model`` (eval mode) as an in-memory ``openvino.Model`` (``openvino.convert_model`` on the module) with
+    input (N, C, H, W); ``batch`` fixes N (default: any), ``dynamic_hw`` frees H and W.
+
+    Raises:
+        ConfigError: openvino is not installed, or cannot convert an operation (named).
+    """
+    ov = require("openvino")
+    model = model.eval()
+    c, h, w = resolve_preprocessing(model)["input_size"]
+    shape = (batch or -1, c, -1 if dynamic_hw else h, -1 if dynamic_hw else w)
+    with _dynamic_img_size(model, dynamic_hw), torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        try:
+            return ov.convert_model(model, example_input=_example(model, batch or 2), input=[shape])
+        except Exception as e:  # OpConversionFailure lists the operations it has no rule for
+            raise conversion_error("openvino", model, e) from e
+
+
+def openvino_files(ov_model: Any, stem: str) -> dict[str, bytes]:
+    """The bytes of ``STEM.xml`` and ``STEM.bin`` for an ``openvino.Model``, weights kept in fp32 (fp32 must stay
+    exact; OpenVINO would store fp16 by default)."""
+    ov = require("openvino")
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / f"{stem}.xml"
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+        return {f"{stem}.xml": xml.read_bytes(), f"{stem}.bin": xml.with_suffix(".bin").read_bytes()}
+
+
+def check_openvino(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False,
+                   batch: int | None = None) -> float:
+    """Largest absolute difference between OpenVINO (fp32, told so) on ``path`` and ``model``."""
+    ov = require("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    model = model.eval()
+    diff = 0.0
+    for i, (b, hw) in enumerate(_check_sizes(model, dynamic_hw)):
+        x = _example(model, batch or b, hw, seed=i + 1).float().cpu()
+        with torch.no_grad():
+            ref = model.float().cpu()(x)
+        got = torch.from_numpy(compiled(x.numpy())[0])
+        if got.shape != ref.shape:
+            raise RuntimeError(f"OpenVINO output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
+        diff = max(diff, (got - ref).abs().max().item())
+    return diff
+
+
+def _export_openvino(model: nn.Module, out: Path, dynamic_hw: bool, batch: int | None, atol: float) -> float:
+    """Convert, check in a temporary folder, then write ``.xml``, ``.bin`` and ``.json`` (metadata) together."""
+    ov_model = convert_openvino(model, batch=batch, dynamic_hw=dynamic_hw)
+    files = openvino_files(ov_model, out.stem)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            (Path(tmp) / name).write_bytes(data)
+        diff = check_openvino(model, Path(tmp) / f"{out.stem}.xml", dynamic_hw=dynamic_hw, batch=batch)
+    if not diff <= atol:
+        raise OutputError(f"{out}: the export differs from PyTorch by {diff:.3g} (tolerance --atol {atol:g}); "
+                          f"nothing was written")
+    meta = json.dumps(metadata(model), indent=1).encode()
+    write_files({out: files[f"{out.stem}.xml"], out.with_suffix(".bin"): files[f"{out.stem}.bin"],
+                 out.with_suffix(".json"): meta})
     return diff
 
 
@@ -216,18 +304,20 @@ class _Rejected(Exception):
 
 def export_model(model_name: str | None, weights: str | os.PathLike | None = None, *, format: str = "onnx",
                  out: str | os.PathLike | None = None, dynamic_hw: bool = False, opset: int = DEFAULT_OPSET,
-                 ema: bool = False, atol: float = 1e-4) -> dict[str, Any]:
+                 ema: bool = False, atol: float = 1e-4, batch: int | None = None) -> dict[str, Any]:
     """Load a model, export it, run the export and compare it with PyTorch; keep the file only if it passed.
 
     Args:
         model_name: a registered variant (may be omitted for a checkpoint that names its model).
         weights: checkpoint or ``save_pretrained`` folder; ``None`` exports the random initialization.
-        format: ``"onnx"`` or ``"pt2"``.
-        out: output file (default ``<model>.onnx`` / ``<model>.pt2`` in the working directory).
+        format: ``"onnx"``, ``"openvino"`` or ``"pt2"``.
+        out: output file (default ``<model>.onnx`` / ``<model>.xml`` / ``<model>.pt2`` in the working
+            directory); OpenVINO also writes the ``.bin`` and ``.json`` of the same name.
         dynamic_hw: free height and width as well as the batch.
         opset: ONNX opset.
         ema: export the EMA weights of a training checkpoint.
         atol: largest acceptable absolute difference between the export and PyTorch.
+        batch: a fixed batch size (ONNX, OpenVINO; default: any).
 
     Returns:
         ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
@@ -241,16 +331,24 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "pt2" and out is not None and Path(out).suffix != ".pt2":
         raise ConfigError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
+    if format == "openvino" and out is not None and Path(out).suffix != ".xml":
+        raise ConfigError(f"{out}: an OpenVINO IR's name must end in .xml (its weights go beside it in .bin)")
+    if batch is not None and (batch < 1 or format == "pt2"):
+        raise ConfigError(f"--batch {batch}: a fixed batch must be >= 1 (ONNX and OpenVINO only)")
     model = load_model(model_name, weights, ema=ema).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
-    out = Path(out) if out is not None else Path(f"{name}.{format}")
+    out = Path(out) if out is not None else Path(f"{name}.{'xml' if format == 'openvino' else format}")
+    result = {"path": str(out), "format": format, "dynamic_hw": dynamic_hw, "batch": batch,
+              "input_size": list(resolve_preprocessing(model)["input_size"])}
+    if format == "openvino":
+        return {**result, "max_abs_diff": _export_openvino(model, out, dynamic_hw, batch, atol)}
     write, check = (_write_onnx, check_onnx) if format == "onnx" else (_write_pt2, check_pt2)
-    args = (dynamic_hw, opset) if format == "onnx" else (dynamic_hw,)
+    args = (dynamic_hw, opset, batch) if format == "onnx" else (dynamic_hw,)
     diffs: list[float] = []
 
     def write_checked(tmp: Path) -> None:
         write(model, tmp, *args)
-        diffs.append(check(model, tmp, dynamic_hw=dynamic_hw))
+        diffs.append(check(model, tmp, dynamic_hw=dynamic_hw, **({"batch": batch} if format == "onnx" else {})))
         if not diffs[-1] <= atol:  # also catches NaN
             raise _Rejected
 
@@ -259,5 +357,4 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
     except _Rejected:
         raise OutputError(f"{out}: the export differs from PyTorch by {diffs[-1]:.3g} (tolerance --atol "
                           f"{atol:g}); nothing was written") from None
-    return {"path": str(path), "format": format, "max_abs_diff": diffs[-1], "dynamic_hw": dynamic_hw,
-            "input_size": list(resolve_preprocessing(model)["input_size"])}
+    return {**result, "path": str(path), "max_abs_diff": diffs[-1]}

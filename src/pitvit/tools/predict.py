@@ -6,26 +6,31 @@ still run.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 from pitvit.models import resolve_preprocessing
-from pitvit.utils.device import resolve_device
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
-from pitvit.utils.precision import amp_dtype, autocast
 
-from .evaluate import load_model
+from .backends import Predictor, load_predictor
 from .imagenet import class_names_for
+from .loading import load_model
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Prediction", "expand_inputs", "predict_files", "predict", "format_predictions"]
 
@@ -65,21 +70,71 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     return files, problems
 
 
-@torch.no_grad()
-def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
-                  device: str | torch.device = "cpu", amp: str = "auto",
-                  compile: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Top-k predictions for image files, in the order given.
+def _decoded_batches(files: Iterable[str | os.PathLike], transform: Callable[[Any], torch.Tensor],
+                     batch_size: int, errors: list[tuple[str, str]]) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Batches of ``(path, image tensor)``, decoded by a thread while the caller runs the previous batch (PIL's
+    decoding and resizing release the GIL); unreadable files go to ``errors``."""
+    batches: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        batch: list[tuple[str, torch.Tensor]] = []
+        try:
+            for f in files:
+                if stop.is_set():
+                    return
+                img = load_image(f, strict=False)
+                if isinstance(img, SkippedSample):  # report it and go on
+                    errors.append((str(f), img.reason))
+                    continue
+                batch.append((str(f), transform(img)))
+                if len(batch) >= batch_size:
+                    batches.put(batch)
+                    batch = []
+            batches.put(batch)
+        except BaseException as e:  # handed to the caller, which raises it with its traceback
+            batches.put(e)
+        finally:
+            batches.put(None)
+
+    thread = threading.Thread(target=produce, name="pitvit-decode", daemon=True)
+    thread.start()
+    try:
+        while (item := batches.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if item:
+                yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                batches.get_nowait()
+            thread.join(0.05)
+
+
+def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
+                  device: str | torch.device = "cpu", amp: str = "auto", compile: bool = False,
+                  backend: str = "torch", threads: int | None = None, cache_dir: str | os.PathLike | None = None,
+                  calibration: str | os.PathLike | None = None,
+                  ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Top-k predictions for image files, in the order given; images are decoded by a thread while the
+    backend runs the previous batch.
 
     Args:
-        model: a model with ``pretrained_cfg`` (its preprocessing) and optionally ``class_names``.
+        model: a model with ``pretrained_cfg`` (its preprocessing) and optionally ``class_names``, or a
+            :class:`~pitvit.tools.backends.Predictor` (an exported file; the backend options are then its own).
         files: image paths.
         topk: classes per image (at most the number of classes).
         batch_size: images per forward pass.
-        device: where the model runs (``auto``: CUDA when available).
-        amp: autocast precision: ``auto`` (bf16 where the device computes it natively, else fp32; the choice
-            is logged), ``fp32`` (or ``none``), ``bf16`` or ``fp16``.
+        device: where the model runs with the torch backend (``auto``: CUDA when available).
+        amp: the precision: ``auto`` (bf16 where the device computes it natively, else fp32; the choice is
+            logged), ``fp32`` (``none``), ``bf16``, ``fp16`` (CUDA) or ``int8`` (OpenVINO).
         compile: run the model through ``torch.compile`` (inductor); the first batch compiles.
+        backend: ``torch``, ``onnxruntime`` or ``openvino`` (see :mod:`pitvit.tools.backends`).
+        threads: threads of the backend (default: the cores this process may use).
+        cache_dir: where converted models are cached (see :func:`pitvit.tools.backends.cache_folder`).
+        calibration: folder of images for int8.
 
     Returns:
         The predictions for the files that could be read, and ``(path, reason)`` for those that could not.
@@ -90,41 +145,26 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    names = class_names_for(model)
+    if isinstance(model, Predictor):  # an exported file, already loaded
+        predictor = model
+        names, pre, in_chans = predictor.class_names, predictor.preprocessing, predictor.input_size[0]
+    else:
+        names, pre, in_chans = class_names_for(model), resolve_preprocessing(model), model.cfg.in_chans
     if not names:
         raise CheckpointError("the model has no classifier head (num_classes=0); nothing to predict")
     k = min(topk, len(names))
-    transform = build_transform(False, **resolve_preprocessing(model), in_chans=model.cfg.in_chans)
-    device = resolve_device(device)
-    autocast_dtype = amp_dtype(amp, device)  # auto: resolved and logged
-    model = model.eval().to(device)
-    dtype = next(model.parameters()).dtype
-    run = torch.compile(model) if compile else model
+    transform = build_transform(False, **pre, in_chans=in_chans)
+    if not isinstance(model, Predictor):
+        predictor = load_predictor(model, backend=backend, precision=amp, threads=threads, device=device,
+                                   cache_dir=cache_dir, calibration=calibration, compile=compile)
+    log.info("predict: %s", predictor.describe())
     results: list[Prediction] = []
     errors: list[tuple[str, str]] = []
-    batch: list[tuple[str, torch.Tensor]] = []
-
-    def flush() -> None:
-        if not batch:
-            return
-        x = torch.stack([t for _, t in batch]).to(device=device, dtype=dtype)
-        with autocast(device, autocast_dtype):
-            logits = run(x)
-        probs = logits.float().softmax(dim=-1)
+    for batch in _decoded_batches(files, transform, batch_size, errors):
+        probs = predictor(torch.stack([t for _, t in batch])).softmax(dim=-1)
         values, indices = probs.topk(k, dim=-1)
         for (path, _), vs, ix in zip(batch, values.tolist(), indices.tolist()):
             results.append(Prediction(path, [(i, names[i], v) for i, v in zip(ix, vs)]))
-        batch.clear()
-
-    for f in files:
-        img = load_image(f, strict=False)
-        if isinstance(img, SkippedSample):  # report it and go on
-            errors.append((str(f), img.reason))
-            continue
-        batch.append((str(f), transform(img)))
-        if len(batch) >= batch_size:
-            flush()
-    flush()
     return results, errors
 
 
@@ -152,16 +192,26 @@ def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
 
 def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: Sequence[str | os.PathLike], *,
             topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu", amp: str = "auto",
-            compile: bool = False, ema: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
-    """Classify files and folders of images (folders searched recursively); ``amp`` and ``compile`` as for
-    :func:`predict_files`.
+            compile: bool = False, ema: bool = False, backend: str = "torch", threads: int | None = None,
+            cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
+            ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    """Classify files and folders of images (folders searched recursively); the options as for
+    :func:`predict_files`; int8 calibrates on ``calibration``, or on the training data a run checkpoint names.
 
     Returns:
         The predictions for the images that could be read, in input order, and ``(path, reason)`` for the
         inputs that could not (missing, not an image, a folder without images).
     """
     files, problems = expand_inputs(inputs)
-    model = load_model(model_name, weights, ema=ema)
+    if weights is not None and Path(weights).suffix in (".onnx", ".xml"):  # written by `pitvit export`
+        model = load_predictor(weights, backend=backend, precision=amp, threads=threads)
+    else:
+        model = load_model(model_name, weights, ema=ema)
+    if amp == "int8" and calibration is None:
+        from .backends import default_calibration
+
+        calibration = default_calibration(weights)
     preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device, amp=amp,
-                                  compile=compile)
+                                  compile=compile, backend=backend, threads=threads, cache_dir=cache_dir,
+                                  calibration=calibration)
     return preds, problems + errors

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS",
            "EXPORT_FORMATS", "DEFAULT_OPSET", "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS",
-           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS"]
+           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
@@ -23,7 +23,10 @@ PRECISION_ALIASES = {"none": "fp32"}  # the older spelling of fp32, still accept
 AMP_CHOICES = ("auto", *PRECISIONS, *PRECISION_ALIASES)
 SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # weight files pitvit writes
 CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
-EXPORT_FORMATS = ("onnx", "pt2")
+EXPORT_FORMATS = ("onnx", "pt2", "openvino")
+BACKENDS = ("torch", "onnxruntime", "openvino")  # inference engines of predict, eval and benchmark
+# The inference precisions: the vocabulary above, and int8 (OpenVINO: NNCF post-training quantization).
+BACKEND_PRECISIONS = AMP_CHOICES + ("int8",)
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")

@@ -1,0 +1,98 @@
+"""How many CPU cores this process may use, and what those cores can compute at most in fp32.
+
+:func:`usable_cpus` is the default thread count of every inference backend (PyTorch, ONNX Runtime, OpenVINO):
+the cores in this process's affinity mask (``os.sched_getaffinity``: ``taskset``, a batch scheduler's cpuset),
+further limited by a cgroup CPU quota (a container started with ``--cpus``), so that no backend starts more
+threads than the machine gives it and the backends are compared with the same number.
+
+:func:`fp32_peak` is the machine's fp32 FLOP limit as far as Linux tells it: cores x fp32 lanes of the widest
+FMA in the CPU flags x 2 (a multiply and an add) x the maximum frequency, one FMA per cycle per core. That is the
+issue rate of AMD Zen 4 (two 256-bit pipes make one 512-bit FMA per cycle) and of client CPUs; server parts with
+two 512-bit FMA units per core reach twice that, which the flags do not say.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["usable_cpus", "cgroup_cpu_limit", "fp32_peak", "Fp32Peak"]
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_limit(root: str | os.PathLike | None = None) -> float | None:
+    """The CPU quota of this process's cgroup in cores (``quota / period``), or ``None`` without a quota.
+
+    Reads cgroup v2's ``cpu.max`` (``"max 100000"`` means none), else v1's ``cpu.cfs_quota_us`` and
+    ``cpu.cfs_period_us`` (``-1`` means none).
+    """
+    base = Path(root) if root is not None else CGROUP_ROOT
+    try:
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: its affinity mask, limited by the cgroup quota (rounded up), >= 1."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    if quota is not None:
+        n = min(n, max(1, math.ceil(quota)))
+    return max(1, n)
+
+
+@dataclass(frozen=True)
+class Fp32Peak:
+    """The fp32 FLOP limit of ``cores`` cores, and how it was found (``how``)."""
+
+    flops: float
+    cores: int
+    lanes: int
+    ghz: float
+    how: str
+
+
+def _max_ghz() -> tuple[float | None, str]:
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+        return khz / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "cpu MHz":
+                return float(value) / 1e3, "/proc/cpuinfo cpu MHz"
+    except (OSError, ValueError):
+        pass
+    return None, ""
+
+
+def fp32_peak(cores: int, flags: set[str]) -> Fp32Peak | None:
+    """The fp32 FLOP/s limit of ``cores`` cores with these CPU ``flags`` (``/proc/cpuinfo``), or ``None`` where the
+    frequency or the vector width cannot be read (not x86, no frequency exposed)."""
+    if "avx512f" in flags:
+        lanes, isa = 16, "AVX-512"
+    elif "avx2" in flags and "fma" in flags:
+        lanes, isa = 8, "AVX2 FMA"
+    else:
+        return None
+    ghz, source = _max_ghz()
+    if not ghz:
+        return None
+    flops = cores * lanes * 2 * ghz * 1e9
+    how = (f"{cores} cores x {lanes} fp32 lanes ({isa} FMA, one per cycle) x 2 FLOP x {ghz:.2f} GHz ({source})")
+    return Fp32Peak(flops, cores, lanes, ghz, how)

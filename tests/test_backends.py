@@ -1,0 +1,265 @@
+"""Inference backends against PyTorch: ONNX Runtime and OpenVINO run the same model as eager PyTorch fp32 and
+must give its logits within 1e-4 (two independent runtimes of the same graph); OpenVINO's precision hint is read
+back from its compiled model (OpenVINO's own report of what it runs); int8 is checked against OpenVINO's graph
+(quantize operations present) and fp32's top-1.
+
+A backend whose extra is not installed is skipped with the reason (``make test`` installs the dev extra).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pitvit.models import create_model, list_models
+from pitvit.tools import backends as bk
+from pitvit.tools.export import export_model
+from pitvit.utils.cpus import cgroup_cpu_limit, usable_cpus
+from pitvit.utils.errors import ConfigError, OutputError
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+needs_ort = pytest.mark.skipif(not _have("onnxruntime") or not _have("onnx"),
+                               reason="onnx/onnxruntime not installed (pip install 'pitvit[onnx]')")
+needs_ov = pytest.mark.skipif(not _have("openvino"), reason="openvino not installed (pip install 'pitvit[openvino]')")
+needs_nncf = pytest.mark.skipif(not _have("openvino") or not _have("nncf"),
+                                reason="openvino/nncf not installed (pip install 'pitvit[openvino]')")
+BACKENDS = [pytest.param("onnxruntime", marks=needs_ort), pytest.param("openvino", marks=needs_ov)]
+PUBLISHED = [n for n in list_models("pit_*") if n.split("_")[1] in ("ti", "xs", "s", "b")]
+
+
+def _sized(name: str, size: int):
+    """A variant (seed 0) whose position embedding and preprocessing metadata are at ``size`` px."""
+    torch.manual_seed(0)
+    model = create_model(name, img_size=size).eval()
+    model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, input_size=(3, size, size))
+    return model
+
+
+def _max_diff(predictor, model, batch: int = 2, seed: int = 1) -> float:
+    c, h, w = model.pretrained_cfg.input_size
+    x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model(x)
+    got = predictor(x)
+    assert got.shape == ref.shape and got.dtype == torch.float32
+    return (got - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_equals_torch_fp32(backend, tmp_path):
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend=backend, precision="fp32", threads=1, cache_dir=tmp_path)
+    assert p.precision == "fp32" and p.source == "converted"
+    assert _max_diff(p, model, batch=1) < 1e-4 and _max_diff(p, model, batch=3, seed=2) < 1e-4  # any batch
+    again = bk.load_predictor(model, backend=backend, precision="fp32", threads=1, cache_dir=tmp_path)
+    assert again.source.startswith("cache ") and _max_diff(again, model) < 1e-4
+    # Other weights are another cache entry, never the stale conversion.
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    other = bk.load_predictor(model, backend=backend, precision="fp32", threads=1, cache_dir=tmp_path)
+    assert other.source == "converted" and _max_diff(other, model) < 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_features(backend):
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend=backend, output="features", threads=1, cache_dir="none")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model.forward_head(model.forward_features(x), pre_logits=True)  # timm's protocol
+    assert (p(x) - ref).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [224, 160])
+@pytest.mark.parametrize("name", PUBLISHED)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_published_variants_equal_torch(backend, name, size):
+    assert len(PUBLISHED) == 8
+    model = _sized(name, size)
+    p = bk.load_predictor(model, backend=backend, precision="fp32", threads=2, cache_dir="none")
+    assert _max_diff(p, model, batch=2) < 1e-4
+
+
+@needs_ov
+def test_openvino_precision_hint_is_explicit():
+    import openvino as ov
+
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend="openvino", precision="fp32", threads=1, cache_dir="none")
+    compiled = p.run.compiled
+    # What OpenVINO itself says it runs: f32, not the bf16 its CPU plugin picks by default where it can.
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    if bk.cpu_bf16_support() is not None:
+        p16 = bk.load_predictor(model, backend="openvino", precision="bf16", threads=1, cache_dir="none")
+        assert p16.run.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.bf16
+        assert 0 < _max_diff(p16, model) < 0.1  # bf16 really ran, and is close
+
+
+def test_bf16_refused_without_native_support(monkeypatch):
+    monkeypatch.setattr(bk, "cpu_bf16_support", lambda: None)
+    for backend in ("torch", "openvino"):
+        with pytest.raises(ConfigError, match=r"lacks AVX-512 BF16 \(avx512_bf16\) and AMX"):
+            bk.resolve_precision("bf16", backend)
+    monkeypatch.setattr("pitvit.utils.precision.cpu_bf16_support", lambda: None)
+    assert bk.resolve_precision("auto", "openvino") == "fp32"  # auto never picks emulated bf16
+
+
+def test_precision_vocabulary():
+    assert bk.resolve_precision("none", "torch") == "fp32"
+    assert bk.resolve_precision("auto", "onnxruntime") == "fp32"
+    with pytest.raises(ConfigError, match="int8 runs on --backend openvino"):
+        bk.resolve_precision("int8", "onnxruntime")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        bk.resolve_precision("fp16", "openvino")
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
+        bk.resolve_precision("fp8", "torch")
+    with pytest.raises(ConfigError, match="unknown backend 'tensorrt'"):
+        bk.resolve_precision("fp32", "tensorrt")
+
+
+@needs_nncf
+def test_int8_tiny_model(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(30):  # images with large flat areas, so that the classes of a random model vary
+        img = np.kron(rng.randint(0, 255, (4, 4, 3)), np.ones((10, 10, 1))).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i}.png")
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend="openvino", precision="int8", calibration=folder, threads=1,
+                          cache_dir=tmp_path / "cache")
+    assert p.precision == "int8"
+    assert p.info["calibration_images"] == 18 and p.info["agreement_images"] == 12  # 3/5 and 2/5 of 30
+    assert 0.0 <= p.info["top1_agreement"] <= 1.0
+    # Quantization is in OpenVINO's graph, and the agreement is stored beside the model.
+    ran = {op.get_rt_info()["runtimePrecision"].astype(str) for op in p.run.compiled.get_runtime_model().get_ops()
+           if "runtimePrecision" in op.get_rt_info()}
+    assert {"i8", "u8"} & ran, ran  # OpenVINO's report of the kernels it compiled
+    info = json.loads(next((tmp_path / "cache" / "openvino").glob("*/info.json")).read_text())
+    assert info["precision"] == "int8" and info["facts"]["top1_agreement"] == p.info["top1_agreement"]
+    assert _max_diff(p, model) < 0.5  # int8 of the same model, not another one
+    with pytest.raises(ConfigError, match="needs calibration images"):
+        bk.load_predictor(model, backend="openvino", precision="int8", cache_dir="none")
+
+
+@needs_ov
+@pytest.mark.parametrize("batch,dynamic_hw", [(None, False), (3, False), (None, True)])
+def test_export_openvino_round_trip(tmp_path, batch, dynamic_hw):
+    import openvino as ov
+
+    out = tmp_path / "m.xml"
+    r = export_model("pit_test", format="openvino", out=out, batch=batch, dynamic_hw=dynamic_hw)
+    assert r["max_abs_diff"] < 1e-4 and r["path"] == str(out)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["m.bin", "m.json", "m.xml"]
+    shape = ov.Core().read_model(str(out)).input(0).get_partial_shape()
+    assert str(shape) == {None: "[?,3,32,32]", 3: "[3,3,32,32]"}[batch] if not dynamic_hw else str(shape) == "[?,3,?,?]"
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["pitvit_model"] == "pit_test" and len(json.loads(meta["pitvit_class_names"])) == 10
+    p = bk.load_predictor(out, backend="openvino", threads=1)
+    assert p.model_name == "pit_test" and p.input_size == (3, 32, 32) and len(p.class_names) == 10
+    torch.manual_seed(0)  # the export's random weights: load_model draws them with seed 0
+    model = create_model("pit_test").eval()
+    assert _max_diff(p, model, batch=batch or 2) < 1e-4
+
+
+@needs_ov
+def test_export_openvino_rejected_leaves_nothing(tmp_path):
+    with pytest.raises(OutputError, match="nothing was written"):
+        export_model("pit_test", format="openvino", out=tmp_path / "m.xml", atol=-1.0)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match=r"must end in \.xml"):
+        export_model("pit_test", format="openvino", out=tmp_path / "m.ir")
+
+
+@pytest.mark.parametrize("module,extra", [("openvino", "openvino"), ("onnxruntime", "onnx")])
+def test_missing_extra_is_one_line(monkeypatch, module, extra):
+    monkeypatch.setitem(sys.modules, module, None)  # import then raises ImportError, as when not installed
+    backend = "openvino" if module == "openvino" else "onnxruntime"
+    with pytest.raises(ConfigError, match=rf"pip install 'pitvit\[{extra}\]'") as e:
+        bk.load_predictor(_sized("pit_test", 32), backend=backend, cache_dir="none")
+    assert "\n" not in str(e.value)
+
+
+def test_threads_follow_affinity_and_quota(tmp_path, monkeypatch):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # cgroup v2: 1.5 cores
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr("pitvit.utils.cpus.cgroup_cpu_limit", lambda: 1.5)
+    assert usable_cpus() == 2  # the quota, rounded up, caps the 4 cores of the mask
+
+
+@needs_ov
+def test_predict_openvino_same_top5_as_torch(tmp_path, imagenet_photos):
+    from pitvit.tools.predict import predict_files
+
+    model = _sized("pit_ti", 64)
+    eager, _ = predict_files(model, imagenet_photos, topk=5, batch_size=8, amp="fp32")
+    ov_preds, _ = predict_files(model, imagenet_photos, topk=5, batch_size=8, amp="fp32", backend="openvino",
+                                cache_dir="none", threads=1)
+    assert [p.path for p in ov_preds] == [p.path for p in eager] and len(eager) == len(imagenet_photos)
+    assert [[i for i, _, _ in p.top] for p in ov_preds] == [[i for i, _, _ in p.top] for p in eager]
+
+
+@needs_ort
+def test_benchmark_engine_table():
+    from pitvit.tools.bench_backends import compare_backends, format_backends
+
+    r = compare_backends("pit_test", backend="onnxruntime", batch=3, rounds=1, threads=1, cache_dir="none")
+    assert [(row["setting"], row["batch"]) for row in r["rows"]] == [
+        ("torch fp32", 1), ("onnxruntime fp32", 1), ("torch fp32", 3), ("onnxruntime fp32", 3)]
+    eager, ort = r["rows"][2], r["rows"][3]
+    assert eager["vs_eager"] == 1.0 and eager["max_diff"] == 0.0
+    assert ort["max_diff"] < 1e-4 and ort["top1_agree"] == 1.0
+    assert "onnxruntime fp32" in format_backends(r)
+
+
+@needs_ov
+def test_cli_export_openvino_and_predict(tmp_path, capsys):
+    from pitvit.cli import main as cli
+
+    out = tmp_path / "pt.xml"
+    assert cli(["export", "--model", "pit_test", "--format", "openvino", "--batch", "2", "--out", str(out)]) == 0
+    assert f"wrote {out} (openvino, input 2 x 3 x 32 x 32)" in capsys.readouterr().out
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
+    assert cli(["predict", str(tmp_path / "a.png"), "--model", "pit_test", "--backend", "openvino",
+                "--precision", "fp32", "--cache-dir", "none", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["path"].endswith("a.png")  # stdout holds the results only
+    assert "predict: openvino fp32" in captured.err  # the precision that ran is said
+    from_model = json.loads(captured.out)[0]["predictions"]
+    # The exported file runs as it is, with the preprocessing and class names stored beside it.
+    assert cli(["predict", str(tmp_path / "a.png"), "--weights", str(out), "--backend", "openvino",
+                "--precision", "fp32", "--format", "json"]) == 0
+    from_file = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert [p["index"] for p in from_file] == [p["index"] for p in from_model]
+    assert [p["prob"] for p in from_file] == pytest.approx([p["prob"] for p in from_model], abs=1e-5)
+
+
+@needs_ort
+def test_cli_unsupported_precision_is_one_line(capsys):
+    from pitvit.cli import main as cli
+
+    assert cli(["predict", "x.png", "--model", "pit_test", "--backend", "onnxruntime", "--amp", "bf16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pitvit predict: error: --precision bf16: onnxruntime") and len(
+        [line for line in err if "error" in line]) == 1
