@@ -7,7 +7,7 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 from __future__ import annotations
 
 __all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
-           "PREDICT_FORMATS", "ZOO_FORMATS"]
+           "PREDICT_FORMATS", "ZOO_FORMATS", "DATA_FORMATS", "DATA_KINDS", "PACK_FORMATS", "SHUFFLE_CHOICES"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device computes it natively, else fp32
@@ -17,3 +17,7 @@ EXPORT_FORMATS = ("onnx", "pt2")
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
+DATA_FORMATS = ("imagenet", "wds", "parquet")  # datasets read in place from archives, shards, Parquet files
+DATA_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS
+PACK_FORMATS = ("wds", "parquet")  # what `pitvit pack` writes
+SHUFFLE_CHOICES = ("global", "shards")
