@@ -20,7 +20,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from pitvit.data import build_dataset, detect_kind
 from pitvit.data.datasets import SPLITS
@@ -158,8 +158,10 @@ def _pack_split(ds: Any, folder: Path, split: str, fmt: str, shard_size: int, ro
                 name, data, label = _sample(ds, i)
                 ext = _image_ext(name, data)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                skipped.append((name, f"{type(e).__name__}: {e}"))
-                log.warning("skipped %s: %s", name, skipped[-1][1])
+                why = "not an image Pillow knows" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+                skipped.append((name, why))
+                log.warning("skipped %s: %s", name, why)
+                meter.update(i + 1, i + 1, f"{shards} shards")
                 continue
             key = f"{i:08d}" if fmt == "wds" else os.path.basename(name.rsplit(":", 1)[-1])
             items.append((key, ext, data, label))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
-from pitvit.utils.names import AMP_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DATA_KINDS, SHUFFLE_CHOICES
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.io import write_text
 
@@ -78,7 +78,13 @@ class DataCfg:
     """Where the images are and how they are batched (``batch_size`` is per process)."""
 
     path: str = ""
-    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist
+    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist | imagenet | wds | parquet (pitvit.data.formats)
+    image_column: str = ""  # parquet: the column of image bytes ("": found by name and type)
+    label_column: str = ""  # parquet: the integer label column ("": found by name and type)
+    # global: one random order of all samples; shards (wds, parquet, imagenet): shards in a random order, samples
+    # shuffled within shard_window shards at a time (for storage where a random read costs a seek)
+    shuffle: str = "global"
+    shard_window: int = 8
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 256
@@ -514,9 +520,11 @@ def validate(cfg: Config) -> None:
     _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
     _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
     _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu", "memory"))
+    _choice("data.kind", cfg.data.kind, DATA_KINDS)
+    _choice("data.shuffle", cfg.data.shuffle, SHUFFLE_CHOICES)
     if cfg.data.holdout < 0:
         raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")
-    positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
+    positive = {"data.batch_size": cfg.data.batch_size, "data.shard_window": cfg.data.shard_window, "optim.accum_steps": cfg.optim.accum_steps,
                 "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
     for k, v in positive.items():
         if v < 1:

@@ -52,8 +52,9 @@ def tar_members(path: str, fileobj: IO[bytes] | None = None, size: int | None = 
                     out.append((m.name, base + m.offset_data, m.size))
                 end = m.offset_data + (-(-m.size // _BLOCK) * _BLOCK if m.isfile() else 0)
     except (tarfile.TarError, OSError) as e:
-        last = f" after member {out[-1][0]}" if out else ""
-        raise DatasetError(f"{path}: cannot read it as a tar{last} ({e})") from e
+        if out:
+            raise DatasetError(f"{path} is truncated or damaged after member {out[-1][0]} ({e}); copy it again") from e
+        raise DatasetError(f"{path}: cannot read it as a tar ({e})") from e
     if out:
         # tarfile takes a file cut at a header for the end of the archive: every writer ends a tar with two zero
         # blocks, so fewer bytes than that after the last member's data means the file was cut short
