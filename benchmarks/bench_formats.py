@@ -1,0 +1,126 @@
+"""Reading the same JPEGs from an image folder, ImageNet's archive layout, WebDataset shards and Parquet files.
+
+Generates ``--n`` baseline JPEGs of ImageNet's sizes (about 500x375, quality 90; ``bench_datapipe.make_folder``)
+once into a temporary folder, in ``--classes`` class folders, then writes them as the original training archive
+(a tar of per-class tars), as shards and as Parquet files (``pitvit pack``, ``--shard-size`` samples each).
+For each layout it reports the time to build the index (the first read of a layout; the image folder's is the
+folder walk) extrapolated linearly to ImageNet's 1,281,167 training images, and the samples/s of a training
+loader (the global random order of ``pitvit train``; ``shards``: ``data.shuffle=shards``) reading and decoding
+every sample once (``load_image``; no augmentation), with 1 and 2 worker processes, and each rate's ratio to the
+folder's, all measured in the same run.
+
+    python benchmarks/bench_formats.py --n 10000
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_datapipe import make_folder  # noqa: E402
+
+from pitvit.data import build_dataset, build_loader  # noqa: E402
+from pitvit.tools.pack import pack  # noqa: E402
+
+IMAGENET_TRAIN = 1_281_167
+
+
+def decoded(img) -> torch.Tensor:
+    """What the loader carries back: the decoded image's size (the decode is what is measured)."""
+    return torch.tensor(img.size)
+
+
+def write_train_archive(folder: Path, out: Path) -> None:
+    """ImageNet's ``ILSVRC2012_img_train.tar``: one inner tar per class folder."""
+    out.mkdir(parents=True)
+    with tarfile.open(out / "ILSVRC2012_img_train.tar", "w") as outer:
+        for cls in sorted(folder.iterdir()):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as inner:
+                for f in sorted(cls.iterdir()):
+                    inner.add(f, arcname=f.name)
+            info = tarfile.TarInfo(f"{cls.name}.tar")
+            info.size = buf.tell()
+            buf.seek(0)
+            outer.addfile(info, buf)
+
+
+def drop_indexes(root: Path) -> None:
+    for p in root.rglob(".pitvit-index-*"):
+        p.unlink()
+
+
+def rate(root: Path, workers: int, shuffle: str, batch: int) -> float:
+    ds = build_dataset(root, "train", transform=decoded)
+    loader = build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers, shuffle=shuffle,
+                          persistent_workers=False, pin_memory=False)
+    loader.set_epoch(0)
+    t0 = time.perf_counter()
+    n = sum(len(y) for _, y in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=10_000, help="JPEGs to generate")
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--dir", default=None, help="where to generate (default: a temporary folder, removed after)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    tmp = Path(args.dir or tempfile.mkdtemp(prefix="pitvit-bench-formats-"))
+    try:
+        t0 = time.perf_counter()
+        folder = tmp / "folder"
+        if not (folder / "train").is_dir():
+            make_folder(folder, args.n, classes=args.classes)
+        print(f"# {args.n} JPEGs generated in {time.perf_counter() - t0:.0f} s", flush=True)
+        layouts = {"image folder": folder}
+        if not (tmp / "imagenet").is_dir():
+            write_train_archive(folder / "train", tmp / "imagenet")
+        layouts["ImageNet archive (tar of tars)"] = tmp / "imagenet"
+        for fmt in ("wds", "parquet"):
+            if not (tmp / fmt).is_dir():
+                pack(str(folder), str(tmp / fmt), fmt=fmt, shard_size=args.shard_size, progress=False)
+            layouts[f"{fmt} shards" if fmt == "wds" else "Parquet"] = tmp / fmt
+        rows = []
+        for name, root in layouts.items():
+            drop_indexes(root)
+            t0 = time.perf_counter()
+            n = len(build_dataset(root, "train"))
+            build = time.perf_counter() - t0
+            orders = ["global", "shards"] if root != folder else ["global"]
+            for order in orders:
+                rates = [rate(root, w, order, args.batch) for w in args.workers]
+                rows.append((name if order == "global" else f"{name}, data.shuffle=shards", n, build, rates))
+                print(f"# {rows[-1]}", flush=True)
+        base = rows[0][3]
+        print(f"\n{args.n} JPEGs, {args.classes} classes, shards of {args.shard_size}; "
+              f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} {os.cpu_count()} CPUs, "
+              f"torch {torch.__version__}\n")
+        head = " | ".join(f"{w} worker{'s' * (w > 1)}: samples/s (x folder)" for w in args.workers)
+        print(f"| layout | index build (s) | extrapolated to 1.28 M (min) | {head} |")
+        print("|---|---|---|" + "---|" * len(args.workers))
+        for name, n, build, rates in rows:
+            cells = " | ".join(f"{r:.0f} ({r / b:.2f})" for r, b in zip(rates, base))
+            print(f"| {name} | {build:.2f} | {build / n * IMAGENET_TRAIN / 60:.1f} | {cells} |")
+    finally:
+        if args.dir is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
