@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pitvit.utils.errors import ConfigError, DatasetError
+from pitvit.utils.logs import Progress
 
 from .index import SampleIndex, cached_index
 from .tars import tar_members
@@ -112,12 +113,14 @@ def _train_rows(path: Path, wnids: list[str] | None, devkit: str | None) -> tupl
     classes = wnids or found
     label = {c: i for i, c in enumerate(classes)}
     rows = []
+    meter = Progress(len(inner), f"indexing {path.name}", interval=50, bar=False)
     with open(path, "rb") as fh:
-        for name, offset, size in sorted(inner, key=lambda x: os.path.basename(x[0])):
+        for k, (name, offset, size) in enumerate(sorted(inner, key=lambda x: os.path.basename(x[0])), 1):
             wnid = os.path.splitext(os.path.basename(name))[0]
             members = tar_members(f"{path}:{name}", fileobj=_Window(fh, offset, size), size=size, base=offset)
             for mname, moffset, msize in sorted(members, key=lambda x: x[0]):
                 rows.append((0, moffset, msize, label[wnid], f"{name}/{mname}"))
+            meter.update(k, len(rows), "class tars")
     return rows, classes
 
 

@@ -113,6 +113,8 @@ def cached_index(files: Sequence[str], what: dict[str, Any], build: Callable[[],
         found = SampleIndex.read(candidate, key)
         if found is not None:
             return found
+    log.info("indexing %d file(s) from %s (once: the index is cached and rebuilt only when they change)",
+             len(files), files[0])
     index = build()
     data = index.to_bytes(key)
     targets = [beside, elsewhere] if os.access(beside.parent, os.W_OK) else [elsewhere]

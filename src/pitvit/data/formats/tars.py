@@ -10,7 +10,6 @@ the order of the image members.
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import re
 import tarfile
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from pitvit.utils.errors import DatasetError
+from pitvit.utils.logs import Progress
 
 from ..images import IMAGE_EXTENSIONS
 from .index import SampleIndex, cached_index
@@ -159,7 +159,11 @@ def wds_index(spec: str) -> SampleIndex:
     classes = read_classes_file([folder, os.path.dirname(folder)])
 
     def build() -> SampleIndex:
-        rows = list(itertools.chain.from_iterable(_shard_rows(f, p, classes) for f, p in enumerate(files)))
+        meter = Progress(len(files), "indexing shards", interval=100, bar=False)
+        rows: list = []
+        for f, p in enumerate(files):
+            rows += _shard_rows(f, p, classes)
+            meter.update(f + 1, len(rows), "shards")
         if not rows:
             raise DatasetError(f"the shards at {spec} hold no image with a label")
         names = classes or [str(i) for i in range(max(r[3] for r in rows) + 1)]
