@@ -118,13 +118,18 @@ def test_shards_shuffle_needs_a_dataset_in_shards(layouts):
                      shuffle="shards", num_workers=0)
 
 
-def test_brace_patterns_and_split_placeholder(layouts):
+def test_brace_patterns_and_split_placeholder(layouts, tmp_path):
     assert expand_braces("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"]
     assert expand_braces("{train,val}-{8..10}") == ["train-8", "train-9", "train-10", "val-8", "val-9", "val-10"]
     ds = build_dataset(f"{layouts}/wds/{{split}}/{{split}}-{{000000..000001}}.tar", "val")
     assert ds.kind == "wds" and len(ds) == 6 and ds.classes == CLASSES
     with pytest.raises(DatasetError, match="1 of the 3 files named by"):
         build_dataset(f"{layouts}/wds/val/val-{{000000..000002}}.tar", "val", kind="wds")
+    # the Hugging Face Hub's flat layout (timm/imagenet-1k-wds: imagenet1k-train-0000.tar ...), found by --data DIR
+    for k, shard in enumerate(sorted((layouts / "wds" / "train").glob("*.tar"))):
+        shutil.copy(shard, tmp_path / f"imagenet1k-train-{k:04d}.tar")
+    ds = build_dataset(tmp_path, "train")
+    assert ds.kind == "wds" and len(ds) == 24 and ds.classes == [str(i) for i in range(3)]  # no classes.txt
 
 
 def test_devkit_classes_and_ids(layouts):

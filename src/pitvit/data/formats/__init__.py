@@ -8,10 +8,10 @@ the sampler, the per-sample augmentation and resume are those of an image folder
 
 Where a split's files are, given ``ROOT`` and the split ``S``:
 
-- ``wds``: ``ROOT/S/*.tar``; or ``ROOT`` a brace pattern or glob, where ``{split}`` stands for ``S``
-  (``/data/imagenet-{split}-{0000..1023}.tar``).
-- ``parquet``: ``ROOT/S/*.parquet``, ``ROOT/S-*.parquet``, ``ROOT/data/S-*.parquet`` (the Hugging Face Hub's
-  layout), or a pattern as above.
+- ``wds``: ``ROOT/S/*.tar``, ``ROOT/S-*.tar``, ``ROOT/*-S-*.tar`` (the Hugging Face Hub's
+  ``imagenet1k-train-0000.tar``), ``ROOT/data/S-*.tar``; or ``ROOT`` a brace pattern or glob, where ``{split}``
+  stands for ``S`` (``/data/imagenet-{split}-{0000..1023}.tar``).
+- ``parquet``: the same with ``.parquet`` (``ROOT/data/S-00000-of-00257.parquet`` is the Hub's layout).
 - ``imagenet``: ``ROOT/ILSVRC2012_img_train.tar``, ``ROOT/ILSVRC2012_img_val.tar`` and
   ``ROOT/ILSVRC2012_devkit_t12.tar.gz``.
 """
@@ -36,8 +36,8 @@ __all__ = ["FORMATS", "detect_format", "build_records", "RecordDataset", "Parque
 
 FORMATS = DATA_FORMATS
 
-LAYOUTS = ("wds (ROOT/SPLIT/*.tar, or a brace pattern such as 'shards/{split}-{0000..0099}.tar'), parquet "
-           "(ROOT/SPLIT/*.parquet, ROOT/SPLIT-*.parquet, ROOT/data/SPLIT-*.parquet), imagenet "
+LAYOUTS = ("wds (ROOT/SPLIT/*.tar, ROOT/SPLIT-*.tar, ROOT/*-SPLIT-*.tar, ROOT/data/SPLIT-*.tar, or a brace "
+           "pattern such as 'shards/{split}-{0000..0099}.tar'), parquet (the same with .parquet), imagenet "
            "(ROOT/ILSVRC2012_img_train.tar, ROOT/ILSVRC2012_img_val.tar + ROOT/ILSVRC2012_devkit_t12.tar.gz)")
 
 
@@ -57,10 +57,9 @@ def _spec(root: str, split: str, suffix: str) -> str | None:
                 e.is_dir() and not e.name.startswith(".") for e in entries):
             return str(folder)
         return None
-    if suffix == ".parquet":
-        for pattern in (f"{root}/{split}-*.parquet", f"{root}/data/{split}-*.parquet"):
-            if glob.glob(pattern):
-                return pattern
+    for pattern in (f"{root}/{split}-*{suffix}", f"{root}/*-{split}-*{suffix}", f"{root}/data/{split}-*{suffix}"):
+        if glob.glob(glob.escape(root) + pattern[len(root):]):
+            return glob.escape(root) + pattern[len(root):]
     return None
 
 
