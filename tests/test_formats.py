@@ -66,7 +66,7 @@ def test_each_format_holds_the_folders_samples_in_its_order(layouts, fmt):
 
 
 def _fit(data: str, out: Path, *extra: str) -> dict:
-    from pitvit.train.config import load_config
+    from pitvit.train import load_config
     from pitvit.train.runner import fit
 
     fit(load_config(None, ["model.name=pit_test", "data.batch_size=8", "data.num_workers=0", "train.amp=none",

@@ -109,11 +109,12 @@ def _hand_metrics(logits, labels):
 
 @pytest.mark.parametrize("ema", [False, True])
 def test_eval_counts_match_hand_computed(tmp_path, ti_checkpoint, imagenet_photos, ema):
-    from pitvit.tools.evaluate import evaluate_model, preprocessing
+    from pitvit.models import resolve_preprocessing
+    from pitvit.tools.evaluate import evaluate_model
 
     path, raw, ema_model = ti_checkpoint
     model = ema_model if ema else raw
-    logits = _reference_logits(model, preprocessing(model), imagenet_photos)
+    logits = _reference_logits(model, resolve_preprocessing(model), imagenet_photos)
     # Labels at known ranks of the reference logits: 8 at rank 0, 6 at rank 2, 6 at rank 7, so top-1 is
     # 40% and top-5 70% exactly when eval sees the same images through the same weights.
     ranks = [0] * 8 + [2] * 6 + [7] * 6
@@ -133,7 +134,7 @@ def test_eval_cli_imagenet_labels(tmp_path, imagenet_photos, capsys):
 
     from pitvit.models import create_model
     from pitvit.models import save_pretrained
-    from pitvit.tools.evaluate import preprocessing
+    from pitvit.models import resolve_preprocessing
 
     torch.manual_seed(1)
     model = create_model("pit_ti", depth=(1, 1, 1))  # the registry's preprocessing, a quarter of the blocks
@@ -144,7 +145,7 @@ def test_eval_cli_imagenet_labels(tmp_path, imagenet_photos, capsys):
     assert cli(["eval", "--model", "pit_ti", "--weights", str(tmp_path / "pretrained"), "--data", str(data),
                 "--batch-size", "6", "--workers", "0", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    hand = _hand_metrics(_reference_logits(model, preprocessing(model), imagenet_photos), labels)
+    hand = _hand_metrics(_reference_logits(model, resolve_preprocessing(model), imagenet_photos), labels)
     assert (r["n"], r["top1"], r["top5"]) == (20, hand["top1"], hand["top5"])
     assert r["loss"] == pytest.approx(hand["loss"], abs=1e-3)
     assert "top-1" in capsys.readouterr().out
@@ -178,7 +179,8 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir, i
 
     from pitvit.models import create_model
     from pitvit.models import save_pretrained
-    from pitvit.tools.evaluate import load_model, preprocessing
+    from pitvit.models import resolve_preprocessing
+    from pitvit.tools.evaluate import load_model
     from pitvit.tools.predict import expand_inputs, predict_files
 
     torch.manual_seed(0)
@@ -194,7 +196,7 @@ def test_predict_files_checkpoint_names_and_probabilities(tmp_path, image_dir, i
     assert [Path(p.path).name for p in preds] == [p.name for p in imagenet_photos[:3]]
     assert sorted(Path(p).name for p, _ in errors) == ["zz_text.png", "zz_truncated.jpg"]
 
-    ref = _reference_logits(model, preprocessing(model), imagenet_photos[:3]).softmax(-1)
+    ref = _reference_logits(model, resolve_preprocessing(model), imagenet_photos[:3]).softmax(-1)
     for pred, probs in zip(preds, ref):
         values, indices = probs.topk(3)
         assert [i for i, _, _ in pred.top] == indices.tolist()
@@ -334,7 +336,7 @@ def test_compare_settings_same_weights_every_setting(monkeypatch):
     assert all(v > 0 for v in res["settings"]["bf16"]["speedup"].values())
     with pytest.raises(B.ConfigError, match="fp32"):
         B.parse_setting("fp64+compile")
-    assert B.parse_setting("bf16+compile") == ("bf16", True) and B.parse_setting("fp32") == ("none", False)
+    assert B.parse_setting("bf16+compile") == ("bf16", True) and B.parse_setting("fp32") == ("fp32", False)
 
 # ---------------------------------------------------------------------------- torch.hub
 REPO = Path(__file__).resolve().parents[1]
@@ -397,3 +399,27 @@ def test_eval_two_processes_under_torchrun(tmp_path, imagenet_photos):
     assert two["processes"] == 2 and two["n"] == one["n"] == 20
     assert (two["top1"], two["top5"]) == (one["top1"], one["top5"])
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------- one preprocessing resolver
+def test_resolve_preprocessing_agrees_with_timms_resolve_data_config():
+    """registry -> checkpoint -> user overrides, in the order timm's ``resolve_data_config`` applies a model's
+    pretrained_cfg and then the user's arguments (timm is the reference)."""
+    import timm
+    from timm.data import resolve_data_config
+
+    from pitvit.models import create_model, resolve_preprocessing
+
+    ref_model = timm.create_model("pit_ti_224", pretrained=False)
+    keys = ("input_size", "crop_pct", "interpolation", "mean", "std")
+    for args, ours in [({}, {}), ({"crop_pct": 1.0, "mean": (0.5, 0.5, 0.5), "interpolation": "bilinear"},
+                                  {"crop_pct": 1.0, "mean": [0.5, 0.5, 0.5], "interpolation": "bilinear"})]:
+        ref = resolve_data_config(dict(args), model=ref_model)
+        got = resolve_preprocessing("pit_ti", **ours)
+        assert {k: tuple(ref[k]) if isinstance(ref[k], tuple) else ref[k] for k in keys} == got
+    # a checkpoint's pretrained_cfg (what model_from_checkpoint sets) wins over the registry's
+    model = create_model("pit_test")
+    model.pretrained_cfg = model.pretrained_cfg.__class__.from_dict({**model.pretrained_cfg.to_dict(),
+                                                                     "crop_pct": 0.5})
+    assert resolve_preprocessing(model)["crop_pct"] == 0.5 and resolve_preprocessing("pit_test")["crop_pct"] == 1.0
+    assert resolve_preprocessing(model, input_size=48)["input_size"] == (3, 48, 48)

@@ -15,7 +15,8 @@ from pitvit.utils.errors import ConfigError
 
 from .pit import PiTConfig
 
-__all__ = ["PretrainedCfg", "register_model", "list_models", "get_pretrained_cfg", "get_model_config", "is_model"]
+__all__ = ["PretrainedCfg", "register_model", "list_models", "get_pretrained_cfg", "get_model_config", "is_model",
+           "PREPROCESSING_KEYS", "resolve_preprocessing"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,6 +134,50 @@ def get_model_config(name: str) -> PiTConfig:
 def get_pretrained_cfg(name: str) -> PretrainedCfg:
     """Preprocessing and published weights of a registered variant."""
     return _entry(name).pretrained
+
+
+# The fields of a PretrainedCfg that say how images are prepared for the model (build_transform's arguments).
+PREPROCESSING_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def resolve_preprocessing(source: str | Mapping[str, Any] | Any, **overrides: Any) -> dict[str, Any]:
+    """The preprocessing a model expects, resolved in one order: the registry's (``source`` a variant's name), or
+    a checkpoint's (``source`` a model built from one, or a stored ``pretrained_cfg`` mapping), then the user's
+    ``overrides``.
+
+    Args:
+        source: a registered name, a model with ``pretrained_cfg``, or a ``pretrained_cfg`` mapping.
+        **overrides: any of :data:`PREPROCESSING_KEYS`; ``None`` (or an empty list or string, or an input size
+            of 0) keeps the source's value; an ``int`` input size is a square side at the source's channels.
+
+    Returns:
+        ``input_size`` (C, H, W), ``crop_pct``, ``interpolation``, ``mean``, ``std``, as plain data: the keyword
+        arguments of ``pitvit.data.build_transform`` for evaluation.
+
+    Raises:
+        ConfigError: an unknown variant name.
+    """
+    if isinstance(source, str):
+        cfg: Any = get_pretrained_cfg(source)
+    elif isinstance(source, Mapping):
+        cfg = source
+    else:
+        cfg = getattr(source, "pretrained_cfg", None)
+        if cfg is None:
+            raise ValueError("the model carries no pretrained_cfg (build it with pitvit.create_model)")
+    unknown = sorted(set(overrides) - set(PREPROCESSING_KEYS))
+    if unknown:
+        raise TypeError(f"resolve_preprocessing: unknown option(s) {unknown}; valid: {list(PREPROCESSING_KEYS)}")
+    out = {"input_size": tuple(cfg["input_size"]), "crop_pct": float(cfg["crop_pct"]),
+           "interpolation": str(cfg["interpolation"]), "mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+    for key, value in overrides.items():
+        if value is None or value == "" or (isinstance(value, (list, tuple)) and not value) or (
+                key == "input_size" and value == 0):
+            continue
+        if key == "input_size" and isinstance(value, int):
+            value = (out["input_size"][0], value, value)
+        out[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 # ---------------------------------------------------------------------------- the variants

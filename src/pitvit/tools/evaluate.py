@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from pitvit.models import PiT, create_model
+from pitvit.models import PiT, create_model, resolve_preprocessing
 from pitvit.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_model", "preprocessing", "evaluate_model"]
+__all__ = ["load_model", "evaluate_model"]
 
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
@@ -66,21 +65,6 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
     return model.eval()
 
 
-def preprocessing(model: nn.Module) -> dict[str, Any]:
-    """The evaluation preprocessing a model's weights expect, read from ``model.pretrained_cfg``.
-
-    Returns:
-        ``input_size`` (C, H, W), ``crop_pct``, ``interpolation``, ``mean``, ``std``, as plain data: the
-        keyword arguments of ``pitvit.data.build_transform`` for evaluation.
-    """
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg is None:
-        raise ValueError("the model carries no pretrained_cfg (build it with pitvit.create_model)")
-    d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-    return {"input_size": tuple(d["input_size"]), "crop_pct": float(d["crop_pct"]),
-            "interpolation": str(d["interpolation"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])}
-
-
 def evaluate_model(
     model_name: str | None,
     weights: str | os.PathLike | None,
@@ -92,7 +76,7 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
-    amp: str = "none",
+    amp: str = "fp32",
     compile: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
@@ -112,7 +96,7 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: autocast precision: ``none`` (fp32, the default: published figures are measured in it), ``auto``
+        amp: autocast precision: ``fp32`` (the default: published figures are measured in it), ``auto``
             (bf16 where the device computes it natively, else fp32), ``bf16`` or ``fp16``.
         compile: evaluate through ``torch.compile`` (inductor).
 
@@ -122,7 +106,7 @@ def evaluate_model(
     """
     from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.device import amp_dtype, resolve_amp
+    from pitvit.utils.precision import amp_dtype, resolve_amp
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:
@@ -137,7 +121,7 @@ def evaluate_model(
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
                               f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "
                               f"outputs; pass --data DIR with the dataset the model was trained on")
-        pre = preprocessing(model)
+        pre = resolve_preprocessing(model)
         transform = build_transform(False, **pre, in_chans=model.cfg.in_chans)
         dataset = build_dataset(data, split, kind=kind, transform=transform)
         targets = getattr(dataset, "targets", None)

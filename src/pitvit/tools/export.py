@@ -26,12 +26,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from pitvit.models import token_grid
+from pitvit.models import resolve_preprocessing, token_grid
 from pitvit.utils.errors import ConfigError, OutputError
 from pitvit.utils.io import open_output, write_with
 from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
-from .evaluate import load_model, preprocessing
+from .evaluate import load_model
 from .imagenet import class_names_for
 
 __all__ = ["export_model", "export_onnx", "export_pt2", "check_onnx", "check_pt2", "metadata"]
@@ -75,7 +75,7 @@ def _min_side(model: nn.Module) -> int:
 
 def metadata(model: nn.Module) -> dict[str, str]:
     """Plain-string metadata stored with an export: model, preprocessing, class names."""
-    pre = preprocessing(model)
+    pre = resolve_preprocessing(model)
     return {
         "pitvit_model": str(getattr(model, "model_name", "")),
         "pitvit_preprocessing": json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in pre.items()}),
@@ -85,7 +85,7 @@ def metadata(model: nn.Module) -> dict[str, str]:
 
 
 def _example(model: nn.Module, batch: int = 2, hw: tuple[int, int] | None = None, seed: int = 0) -> torch.Tensor:
-    c, h, w = preprocessing(model)["input_size"]
+    c, h, w = resolve_preprocessing(model)["input_size"]
     if hw is not None:
         h, w = hw
     g = torch.Generator().manual_seed(seed)
@@ -97,7 +97,7 @@ def _check_sizes(model: nn.Module, dynamic_hw: bool) -> list[tuple[int, tuple[in
     """(batch, (height, width)) pairs the check runs: another batch always, another size if free."""
     sizes: list[tuple[int, tuple[int, int] | None]] = [(2, None), (3, None)]
     if dynamic_hw:
-        _, h, w = preprocessing(model)["input_size"]
+        _, h, w = resolve_preprocessing(model)["input_size"]
         s = model.cfg.stride
         sizes.append((1, (h + 3 * s, w + 5 * s)))  # unequal sides: a swapped H/W would show
     return sizes
@@ -260,4 +260,4 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         raise OutputError(f"{out}: the export differs from PyTorch by {diffs[-1]:.3g} (tolerance --atol "
                           f"{atol:g}); nothing was written") from None
     return {"path": str(path), "format": format, "max_abs_diff": diffs[-1], "dynamic_hw": dynamic_hw,
-            "input_size": list(preprocessing(model)["input_size"])}
+            "input_size": list(resolve_preprocessing(model)["input_size"])}
