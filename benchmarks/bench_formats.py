@@ -6,8 +6,8 @@ once into a temporary folder, in ``--classes`` class folders, then writes them a
 For each layout it reports the time to build the index (the first read of a layout; the image folder's is the
 folder walk) extrapolated linearly to ImageNet's 1,281,167 training images, and the samples/s of a training
 loader (the global random order of ``pitvit train``; ``shards``: ``data.shuffle=shards``) reading and decoding
-every sample once (``load_image``; no augmentation), with 1 and 2 worker processes, and each rate's ratio to the
-folder's, all measured in the same run.
+``--samples`` samples (``load_image``; no augmentation), with 1 and 2 worker processes, and each rate's ratio to
+the folder's, all measured in the same run: the median of ``--rounds`` rounds, each over every row.
 
     python benchmarks/bench_formats.py --n 10000
 """
@@ -18,6 +18,7 @@ import io
 import os
 import platform
 import shutil
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -61,13 +62,20 @@ def drop_indexes(root: Path) -> None:
         p.unlink()
 
 
-def rate(root: Path, workers: int, shuffle: str, batch: int) -> float:
+def rate(root: Path, workers: int, shuffle: str, batch: int, samples: int, epoch: int) -> float:
+    """Samples/s over the first ``samples`` of an epoch's order (after the first batch: workers started)."""
     ds = build_dataset(root, "train", transform=decoded)
     loader = build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers, shuffle=shuffle,
                           persistent_workers=False, pin_memory=False)
-    loader.set_epoch(0)
-    t0 = time.perf_counter()
-    n = sum(len(y) for _, y in loader)
+    loader.set_epoch(epoch)
+    n, t0 = 0, None
+    for _, y in loader:
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
+        n += len(y)
+        if n >= samples:
+            break
     return n / (time.perf_counter() - t0)
 
 
@@ -78,6 +86,8 @@ def main() -> None:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--samples", type=int, default=3000, help="samples read per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="measurements per row (the median is reported)")
     p.add_argument("--dir", default=None, help="where to generate (default: a temporary folder, removed after)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -102,13 +112,21 @@ def main() -> None:
             t0 = time.perf_counter()
             n = len(build_dataset(root, "train"))
             build = time.perf_counter() - t0
-            orders = ["global", "shards"] if root != folder else ["global"]
-            for order in orders:
-                rates = [rate(root, w, order, args.batch) for w in args.workers]
-                rows.append((name if order == "global" else f"{name}, data.shuffle=shards", n, build, rates))
-                print(f"# {rows[-1]}", flush=True)
+            for order in ["global", "shards"] if root != folder else ["global"]:
+                rows.append([name if order == "global" else f"{name}, data.shuffle=shards", n, build, root, order,
+                             [[] for _ in args.workers]])
+        # rounds over every row and worker count, so that a busy spell of a shared machine hits all rows alike;
+        # each round reads other samples (another epoch's order), the median is reported
+        for r in range(args.rounds):
+            for row in rows:
+                for k, w in enumerate(args.workers):
+                    row[5][k].append(rate(row[3], w, row[4], args.batch, args.samples, r))
+            print(f"# round {r + 1}: " + "; ".join(f"{row[0]} {[round(x[-1]) for x in row[5]]}" for row in rows),
+                  flush=True)
+        rows = [(name, n, build, [statistics.median(x) for x in rates]) for name, n, build, _, _, rates in rows]
         base = rows[0][3]
-        print(f"\n{args.n} JPEGs, {args.classes} classes, shards of {args.shard_size}; "
+        print(f"\n{args.n} JPEGs, {args.classes} classes, shards of {args.shard_size}, median of {args.rounds} "
+              f"rounds of {args.samples} samples; "
               f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} {os.cpu_count()} CPUs, "
               f"torch {torch.__version__}\n")
         head = " | ".join(f"{w} worker{'s' * (w > 1)}: samples/s (x folder)" for w in args.workers)

@@ -34,6 +34,8 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("out", help="the folder to write (its split folders must be empty or absent)")
     p.add_argument("--format", choices=PACK_FORMATS, default="wds", help="what to write")
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard")
+    p.add_argument("--row-group-size", type=int, default=1, metavar="N",
+                   help="parquet: rows per row group (a random read reads a whole group)")
     p.add_argument("--kind", default="auto", choices=DATA_KINDS, help="SRC's layout (auto: detected)")
     p.set_defaults(func=run)
 
@@ -41,7 +43,8 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     from pitvit.tools.pack import pack
 
-    r = pack(args.src, args.out, fmt=args.format, shard_size=args.shard_size, kind=args.kind)
+    r = pack(args.src, args.out, fmt=args.format, shard_size=args.shard_size, kind=args.kind,
+             row_group_size=args.row_group_size)
     for split, s in r["splits"].items():
         print(f"{split}: {s['samples']} samples in {s['shards']} {args.format} shard(s), "
               f"{s['bytes'] / 1e6:.1f} MB, {len(s['skipped'])} file(s) skipped")

@@ -9,7 +9,8 @@ skipped and listed in the summary.
 - ``wds``: ``OUT/SPLIT/SPLIT-000000.tar`` holding ``00000000.jpg`` + ``00000000.cls`` (the label as text) per
   sample, the ``webdataset`` library's layout.
 - ``parquet``: ``OUT/SPLIT/SPLIT-000000.parquet`` with the columns ``key`` (the source's file name),
-  ``image`` (the file's bytes) and ``label`` (int64), in row groups of ``row_group_size`` rows.
+  ``image`` (the file's bytes) and ``label`` (int64), uncompressed (JPEG bytes do not compress), one row per row
+  group by default so that reading one sample reads one image.
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def _write_parquet(path: Path, items: list[tuple[str, str, bytes, int]], row_gro
 
 
 def pack(src: str, out: str, *, fmt: str = "wds", shard_size: int = 1000, kind: str = "auto",
-         splits: tuple[str, ...] = SPLITS, row_group_size: int = 16, progress: bool | None = None) -> dict[str, Any]:
+         splits: tuple[str, ...] = SPLITS, row_group_size: int = 1, progress: bool | None = None) -> dict[str, Any]:
     """Write the splits of ``src`` (any layout :func:`pitvit.data.build_dataset` reads) to ``out`` as ``fmt``.
 
     Args:
@@ -86,7 +87,7 @@ def pack(src: str, out: str, *, fmt: str = "wds", shard_size: int = 1000, kind: 
         shard_size: samples per shard.
         kind: the source's layout (``auto``: detected).
         splits: the splits to write, those ``src`` has.
-        row_group_size: Parquet rows per row group (small groups make random reads cheap).
+        row_group_size: Parquet rows per row group (one: a random read reads one image, not a group).
         progress: draw a bar (default: when stderr is a terminal) instead of logging lines.
 
     Returns:

@@ -1,9 +1,10 @@
 """Parquet files of encoded images: an image column (the JPEG/PNG bytes, or Hugging Face's ``{bytes, path}``
 struct) and an integer label column, read with ``pyarrow`` (``pip install 'pitvit[parquet]'``).
 
-The index records each row's file, row group and row; the label column is read once to build it. A worker
-keeps the last row group it read, so reading in file order (``data.shuffle=shards``, or a file packed with
-small row groups) reads each group once. Column names are found (``image``/``img``/``jpg``/``png``/``webp``,
+The index records each row's file, row group and row; the label column is read once to build it. Reading a
+row reads its row group's image column, and a worker keeps the last group it read: files with small row groups
+(``pitvit pack`` writes one row per group) are cheap to read in any order, files with large ones (the Hugging
+Face Hub's) are best read in file order (``data.shuffle=shards``). Column names are found (``image``/``img``/``jpg``/``png``/``webp``,
 or the only binary column; ``label``/``cls``/``target``/``labels``, or the only integer column) or given.
 """
 from __future__ import annotations
@@ -126,12 +127,13 @@ class ParquetDataset(RecordDataset):
         f, g, row = int(self.index.file[i]), int(self.index.offset[i]), int(self.index.size[i])
         if self._group is None or self._group[:2] != (f, g) or self._pid != os.getpid():
             try:
-                table = self._handle(f).read_row_group(g, columns=[self.index.meta["columns"][0]])
+                # threads cost more than they save on one row group, and a worker is one process of many
+                table = self._handle(f).read_row_group(g, columns=[self.index.meta["columns"][0]], use_threads=False)
             except pa.ArrowException as e:
                 raise OSError(f"cannot read row group {g}: {e}") from e
-            col = table.column(0).combine_chunks()
+            col = table.column(0)
             if pa.types.is_struct(col.type):
-                col = col.field("bytes")
+                col = col.combine_chunks().field("bytes")
             self._group = (f, g, col)
         value = self._group[2][row].as_py()
         if value is None:
