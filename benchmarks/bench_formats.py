@@ -45,7 +45,8 @@ def decoded(img) -> torch.Tensor:
 def write_train_archive(folder: Path, out: Path) -> None:
     """ImageNet's ``ILSVRC2012_img_train.tar``: one inner tar per class folder."""
     out.mkdir(parents=True)
-    with tarfile.open(out / "ILSVRC2012_img_train.tar", "w") as outer:
+    tmp = out / ".ILSVRC2012_img_train.tar.partial"
+    with tarfile.open(tmp, "w") as outer:
         for cls in sorted(folder.iterdir()):
             buf = io.BytesIO()
             with tarfile.open(fileobj=buf, mode="w") as inner:
@@ -55,6 +56,7 @@ def write_train_archive(folder: Path, out: Path) -> None:
             info.size = buf.tell()
             buf.seek(0)
             outer.addfile(info, buf)
+    tmp.rename(out / "ILSVRC2012_img_train.tar")
 
 
 def drop_indexes(root: Path) -> None:
@@ -99,11 +101,13 @@ def main() -> None:
             make_folder(folder, args.n, classes=args.classes)
         print(f"# {args.n} JPEGs generated in {time.perf_counter() - t0:.0f} s", flush=True)
         layouts = {"image folder": folder}
-        if not (tmp / "imagenet").is_dir():
+        if not (tmp / "imagenet" / "ILSVRC2012_img_train.tar").is_file():
+            shutil.rmtree(tmp / "imagenet", ignore_errors=True)
             write_train_archive(folder / "train", tmp / "imagenet")
         layouts["ImageNet archive (tar of tars)"] = tmp / "imagenet"
         for fmt in ("wds", "parquet"):
-            if not (tmp / fmt).is_dir():
+            if not (tmp / fmt / "classes.txt").is_file():  # written last: the folder is complete
+                shutil.rmtree(tmp / fmt, ignore_errors=True)
                 pack(str(folder), str(tmp / fmt), fmt=fmt, shard_size=args.shard_size, progress=False)
             layouts[f"{fmt} shards" if fmt == "wds" else "Parquet"] = tmp / fmt
         rows = []
@@ -130,11 +134,11 @@ def main() -> None:
               f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} {os.cpu_count()} CPUs, "
               f"torch {torch.__version__}\n")
         head = " | ".join(f"{w} worker{'s' * (w > 1)}: samples/s (x folder)" for w in args.workers)
-        print(f"| layout | index build (s) | extrapolated to 1.28 M (min) | {head} |")
-        print("|---|---|---|" + "---|" * len(args.workers))
+        print(f"| layout | samples | index build (s) | extrapolated to 1.28 M (min) | {head} |")
+        print("|---|---|---|---|" + "---|" * len(args.workers))
         for name, n, build, rates in rows:
             cells = " | ".join(f"{r:.0f} ({r / b:.2f})" for r, b in zip(rates, base))
-            print(f"| {name} | {build:.2f} | {build / n * IMAGENET_TRAIN / 60:.1f} | {cells} |")
+            print(f"| {name} | {n} | {build:.2f} | {build / n * IMAGENET_TRAIN / 60:.1f} | {cells} |")
     finally:
         if args.dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
