@@ -7,16 +7,20 @@ For each layout it reports the time to build the index (the first read of a layo
 folder walk) extrapolated linearly to ImageNet's 1,281,167 training images, and the samples/s of a training
 loader (the global random order of ``pitvit train``; ``shards``: ``data.shuffle=shards``) reading and decoding
 ``--samples`` samples (``load_image``; no augmentation), with 1 and 2 worker processes, and each rate's ratio to
-the folder's, all measured in the same run: the median of ``--rounds`` rounds, each over every row.
+the folder's, all measured in the same run: the median of ``--rounds`` rounds, each over every row. The last
+column is the CPU time (main process and workers) per sample read, median over rounds and worker counts: on a
+machine other jobs share, the wall-clock rates move with their load, the CPU time hardly.
 
     python benchmarks/bench_formats.py --n 10000
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -64,21 +68,37 @@ def drop_indexes(root: Path) -> None:
         p.unlink()
 
 
-def rate(root: Path, workers: int, shuffle: str, batch: int, samples: int, epoch: int) -> float:
-    """Samples/s over the first ``samples`` of an epoch's order (after the first batch: workers started)."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the loader's workers, once joined)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def rate(root: Path, workers: int, shuffle: str, batch: int, samples: int, epoch: int) -> tuple[float, float]:
+    """``(samples/s, CPU ms per sample)`` over the first ``samples`` of an epoch's order: wall time after the
+    first batch (the workers started), CPU time of the main process and its workers over all batches read.
+
+    On a machine shared with other work the wall-clock rate moves with the others' load; the CPU time per
+    sample, what reading and decoding cost, barely does."""
     ds = build_dataset(root, "train", transform=decoded)
     loader = build_loader(ds, batch_size=batch, train=True, seed=0, num_workers=workers, shuffle=shuffle,
                           persistent_workers=False, pin_memory=False)
     loader.set_epoch(epoch)
-    n, t0 = 0, None
-    for _, y in loader:
+    cpu0 = _cpu_seconds()
+    n, total, t0 = 0, 0, None
+    batches = iter(loader)
+    for _, y in batches:
+        total += len(y)
         if t0 is None:
             t0 = time.perf_counter()
             continue
         n += len(y)
         if n >= samples:
             break
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    del batches  # shuts the workers down and joins them, so that their CPU time is counted
+    gc.collect()
+    return n / wall, (_cpu_seconds() - cpu0) / total * 1e3
 
 
 def main() -> None:
@@ -125,20 +145,23 @@ def main() -> None:
             for row in rows:
                 for k, w in enumerate(args.workers):
                     row[5][k].append(rate(row[3], w, row[4], args.batch, args.samples, r))
-            print(f"# round {r + 1}: " + "; ".join(f"{row[0]} {[round(x[-1]) for x in row[5]]}" for row in rows),
-                  flush=True)
-        rows = [(name, n, build, [statistics.median(x) for x in rates]) for name, n, build, _, _, rates in rows]
-        base = rows[0][3]
+            print(f"# round {r + 1}: " + "; ".join(
+                f"{row[0]} {[(round(x[-1][0]), round(x[-1][1], 2)) for x in row[5]]}" for row in rows), flush=True)
+        rows = [(name, n, build, [statistics.median(v[0] for v in x) for x in rates],
+                 statistics.median(v[1] for x in rates for v in x)) for name, n, build, _, _, rates in rows]
+        base, base_cpu = rows[0][3], rows[0][4]
         print(f"\n{args.n} JPEGs, {args.classes} classes, shards of {args.shard_size}, median of {args.rounds} "
               f"rounds of {args.samples} samples; "
               f"{datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()} {os.cpu_count()} CPUs, "
               f"torch {torch.__version__}\n")
         head = " | ".join(f"{w} worker{'s' * (w > 1)}: samples/s (x folder)" for w in args.workers)
-        print(f"| layout | samples | index build (s) | extrapolated to 1.28 M (min) | {head} |")
-        print("|---|---|---|---|" + "---|" * len(args.workers))
-        for name, n, build, rates in rows:
+        print(f"| layout | samples | index build (s) | extrapolated to 1.28 M (min) | {head} | "
+              f"CPU ms per sample (x folder) |")
+        print("|---|---|---|---|" + "---|" * len(args.workers) + "---|")
+        for name, n, build, rates, cpu in rows:
             cells = " | ".join(f"{r:.0f} ({r / b:.2f})" for r, b in zip(rates, base))
-            print(f"| {name} | {n} | {build:.2f} | {build / n * IMAGENET_TRAIN / 60:.1f} | {cells} |")
+            print(f"| {name} | {n} | {build:.2f} | {build / n * IMAGENET_TRAIN / 60:.1f} | {cells} | "
+                  f"{cpu:.2f} ({cpu / base_cpu:.2f}) |")
     finally:
         if args.dir is None:
             shutil.rmtree(tmp, ignore_errors=True)
