@@ -124,7 +124,7 @@ def main() -> None:
         if not (tmp / "imagenet" / "ILSVRC2012_img_train.tar").is_file():
             shutil.rmtree(tmp / "imagenet", ignore_errors=True)
             write_train_archive(folder / "train", tmp / "imagenet")
-        layouts["ImageNet archive (tar of tars)"] = tmp / "imagenet"
+        layouts["ImageNet training archive (tar of tars)"] = tmp / "imagenet"
         for fmt in ("wds", "parquet"):
             if not (tmp / fmt / "classes.txt").is_file():  # written last: the folder is complete
                 shutil.rmtree(tmp / fmt, ignore_errors=True)
