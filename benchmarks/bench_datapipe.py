@@ -30,6 +30,7 @@ from PIL import Image
 import pitvit
 from pitvit.data import build_dataset, build_loader, build_mixup, build_transform
 from pitvit.data.gpu import GpuStage
+from pitvit.models import resolve_preprocessing
 from pitvit.train.distill import ClassificationLoss
 from pitvit.train.engine import TrainStep
 from pitvit.train.optim import build_optimizer
@@ -121,9 +122,8 @@ def endless(loader):
 
 def preprocessing(model: str) -> dict:
     """The transforms' arguments for a variant (bicubic, its input size, crop_pct, mean and std)."""
-    pre = pitvit.get_pretrained_cfg(model)
-    return dict(input_size=pre.input_size[-1], mean=tuple(pre.mean), std=tuple(pre.std), interpolation="bicubic",
-                crop_pct=pre.crop_pct)
+    pre = resolve_preprocessing(model, interpolation="bicubic")
+    return {**pre, "input_size": pre["input_size"][-1]}
 
 
 ROWS = [("model only (batch in device memory)", "model_only"),

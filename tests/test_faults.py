@@ -200,7 +200,7 @@ CASES = [
                                                    *_sets("distill.mode=hard", "distill.teacher=test_resnet")], 2,
      ["distill.mode=hard needs a distilled model", "pit_test"]),
     ("train.amp=xx", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("train.amp=xx")], 2,
-     ["train.amp must be one of auto, none, bf16, fp16; got 'xx'"]),
+     ["train.amp must be one of auto, fp32, bf16, fp16, none; got 'xx'"]),
     ("train.device=tpu", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("train.device=tpu")], 2,
      ["train.device must be one of auto, cpu, cuda; got 'tpu'"]),
     ("negative lr", ["train", "--data", "{w}/data", "--output", "{new}", *_sets("optim.lr=-1")], 2,
@@ -551,13 +551,13 @@ def _resumes_exactly(reference, tmp_path, capsys, sig: int, workers: int) -> Non
     assert [r["epoch"] for r in rows] == [1, 2, 3]
 
 
-def test_sigterm_with_two_workers_resumes_exactly(reference, tmp_path, capsys):
-    _resumes_exactly(reference, tmp_path, capsys, signal.SIGTERM, 2)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 0), (signal.SIGTERM, 1), (signal.SIGKILL, 0),
-                                         (signal.SIGKILL, 1), (signal.SIGKILL, 2)],
-                         ids=["sigterm-0", "sigterm-1", "sigkill-0", "sigkill-1", "sigkill-2"])
+@pytest.mark.parametrize("sig,workers", [
+    (signal.SIGTERM, 2), (signal.SIGKILL, 0),
+    *(pytest.param(s, w, marks=pytest.mark.slow) for s, w in ((signal.SIGTERM, 0), (signal.SIGTERM, 1),
+                                                              (signal.SIGKILL, 1), (signal.SIGKILL, 2)))],
+    ids=["sigterm-2", "sigkill-0", "sigterm-0", "sigterm-1", "sigkill-1", "sigkill-2"])
 def test_interrupted_runs_resume_exactly(reference, tmp_path, capsys, sig, workers):
+    """A run stopped (SIGTERM: saved mid-epoch) or killed (SIGKILL: the last finished epoch) with 0, 1 or 2
+    loader workers, then the same command again, ends with exactly the weights and EMA of an uninterrupted run
+    (mixup, cutmix, drop path, EMA and a per-step schedule on)."""
     _resumes_exactly(reference, tmp_path, capsys, sig, workers)

@@ -69,10 +69,9 @@ def _check_reduced_run(data: dict, md: str, stdout: str, compiled: bool, budget:
 
 
 def test_reduced_run_every_section(tmp_path):
-    start = time.monotonic()
-    data, md, stdout = _gpu_check(tmp_path, "--reduced", timeout=300)
+    # no wall-time assertion: on a busy machine it measures the machine (the script's own budget is in meta)
+    data, md, stdout = _gpu_check(tmp_path, "--reduced", timeout=600)
     _check_reduced_run(data, md, stdout, compiled=False)
-    assert time.monotonic() - start < 240  # a bound on the harness, not a speed figure
 
 
 @pytest.mark.slow

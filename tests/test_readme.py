@@ -1,9 +1,11 @@
-"""The README's commands, tried mechanically.
+"""The README's commands, run.
 
-Every ``pitvit`` command in the README (also behind ``torchrun ... -m pitvit``) must parse with the real
-command line, name shipped recipes and ``--set`` keys the config accepts. The ones that need no GPU,
-no ImageNet and no downloaded weights run for real here, on stand-in files made by the test under the names
-the README uses; the Python example runs as written.
+Every ``pitvit`` command in the README (also behind ``torchrun ... -m pitvit``) is run by the real command line:
+the ones that need no GPU, no ImageNet and no downloaded weights for real, in a folder of stand-in files made
+here under the names the README uses (random pit_ti weights, a tiny training run of pit_test as
+``runs/pit_ti``, a few images); training commands as a dry run (``--print-config``: the recipe and every
+``--set`` resolve); the rest with ``--help`` after their options. ``make`` targets run with ``make -n``; the
+Python example runs as written.
 """
 from __future__ import annotations
 
@@ -47,15 +49,17 @@ def _commands() -> list[list[str]]:
 COMMANDS = _commands()
 
 
-def test_readme_opens_with_the_two_commands():
+def test_readme_opens_with_make_targets_that_exist():
     first = _blocks("sh")[0].strip().splitlines()
-    assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
-    assert README.index("```sh") < README.index("\n## ")
+    targets = [line.split("#")[0].split() for line in first]
+    assert all(t[0] == "make" for t in targets) and README.index("```sh") < README.index("\n## ")
+    for t in targets:  # a dry run: make says what it would do, and fails for a target it does not know
+        subprocess.run(["make", "-n", *t[1:]], cwd=ROOT, check=True, capture_output=True)
 
 
 def test_readme_has_commands_for_every_tool():
     used = {argv[0] for argv in COMMANDS}
-    assert {"train", "eval", "predict", "export", "benchmark", "convert", "plot"} <= used
+    assert {"train", "eval", "predict", "export", "benchmark", "convert", "plot", "info"} <= used
 
 
 @pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])
@@ -74,6 +78,80 @@ def test_every_command_parses_and_its_config_resolves(argv):
 
 def _run_here(argv: list[str]) -> None:
     assert main(argv) == 0, argv
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """Stand-ins under the README's names: weight files, images, and runs/ folders of a 1-epoch pit_test run."""
+    import shutil
+
+    from PIL import Image
+
+    from pitvit.train.recipes import load_config
+    from pitvit.train.runner import fit
+
+    root = tmp_path_factory.mktemp("readme")
+    torch.manual_seed(0)
+    model = pitvit.create_model("pit_ti")
+    pitvit.save_weights(model, root / "pit_ti_730.pth")
+    pitvit.save_weights(model, root / "Best_PiT-EMA.pdparams")
+    pitvit.save_weights(model, root / "pit_ti_timm.pth", format="timm")
+    (root / "photos").mkdir()
+    for name in ("photo.jpg", "photos/a.jpg", "photos/b.png"):
+        Image.new("RGB", (64, 48), (200, 120, 30)).save(root / name)
+
+    class Toy(torch.utils.data.Dataset):
+        classes = ["a", "b"]
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 2
+
+    cfg = load_config(None, [f"train.output={root / 'runs' / 'pit_ti'}", "model.name=pit_test", "train.epochs=1",
+                             "data.batch_size=4", "data.num_workers=0", "train.device=cpu", "log.plot=false"])
+    fit(cfg, datasets=(Toy(), Toy()))
+    for copy in ("a", "b"):
+        shutil.copytree(root / "runs" / "pit_ti", root / "runs" / copy)
+    return root
+
+
+CHEAP = ("predict", "info", "convert", "plot", "models")  # seconds on a CPU with the stand-ins
+
+
+def _inputs(argv: list[str]) -> list[str]:
+    """The files a command reads: its positional arguments (convert: the first) and --weights."""
+    args = build_parser().parse_args(argv)
+    found = {"predict": lambda: args.inputs, "info": lambda: [args.file], "convert": lambda: [args.src],
+             "plot": lambda: args.run_dirs}.get(argv[0], list)()
+    return [str(p) for p in found] + ([args.weights] if getattr(args, "weights", None) else [])
+
+
+def _how(argv: list[str], workspace: Path) -> str:
+    """``real``, ``dry`` (training: --print-config) or ``help``, for one README command."""
+    if argv[0] == "train":
+        return "dry"
+    if argv[0] in CHEAP and all((workspace / p).exists() for p in _inputs(argv)):
+        return "real"
+    return "help"
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])
+def test_every_command_runs(argv, workspace, monkeypatch, capsys):
+    """Each README command, run as a user would (for real, dry, or --help: see the module docstring)."""
+    monkeypatch.chdir(workspace)
+    how = _how(argv, workspace)
+    if how == "dry":
+        _run_here(argv + ["--print-config"])
+        assert "model:" in capsys.readouterr().out
+    elif how == "real":
+        _run_here(argv)
+    else:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(argv + ["--help"])
+        assert e.value.code == 0
+        assert f"usage: pitvit {argv[0]}" in capsys.readouterr().out
 
 
 def test_convert_commands_run(tmp_path, monkeypatch, capsys):

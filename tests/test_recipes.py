@@ -386,3 +386,17 @@ def test_cli_exit_code_for_a_wrong_best_metric(capsys):
     assert main(["train", "--config", str(CONFIGS / "pit_ti.yaml"), "--data", "unused",
                  "--set", "train.best_metric=val_top_1"]) == 2
     assert "val_top_1" in capsys.readouterr().err
+
+
+def test_the_aug_section_names_the_data_layers_settings():
+    """Every augmentation setting a preset holds (the data layer's table) is an ``aug.*`` key, typed in the
+    schema; the section's other keys are mixing, smoothing and sampling."""
+    import dataclasses
+
+    from pitvit.data import AUG_SETTINGS
+    from pitvit.train.config import AugCfg
+
+    fields = {f.name for f in dataclasses.fields(AugCfg)}
+    assert set(AUG_SETTINGS) | {"preset"} <= fields
+    assert fields - set(AUG_SETTINGS) - {"preset"} == {"mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
+                                                       "mixup_mode", "smoothing", "repeated_aug"}

@@ -434,14 +434,14 @@ def test_read_state_dict_runs_no_code(model, tmp_path):
 
 
 def test_training_checkpoints_load_through_the_same_reader(model, tmp_path):
-    from pitvit.train.checkpoint import load_checkpoint
+    from pitvit.train.checkpoint import read_run_checkpoint
 
     save_weights(model, tmp_path / "bare.pth")
     with pytest.raises(CheckpointError, match=r"bare\.pth: not a pitvit training checkpoint"):
-        load_checkpoint(tmp_path / "bare.pth")
+        read_run_checkpoint(tmp_path / "bare.pth")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "bare.pth").read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"cut\.pt: not a readable PyTorch file"):
-        load_checkpoint(tmp_path / "cut.pt")
+        read_run_checkpoint(tmp_path / "cut.pt")
 
 
 def test_load_result_prints_a_summary_not_the_tensors(model):
@@ -475,13 +475,13 @@ def test_bit_flipped_safetensors_file_is_refused(model, tmp_path):
 def test_bit_flipped_training_checkpoint_is_refused(model, tmp_path):
     import zipfile
 
-    from pitvit.train.checkpoint import load_checkpoint
+    from pitvit.train.checkpoint import read_run_checkpoint
 
     ckpt = with_digests({"format": "pitvit", "version": 1, "model_name": "pit_test",
                          "state_dict": model.state_dict(), "epoch": 1})
     assert set(ckpt[DIGESTS_KEY]) == {"state_dict"}
     torch.save(ckpt, tmp_path / "last.pt")
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert read_run_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     # torch.load itself checks nothing: flip a byte inside the largest tensor record of the zip.
     with zipfile.ZipFile(tmp_path / "last.pt") as z:
         record = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
@@ -490,7 +490,7 @@ def test_bit_flipped_training_checkpoint_is_refused(model, tmp_path):
     flip_one_byte(tmp_path / "last.pt", start + record.file_size // 2)
     torch.load(tmp_path / "last.pt", weights_only=True)  # loads without complaint
     with pytest.raises(CheckpointError, match=r"last\.pt: the tensors of 'state_dict' do not match the SHA-256"):
-        load_checkpoint(tmp_path / "last.pt")
+        read_run_checkpoint(tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="SHA-256"):
         model_from_checkpoint(tmp_path / "last.pt")
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import add_model_args
-from pitvit.utils.names import AMP_CHOICES, DATA_KINDS, DEVICE_CHOICES
+from pitvit.utils.names import AMP_CHOICES, DATASET_KINDS, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub, formatter) -> None:
                         "(ROOT/SPLIT/*.parquet) or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--kind", default="auto", choices=DATA_KINDS,
+    p.add_argument("--kind", default="auto", choices=DATASET_KINDS,
                    help="dataset layout (auto: detected; see `pitvit pack --help` for the layouts)")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")

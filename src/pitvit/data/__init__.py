@@ -16,12 +16,12 @@ from .loader import CpuStage, KeyedDataset, Loader, SeededDataset, Stage, build_
 from .memory import MemoryStage
 from .mixup import build_mixup
 from .sampler import EpochBatchSampler
-from .transforms import AUG_PRESETS, build_transform, fill_color, resolve_aug, size_hw
+from .transforms import AUG_PRESETS, AUG_SETTINGS, build_transform, fill_color, resolve_aug, size_hw
 
 __all__ = [
     "build_dataset", "build_transform", "build_loader", "build_mixup",
     "ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "holdout_indices", "MemoryStage", "FASHION_MNIST_CLASSES", "read_idx", "detect_kind",
     "IMAGE_EXTENSIONS", "is_image_file", "load_image", "SkippedSample", "DatasetError", "CorruptImageError",
     "Loader", "Stage", "CpuStage", "KeyedDataset", "SeededDataset", "EpochBatchSampler", "collate_skipping",
-    "AUG_PRESETS", "resolve_aug", "size_hw", "fill_color",
+    "AUG_PRESETS", "AUG_SETTINGS", "resolve_aug", "size_hw", "fill_color",
 ]

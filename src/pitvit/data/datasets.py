@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pitvit.utils.errors import ConfigError, DatasetError
-from pitvit.utils.names import DATA_KINDS
+from pitvit.utils.names import DATASET_KINDS
 
 from .formats import FORMATS, LAYOUTS, build_records, detect_format
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
@@ -22,7 +22,7 @@ from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 __all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
            "detect_kind", "holdout_indices"]
 
-KINDS = DATA_KINDS
+KINDS = DATASET_KINDS  # the one table, in pitvit.utils.names (the CLI offers it without importing data)
 SPLITS = ("train", "val", "test")
 
 _FOLDER_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"

@@ -1,10 +1,11 @@
 """The loader: ordering, sharding and resume (the sampler), a pluggable decode-and-augment *stage*, and the
-counting of images that could not be read. One builder, :func:`build_loader`, for both stages.
+counting of images that could not be read. One builder, :func:`build_loader`, for every stage.
 
-A stage turns batches of sample keys into batches of images. :class:`CpuStage` (the default) runs the dataset's
-own transform in the worker processes, seeded per sample; :class:`pitvit.data.gpu.GpuStage` has the workers read
-file bytes and decodes and augments on a device. Everything else (the sampler, the DataLoader, resume, skipped
-images, how an error from a worker reaches the caller) is the same for both.
+A stage turns batches of sample keys into batches of images. There are three: :class:`CpuStage` (the default)
+runs the dataset's own transform in the worker processes, seeded per sample; :class:`pitvit.data.gpu.GpuStage`
+has the workers read file bytes and decodes and augments on a device; :class:`pitvit.data.MemoryStage` gathers a
+batch from a dataset held in memory and augments it in the main process. Everything else (the sampler, the
+DataLoader, resume, skipped images, how an error from a worker reaches the caller) is the same for all three.
 
 Batch format: iterating a :class:`Loader` yields ``(images, labels)``: a float tensor ``(b, C, H, W)`` and an
 int64 tensor ``(b,)``, where ``b`` is the batch size minus the images that could not be decoded. The records of
@@ -197,7 +198,8 @@ class BoundStage(Protocol):
 
 
 class Stage(Protocol):
-    """How a loader turns sample keys into images: :class:`CpuStage` or :class:`pitvit.data.gpu.GpuStage`."""
+    """How a loader turns sample keys into images: :class:`CpuStage`, :class:`pitvit.data.gpu.GpuStage` or
+    :class:`pitvit.data.MemoryStage`."""
 
     def bind(self, dataset: Any, *, seed: int, train: bool, rank: int) -> BoundStage:
         """The stage for one loader over ``dataset``."""

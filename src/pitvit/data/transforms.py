@@ -30,8 +30,8 @@ from torchvision.transforms import functional as TF
 
 from pitvit.utils.errors import ConfigError
 
-__all__ = ["AUG_PRESETS", "resolve_aug", "size_hw", "fill_color", "build_transform", "ToMode", "ResizeCenterCrop",
-           "RandomPadCropFlip", "ToNormalizedTensor"]
+__all__ = ["AUG_PRESETS", "AUG_SETTINGS", "resolve_aug", "size_hw", "fill_color", "build_transform", "ToMode",
+           "ResizeCenterCrop", "RandomPadCropFlip", "ToNormalizedTensor"]
 
 # Named training augmentations; a dict passed as ``aug`` starts from ``aug.get("preset", "official")``.
 AUG_PRESETS: dict[str, dict[str, Any]] = {
@@ -48,6 +48,7 @@ AUG_PRESETS: dict[str, dict[str, Any]] = {
     "none": dict(crop="center", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), padding=0, hflip=0.0,
                  auto_augment=None, re_prob=0.0, re_mode="pixel", re_count=1),
 }
+AUG_SETTINGS = tuple(AUG_PRESETS["official"])  # what a preset sets, and so what a recipe's aug section may change
 _CROPS = ("rrc", "pad", "center")
 _RE_MODES = ("const", "rand", "pixel")  # timm RandomErasing
 _INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "box", "hamming", "lanczos")  # both PIL and torchvision

@@ -18,7 +18,8 @@ from pitvit.utils.errors import CheckpointError
 from .factory import create_model, model_from_checkpoint, pretrained_reference
 from .hub import HUB_PREFIX, is_hub_reference
 from .layouts import LAYOUTS, convert_state_dict, inspect_state_dict
-from .loading import LoadResult, Weights, load_weights, read_weights
+from .loading import (LoadResult, Weights, describe_differences, load_weights, read_weights,
+                      state_dict_differences)
 from .pit import Attention, PiT, PiTConfig, resize_pos_embed, token_grid
 from .registry import (PretrainedCfg, get_model_config, get_pretrained_cfg, is_model, list_models, register_model,
                        resolve_preprocessing)
@@ -28,9 +29,8 @@ from .timm_adapter import register_with_timm
 
 __all__ = ["PiT", "PiTConfig", "Attention", "PretrainedCfg", "create_model", "list_models", "get_model_config",
            "get_pretrained_cfg", "resolve_preprocessing", "is_model", "register_model", "resize_pos_embed",
-           "token_grid",
-           "pretrained_reference", "HUB_PREFIX", "is_hub_reference",
-           "CheckpointError", "Weights", "LoadResult", "LAYOUTS", "SAVE_FORMATS", "convert_state_dict",
-           "inspect_state_dict", "read_weights", "read_checkpoint", "read_state_dict", "load_weights",
-           "save_weights", "save_pretrained", "model_from_checkpoint", "state_dict_digest", "with_digests",
-           "DIGEST_KEY", "DIGESTS_KEY", "register_with_timm"]
+           "token_grid", "pretrained_reference", "HUB_PREFIX", "is_hub_reference", "CheckpointError", "Weights",
+           "LoadResult", "LAYOUTS", "SAVE_FORMATS", "convert_state_dict", "inspect_state_dict", "read_weights",
+           "read_checkpoint", "read_state_dict", "load_weights", "save_weights", "save_pretrained",
+           "model_from_checkpoint", "state_dict_differences", "describe_differences", "state_dict_digest",
+           "with_digests", "DIGEST_KEY", "DIGESTS_KEY", "register_with_timm"]

@@ -12,7 +12,7 @@ from pitvit.utils.errors import CheckpointError, ConfigError, UnknownOptionError
 from .hub import HUB_PREFIX, is_hub_reference, parse_hub_reference
 from .layouts import describe_state_dict
 from .loading import Source, load_weights, read_weights
-from .pit import PiT, PiTConfig
+from .pit import PiT, PiTConfig, grid_img_size
 from .registry import PretrainedCfg, get_model_config, get_pretrained_cfg, is_model, list_models
 
 __all__ = ["create_model", "model_from_checkpoint", "pretrained_reference"]
@@ -150,7 +150,7 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
         base = get_model_config(name)
         found: dict[str, Any] = {"num_classes": info["num_classes"], "in_chans": info["in_chans"]}
         if info["grid"]:
-            found["img_size"] = tuple((g - 1) * base.stride + base.patch_size for g in info["grid"])
+            found["img_size"] = grid_img_size(info["grid"], base.patch_size, base.stride)
         cfg = base.replace(**{**found, **changes})
         pre = get_pretrained_cfg(name)
     net = _build(name, cfg, pre, device, dtype)

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.errors import CheckpointError, ConfigError, first_line
 
 __all__ = ["HUB_PREFIX", "WEIGHT_FILES", "is_hub_reference", "parse_hub_reference", "download"]
 
@@ -107,17 +107,12 @@ def download(ref: str) -> Path:
         except (TypeError, NameError, AttributeError):
             raise  # a bug, not the network
         except Exception as e:  # the transfer itself: HTTP errors, dropped connections, a size check that failed
-            raise CheckpointError(f"{ref}: downloading {filename} failed ({type(e).__name__}: {_first_line(e)}); "
+            raise CheckpointError(f"{ref}: downloading {filename} failed ({type(e).__name__}: {first_line(e)}); "
                                   f"run again to resume, or {own_copy}") from e
     if not_cached is not None:
-        why = "HF_HUB_OFFLINE is set" if _offline() else f"no connection: {_first_line(not_cached)}"
+        why = "HF_HUB_OFFLINE is set" if _offline() else f"no connection: {first_line(not_cached)}"
         raise CheckpointError(f"{ref}: {WEIGHT_FILES[0]} is not in the Hugging Face cache ({_cache_dir()}) and "
                               f"cannot be downloaded ({why}); {own_copy}") from not_cached
     raise CheckpointError(f"{ref}: the repository holds none of {', '.join(WEIGHT_FILES)}; pass a local file "
                           f"instead (weights=PATH, --weights PATH)")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .pit import PiT
+from .pit import PATCH_KEY, STEM_KEY, PiT, grid_img_size
 from .registry import get_model_config, list_models
 
 __all__ = ["LAYOUTS", "LAYOUT_TEXT", "convert_state_dict", "detect_layout", "inspect_state_dict",
@@ -109,9 +109,9 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
             depth.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
     stages = sorted(depth)
     widths = tuple((shape(f"transformers.{s}.blocks.0.norm1.weight") or (0,))[0] for s in stages)
-    stem, pos, cls, head = (shape("patch_embed.conv.weight"), shape("pos_embed"), shape("cls_token"),
+    stem, pos, cls, head = (shape(PATCH_KEY), shape("pos_embed"), shape("cls_token"),
                             shape("head.weight"))
-    conv_stem = shape("patch_embed.stem.0.weight")  # the optional convolutional stem before the patches
+    conv_stem = shape(STEM_KEY)  # the optional convolutional stem before the patches
     first = conv_stem if conv_stem and len(conv_stem) == 4 else stem
     info: dict[str, Any] = {
         "is_pit": bool(stages) and stem is not None and len(stem) == 4,
@@ -134,7 +134,7 @@ def inspect_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]
                 widths, info["depth"], info["distilled"], info["patch_size"], info["stem_channels"]):
             info["variant"] = name
             if info["grid"]:
-                size = tuple((g - 1) * cfg.stride + cfg.patch_size for g in info["grid"])
+                size = grid_img_size(info["grid"], cfg.patch_size, cfg.stride)
                 info["img_size"] = size[0] if size[0] == size[1] else size
             break
     return info

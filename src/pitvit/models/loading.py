@@ -14,17 +14,20 @@ from typing import Any, Union
 
 import torch
 
-from pitvit.utils.errors import CheckpointError
+from pitvit.utils.errors import CheckpointError, preview_list
 
 from .layouts import LAYOUT_TEXT, convert_state_dict, describe_model, describe_state_dict, detect_layout, inspect_state_dict
-from .pit import PiT, resize_pos_embed
-from .serialization import preview_list, read_stored
+from .pit import PATCH_KEY, STEM_KEY, PiT, resize_pos_embed
+from .serialization import read_stored
 
-__all__ = ["Weights", "LoadResult", "read_weights", "load_weights"]
+__all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "state_dict_differences",
+           "describe_differences"]
 
 Source = Union[str, "os.PathLike[str]", Mapping, "Weights"]
 
 _HEAD_KEYS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+_RECORD_KEYS = ("format", "version", "epoch", "step_in_epoch", "best_metric", "metrics", "provenance", "digests",
+                "safetensors_metadata")
 
 
 @dataclass(repr=False)
@@ -39,6 +42,9 @@ class Weights:
         source: the path, the ``hf-hub:`` reference, or ``"<dict>"``.
         ema: whether these are EMA weights.
         meta: ``model_name``, ``model_cfg``, ``pretrained_cfg``, ``class_names`` when the checkpoint had them.
+        record: what the file says besides its weights: a training checkpoint's ``format``, ``epoch``,
+            ``step_in_epoch``, ``best_metric``, ``metrics``, ``provenance``, ``digests``; a safetensors file's
+            ``safetensors_metadata``; and ``entries``, the names of everything it holds.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -47,6 +53,7 @@ class Weights:
     source: str = "<dict>"
     ema: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -88,7 +95,10 @@ def read_weights(source: Source, *, ema: bool = False) -> Weights:
         meta = {k: v for k, v in obj["safetensors_metadata"].items() if k == "model_name"}
     tensors = stored.tensors
     layout = "paddle" if stored.from_numpy or stored.container == "paddle pickle" else detect_layout(tensors)
-    weights = Weights(convert_state_dict(tensors, layout), layout, stored.container, stored.source, stored.ema, meta)
+    record = {k: obj[k] for k in _RECORD_KEYS if k in obj}  # no tensors: a Weights stays the size of its weights
+    record["entries"] = sorted(map(str, obj))
+    weights = Weights(convert_state_dict(tensors, layout), layout, stored.container, stored.source, stored.ema, meta,
+                      record)
     if not weights.info["is_pit"]:
         raise CheckpointError(f"{stored.source}: not a PiT checkpoint; its {len(tensors)} tensors have keys like "
                               f"{preview_list(list(tensors), 4)}")
@@ -137,12 +147,11 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
     trained for another number of classes. Returns the state dict, notes, and whether the heads were dropped."""
     target = model.state_dict()
     notes: list[str] = []
-    ckpt_stem, model_stem_ch = sd.get("patch_embed.stem.0.weight"), model.cfg.stem_channels
-    ckpt_stem_ch = ckpt_stem.shape[0] if ckpt_stem is not None and ckpt_stem.ndim == 4 else 0
+    ckpt_stem_ch, model_stem_ch = inspect_state_dict(sd)["stem_channels"], model.cfg.stem_channels
     if ckpt_stem_ch != model_stem_ch:
         raise CheckpointError(f"{source}: the checkpoint's convolutional stem has {ckpt_stem_ch} channel(s) (0: none), "
                               f"the model's {model_stem_ch}; build the model with stem_channels={ckpt_stem_ch}")
-    first = "patch_embed.stem.0.weight" if model_stem_ch else "patch_embed.conv.weight"
+    first = STEM_KEY if model_stem_ch else PATCH_KEY
     stem, model_stem = sd.get(first), target[first]  # the first convolution: what reads the input channels
     if (stem is not None and stem.ndim == 4 and stem.shape[1] != model_stem.shape[1]
             and stem.shape[0] == model_stem.shape[0]):
@@ -155,10 +164,10 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
         notes.append(note)
 
     # Heads: drop them when they are the only difference and differ in the number of classes only.
-    body_ok = not any(_compare(sd, target, skip=_HEAD_KEYS))
+    body_ok = not any(state_dict_differences(sd, target, skip=_HEAD_KEYS))
     head = sd.get("head.weight")
     ckpt_classes = head.shape[0] if head is not None and head.ndim == 2 else 0
-    heads_fit = not any(_compare(sd, target, only=_HEAD_KEYS))
+    heads_fit = not any(state_dict_differences(sd, target, only=_HEAD_KEYS))
     if body_ok and not heads_fit and ckpt_classes != model.num_classes and (
             head is None or head.shape[1] == model.embed_dim):
         sd = {k: v for k, v in sd.items() if k not in _HEAD_KEYS}
@@ -170,14 +179,32 @@ def _fit(sd: dict[str, torch.Tensor], model: PiT, source: str) -> tuple[dict[str
     return sd, notes, False
 
 
-def _compare(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
-             skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> tuple[list, list, list]:
-    """Missing, unexpected and mis-shaped keys of ``sd`` against ``target``."""
+def state_dict_differences(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
+                           skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                           ) -> tuple[list[str], list[str], list[str]]:
+    """Missing, unexpected and mis-shaped keys of ``sd`` against ``target`` (the one comparison of two state
+    dicts; :func:`describe_differences` words it)."""
     keep = (lambda k: k in only) if only is not None else (lambda k: k not in skip)
     missing = [k for k in target if keep(k) and k not in sd]
     unexpected = [k for k in sd if keep(k) and k not in target]
     mismatched = [k for k in sd if keep(k) and k in target and sd[k].shape != target[k].shape]
     return missing, unexpected, mismatched
+
+
+def describe_differences(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
+                         skip: tuple[str, ...] = (), n: int = 5, owner: str = "model") -> list[str]:
+    """One line per kind of difference between ``sd`` and ``target`` (``[]`` when they fit): missing,
+    unexpected and mis-shaped keys, each list cut to ``n`` items; ``owner`` names ``target`` in the shapes."""
+    missing, unexpected, mismatched = state_dict_differences(sd, target, skip=skip)
+    lines = []
+    if missing:
+        lines.append(f"missing keys ({len(missing)}): {preview_list(missing, n)}")
+    if unexpected:
+        lines.append(f"unexpected keys ({len(unexpected)}): {preview_list(unexpected, n)}")
+    if mismatched:
+        shapes = [f"{k} {tuple(sd[k].shape)} vs {owner} {tuple(target[k].shape)}" for k in mismatched]
+        lines.append(f"mis-shaped keys ({len(mismatched)}): {preview_list(shapes, min(n, 4))}")
+    return lines
 
 
 def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool = False) -> LoadResult:
@@ -202,28 +229,20 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
     weights = read_weights(source, ema=ema)
     sd, notes, dropped = _fit(dict(weights.state_dict), model, weights.source)
     target = model.state_dict()
-    missing, unexpected, mismatched = _compare(sd, target, skip=_HEAD_KEYS if dropped else ())
+    missing, unexpected, mismatched = state_dict_differences(sd, target, skip=_HEAD_KEYS if dropped else ())
     if strict and (missing or unexpected or mismatched):
-        raise CheckpointError(_mismatch_message(weights, model, sd, target, missing, unexpected, mismatched))
+        raise CheckpointError(_mismatch_message(weights, model, sd, target, _HEAD_KEYS if dropped else ()))
     bad = set(unexpected) | set(mismatched)
     model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
     class_names = weights.meta.get("class_names")
     if class_names and not dropped and len(class_names) == model.num_classes:
-        model.class_names = list(class_names)
+        model.class_names = [str(n) for n in class_names]
     return LoadResult(weights, notes, missing, unexpected, mismatched)
 
 
-def _mismatch_message(weights: Weights, model: PiT, sd: Mapping, target: Mapping, missing: list[str],
-                      unexpected: list[str], mismatched: list[str]) -> str:
+def _mismatch_message(weights: Weights, model: PiT, sd: Mapping, target: Mapping, skip: tuple[str, ...]) -> str:
     lines = [f"{weights.source} does not fit the model {describe_model(model)}: the checkpoint looks like "
              f"{describe_state_dict(weights.info)}."]
     if weights.info["variant"] and weights.info["variant"] != getattr(model, "model_name", None):
         lines.append(f"Build the model as create_model({weights.info['variant']!r}, ...) to load it.")
-    if missing:
-        lines.append(f"missing keys ({len(missing)}): {preview_list(missing)}")
-    if unexpected:
-        lines.append(f"unexpected keys ({len(unexpected)}): {preview_list(unexpected)}")
-    if mismatched:
-        shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}" for k in mismatched]
-        lines.append(f"mis-shaped keys ({len(mismatched)}): {preview_list(shapes, 4)}")
-    return "\n".join(lines)
+    return "\n".join(lines + describe_differences(sd, target, skip=skip))

@@ -23,7 +23,11 @@ from torch.utils.checkpoint import checkpoint
 
 from pitvit.utils.errors import ConfigError
 
-__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "POOL_TYPES"]
+__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES",
+           "STEM_KEY", "PATCH_KEY"]
+
+# The state-dict keys of the first convolutions: the optional stem's (stem_channels > 0), then the patch one
+STEM_KEY, PATCH_KEY = "patch_embed.stem.0.weight", "patch_embed.conv.weight"
 
 POOL_TYPES = ("token", "")  # read the class token(s) / return every class token unpooled
 
@@ -137,6 +141,12 @@ def token_grid(img_size: Union[int, Tuple[int, int]], patch_size: int, stride: i
     """Token grid after the stem (no padding): ``floor((size - patch) / stride) + 1`` per side."""
     h, w = _pair(img_size)
     return (h - patch_size) // stride + 1, (w - patch_size) // stride + 1
+
+
+def grid_img_size(grid: Tuple[int, int], patch_size: int, stride: int) -> Tuple[int, int]:
+    """The smallest input size whose stem makes ``grid`` tokens (the inverse of :func:`token_grid`):
+    ``(g - 1) * stride + patch`` per side."""
+    return tuple((g - 1) * stride + patch_size for g in grid)  # type: ignore[return-value]
 
 
 def _pos_embed_at(pos_embed: torch.Tensor, h: int, w: int, always: bool) -> torch.Tensor:

@@ -92,13 +92,14 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(pretrained: PretrainedCfg | None = None) -> Callable[[Callable[[], PiTConfig]], Callable[[], PiTConfig]]:
+def register_model(pretrained_cfg: PretrainedCfg | None = None
+                   ) -> Callable[[Callable[[], PiTConfig]], Callable[[], PiTConfig]]:
     """Decorator: register a function returning a :class:`PiTConfig` under its own name."""
 
     def deco(fn: Callable[[], PiTConfig]) -> Callable[[], PiTConfig]:
         if fn.__name__ in _REGISTRY:
             raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _REGISTRY[fn.__name__] = _Entry(fn, pretrained or PretrainedCfg())
+        _REGISTRY[fn.__name__] = _Entry(fn, pretrained_cfg or PretrainedCfg())
         return fn
 
     return deco

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError
+from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError, first_line, preview_list
 from pitvit.utils.io import atomic_write, save_torch, write_bytes, write_files
 from pitvit.utils.names import SAVE_FORMATS
 
@@ -38,7 +38,7 @@ from . import hub
 from .layouts import convert_state_dict
 
 __all__ = ["SAVE_FORMATS", "CONFIG_NAME", "WEIGHTS_NAME", "DIGEST_KEY", "DIGESTS_KEY", "read_checkpoint",
-           "read_state_dict", "state_dict_digest", "with_digests", "save_weights", "save_pretrained"]
+           "read_state_dict", "state_dict_digest", "with_digests", "save_weights", "save_pretrained", "format_of"]
 
 PathSource = Union[str, "os.PathLike[str]"]
 
@@ -49,6 +49,11 @@ WEIGHTS_NAME = "model.safetensors"
 DIGEST_KEY = "pitvit_sha256"  # safetensors metadata: state_dict_digest of the file's tensors
 DIGESTS_KEY = "digests"  # training checkpoint: {entry name: state_dict_digest of that entry}
 _SUFFIX_FORMAT = {".safetensors": "safetensors", ".pth": "official", ".pt": "official", ".pdparams": "paddle"}
+
+
+def format_of(path: str | os.PathLike) -> str | None:
+    """The weight format :func:`save_weights` writes for a file name's extension (``None``: unknown)."""
+    return _SUFFIX_FORMAT.get(Path(path).suffix.lower())
 # The first bytes of a legacy (non-zip) torch.save file: protocol 2, then the pickled magic number.
 _TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 
@@ -144,15 +149,6 @@ class _NumpyUnpickler(pickle.Unpickler):
                 f"refused, nothing from it was run (only numpy arrays and plain containers are read)") from None
 
 
-def _first_line(e: BaseException) -> str:
-    """The first line of an error from torch or pickle, cut after its first sentence when that is long (torch's
-    go on with advice that does not apply here)."""
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else ""
-    head, dot, _ = line.partition(". ")
-    return head + "." if dot and len(line) > 120 else line
-
-
 def _read_pickle(path: Path) -> Any:
     with open(path, "rb") as f:
         try:
@@ -174,10 +170,10 @@ def _read_torch(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused by torch.load(weights_only=True), the file holds more than "
-                              f"tensors and plain data ({_first_line(e) or type(e).__name__})") from None
+                              f"tensors and plain data ({first_line(e) or type(e).__name__})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch file, it may be truncated or not a checkpoint "
-                              f"({type(e).__name__}: {_first_line(e)})") from None
+                              f"({type(e).__name__}: {first_line(e)})") from None
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -241,7 +237,7 @@ def _read_path(path: Path) -> _Read:
         try:
             config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         except (ValueError, OSError) as e:
-            raise CheckpointError(f"{config_path}: not readable JSON ({_first_line(e)})") from None
+            raise CheckpointError(f"{config_path}: not readable JSON ({first_line(e)})") from None
         state_dict, _ = _read_safetensors(weights_path)
         return _Read({**config, "format": "pitvit", "state_dict": state_dict}, "save_pretrained directory", path)
     if not path.is_file():
@@ -328,11 +324,6 @@ def _as_tensors(obj: Mapping, source: str) -> tuple[dict[str, torch.Tensor], boo
         if isinstance(v, torch.Tensor):
             out[k] = v
     return out, from_numpy
-
-
-def preview_list(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 class StoredTensors(NamedTuple):
@@ -433,7 +424,7 @@ def save_weights(model: nn.Module, path: PathSource, format: str | None = None) 
         OutputError: the file cannot be written (nothing is left half-written).
     """
     path = Path(path)
-    fmt = format or _SUFFIX_FORMAT.get(path.suffix.lower())
+    fmt = format or format_of(path)
     if fmt not in SAVE_FORMATS:
         raise ConfigError(f"cannot tell the format of {path} (give format= one of {', '.join(SAVE_FORMATS)}, "
                           f"or use a .safetensors, .pth, .pt or .pdparams path)" if fmt is None else

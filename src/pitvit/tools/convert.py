@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pitvit.models import model_from_checkpoint, read_weights, save_pretrained, save_weights
+from pitvit.models.serialization import format_of
 from pitvit.utils.names import CONVERT_FORMATS
 from pitvit.utils.errors import ConfigError
 
@@ -50,10 +51,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None
     else:
         save_weights(net, dst, fmt)
         size = dst.stat().st_size
-        fmt = fmt or _format_of(dst)
+        fmt = fmt or format_of(dst)
     return {"src": str(src), "detected": weights.summary(), "model": net.model_name or "PiT", "dst": str(dst),
             "format": fmt, "bytes": size}
-
-
-def _format_of(path: Path) -> str:
-    return {".safetensors": "safetensors", ".pdparams": "paddle"}.get(path.suffix.lower(), "official")

@@ -51,17 +51,13 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             model = create_model(model_name, **create_kwargs)
         log.warning("note: no weights given, %s is randomly initialized (seed 0)", model_name)
     else:
-        from pitvit.models import is_hub_reference, model_from_checkpoint, read_weights
+        from pitvit.models import is_hub_reference, model_from_checkpoint
 
         if not is_hub_reference(weights) and not Path(weights).exists():
             raise ConfigError(f"weights not found: {weights}")
-        read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
-        model = model_from_checkpoint(read, ema=ema, **create_kwargs)
-        names = read.meta.get("class_names")
-        if names and getattr(model, "class_names", None) is None:
-            model.class_names = [str(n) for n in names]
+        model = model_from_checkpoint(weights, ema=ema, **create_kwargs)  # class names: load_weights sets them
     return model.eval()
 
 

@@ -51,12 +51,12 @@ def _preprocessing(cfg: Config) -> dict[str, Any]:
             "std": list(pre["std"])}
 
 
-_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "smoothing", "repeated_aug")
-
-
 def _aug_dict(cfg: Config) -> dict[str, Any]:
-    """The data layer's augmentation settings: the preset plus the fields the config sets."""
-    return {k: v for k, v in asdict(cfg.aug).items() if k not in _MIX_KEYS and v is not None}
+    """The data layer's augmentation settings: the preset plus the fields the config sets (the ``aug`` section's
+    other fields are mixing, smoothing and sampling, which are not the transforms')."""
+    from pitvit.data import AUG_SETTINGS
+
+    return {k: v for k, v in asdict(cfg.aug).items() if (k == "preset" or k in AUG_SETTINGS) and v is not None}
 
 
 def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:

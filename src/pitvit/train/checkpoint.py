@@ -1,4 +1,4 @@
-"""Training checkpoints: what one holds (:func:`make_checkpoint`), how it is read (:func:`load_checkpoint`,
+"""Training checkpoints: what one holds (:func:`make_checkpoint`), how it is read (:func:`read_run_checkpoint`,
 :func:`load_resume`), put back into a run (:func:`restore_training`), and what may change on resume
 (:func:`check_resume`). Checkpoints are plain data (tensors, numbers, strings, lists, dicts), written
 atomically by :func:`pitvit.utils.io.save_torch`.
@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pitvit.utils.errors import CheckpointError, TrainingError
+from pitvit.utils.errors import CheckpointError, TrainingError, preview_list
 
 from .builders import Data, Training
 from .config import Config, config_to_dict
 
-__all__ = ["make_checkpoint", "load_checkpoint", "load_resume", "restore_training", "check_resume",
+__all__ = ["make_checkpoint", "read_run_checkpoint", "load_resume", "restore_training", "check_resume",
            "capture_rng", "restore_rng", "run_differences", "order_changes", "config_changes"]
 
 log = logging.getLogger("pitvit.train")
@@ -55,7 +55,7 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_run_checkpoint(path: str | Path) -> dict[str, Any]:
     """A pitvit training checkpoint, read on the CPU by the one safe reader (``pitvit.models.read_checkpoint``:
     no code runs, content hashes are checked).
 
@@ -72,10 +72,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def _preview(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
-
-
 def run_differences(ckpt: dict[str, Any], model: torch.nn.Module, class_names: list[str],
                     input_size: int) -> list[str]:
     """What makes ``ckpt`` another run's checkpoint than the run these objects would train: another model, other
@@ -86,20 +82,15 @@ def run_differences(ckpt: dict[str, Any], model: torch.nn.Module, class_names: l
         out.append(f"model {ckpt.get('model_name')!r}, this run {name!r}")
     saved = [str(c) for c in ckpt.get("class_names") or []]
     if saved and saved != [str(c) for c in class_names]:
-        out.append(f"{len(saved)} classes ({_preview(saved)}), this run {len(class_names)} "
-                   f"({_preview([str(c) for c in class_names])})")
+        out.append(f"{len(saved)} classes ({preview_list(saved, 4)}), this run {len(class_names)} "
+                   f"({preview_list([str(c) for c in class_names], 4)})")
     size = ((ckpt.get("pretrained_cfg") or {}).get("input_size") or [None])[-1]
     if size is not None and size != input_size:
         out.append(f"{size} px inputs, this run {input_size} px")
     if not out:  # the same model, classes and size: an architecture change (model.arch) shows in the shapes
-        stored, mine = ckpt.get("state_dict") or {}, model.state_dict()
-        if stored.keys() != mine.keys():
-            out.append(f"weights named otherwise ({_preview(sorted(set(stored) ^ set(mine)))})")
-        else:
-            shapes = [f"{k} {tuple(stored[k].shape)}, this run {tuple(v.shape)}" for k, v in mine.items()
-                      if tuple(stored[k].shape) != tuple(v.shape)]
-            if shapes:
-                out.append("weights of other shapes: " + _preview(shapes, 2))
+        from pitvit.models import describe_differences
+
+        out += describe_differences(ckpt.get("state_dict") or {}, model.state_dict(), n=4, owner="this run")
     return out
 
 
@@ -124,9 +115,12 @@ def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, A
 
 
 def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
-                    partial: dict[str, float] | None = None) -> dict[str, Any]:
+                    partial: dict[str, float] | None = None, metrics: dict[str, Any] | None = None,
+                    provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
-    next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
+    next one; ``metrics`` is the last finished epoch's row, ``provenance`` where the run comes from
+    (:func:`pitvit.utils.provenance.provenance`). It carries the SHA-256 of its weights (``with_digests``),
+    checked whenever it is read."""
     from pitvit.models import resolve_preprocessing, with_digests
 
     model = t.model
@@ -157,6 +151,10 @@ def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: i
         ckpt["scaler"] = t.scaler.state_dict()
     if partial is not None:
         ckpt["partial_epoch"] = dict(partial)
+    if metrics:
+        ckpt["metrics"] = dict(metrics)
+    if provenance is not None:
+        ckpt["provenance"] = dict(provenance)
     return with_digests(ckpt)
 
 
@@ -206,7 +204,7 @@ def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | N
         log.warning("%s exists but train.resume is false: starting over", last)
         return None
     try:
-        return load_checkpoint(last)
+        return read_run_checkpoint(last)
     except CheckpointError as e:
         raise CheckpointError(f"{e}; it is the checkpoint this run would continue from: start over in {run_dir} "
                               f"with --set train.resume=false (it is then replaced), or train in another folder "

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pitvit.utils.errors import ConfigError
-from pitvit.utils.names import AMP_CHOICES, DATA_KINDS, SHUFFLE_CHOICES
+from pitvit.utils.names import (AMP_CHOICES, DATA_PIPELINES, DATASET_KINDS, DEVICE_CHOICES, DISTILL_MODES,
+                                 OPTIMIZERS, PROGRESS_BARS, SHUFFLE_CHOICES)
 
 from .sched import SCHEDULES, STEPPINGS
 
@@ -329,15 +330,15 @@ def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks that the types alone cannot express."""
-    _choice("optim.name", cfg.optim.name, ("adamw", "adamp"))
+    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
     _choice("sched.name", cfg.sched.name, SCHEDULES)
     _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
     _choice("train.amp", cfg.train.amp, AMP_CHOICES)
-    _choice("train.device", cfg.train.device, ("auto", "cpu", "cuda"))
-    _choice("distill.mode", cfg.distill.mode, ("none", "hard", "soft"))
-    _choice("log.progress_bar", cfg.log.progress_bar, ("auto", "on", "off"))
-    _choice("data.pipeline", cfg.data.pipeline, ("cpu", "gpu", "memory"))
-    _choice("data.kind", cfg.data.kind, DATA_KINDS)
+    _choice("train.device", cfg.train.device, DEVICE_CHOICES)
+    _choice("distill.mode", cfg.distill.mode, DISTILL_MODES)
+    _choice("log.progress_bar", cfg.log.progress_bar, PROGRESS_BARS)
+    _choice("data.pipeline", cfg.data.pipeline, DATA_PIPELINES)
+    _choice("data.kind", cfg.data.kind, DATASET_KINDS)
     _choice("data.shuffle", cfg.data.shuffle, SHUFFLE_CHOICES)
     if cfg.data.holdout < 0:
         raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.names import DISTILL_MODES
 from pitvit.utils.precision import autocast
 
 __all__ = ["ClassificationLoss", "DistillationLoss", "build_teacher"]
@@ -35,13 +37,14 @@ class ClassificationLoss(nn.Module):
     def __init__(self, smoothing: float = 0.0) -> None:
         super().__init__()
         self.smoothing = smoothing
+        self.soft = SoftTargetCrossEntropy()
 
     def forward(self, outputs: Any, targets: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         if isinstance(outputs, (tuple, list)):
             outputs = outputs[0]
         outputs = outputs.float()
         if targets.ndim == outputs.ndim:  # soft targets from mixup/cutmix, smoothing already applied
-            return torch.sum(-targets * F.log_softmax(outputs, dim=-1), dim=-1).mean()
+            return self.soft(outputs, targets)
         return F.cross_entropy(outputs, targets, label_smoothing=self.smoothing)
 
 
@@ -60,7 +63,7 @@ class DistillationLoss(nn.Module):
     def __init__(self, base: nn.Module, teacher: nn.Module | None, mode: str = "hard", alpha: float = 0.5,
                  tau: float = 1.0, amp_dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        if mode not in ("none", "hard", "soft"):
+        if mode not in DISTILL_MODES:
             raise ValueError(f"distillation mode must be none, hard or soft; got {mode!r}")
         if mode != "none" and teacher is None:
             raise ValueError(f"{mode} distillation needs a teacher")
@@ -134,7 +137,7 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
 
 
 def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
-    from pitvit.models import read_state_dict
+    from pitvit.models import describe_differences, read_state_dict
 
     if not os.path.exists(weights):
         raise ConfigError(f"distill.teacher_weights: {weights} does not exist")
@@ -142,11 +145,6 @@ def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # torch lists every missing and unexpected key, over many lines
-        mine = model.state_dict()
-        missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-        shapes = [k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape)]
-        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''} ({len(keys)})"
-                           for what, keys in (("missing", missing), ("unexpected", unexpected),
-                                              ("other shapes", sorted(shapes))) if keys)
+        detail = "; ".join(describe_differences(state, model.state_dict(), n=3, owner="teacher"))
         raise CheckpointError(f"distill.teacher_weights: {weights} does not hold {spec}'s weights ({detail}); give "
                               f"a state dict of that model") from e

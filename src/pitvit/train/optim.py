@@ -10,11 +10,13 @@ DeiT's ``--opt adamp``, for which timm 0.3.x's optimizer factory built ``AdamP(w
 """
 from __future__ import annotations
 
-import math
 from typing import Iterable
 
 import torch
+from timm.optim import AdamP as TimmAdamP
 from torch import nn
+
+from pitvit.utils.names import OPTIMIZERS
 
 __all__ = ["AdamP", "param_groups", "scaled_lr", "build_optimizer"]
 
@@ -44,20 +46,22 @@ def param_groups(model: nn.Module, weight_decay: float, exclude: bool = True) ->
     return groups
 
 
-class AdamP(torch.optim.Optimizer):
-    """Adam with decoupled weight decay and projection of scale-invariant updates.
+class AdamP(TimmAdamP):
+    """timm's AdamP, which is the authors' code (clovaai/AdamP) and what DeiT's ``--opt adamp`` ran.
 
     Args:
         params: parameters or parameter groups.
         lr: learning rate.
         betas: moving-average coefficients of the gradient and its square.
-        eps: added to the denominator, and used in the cosine similarity and norms.
+        eps: added to the denominator and to the norms of the projection.
         weight_decay: decoupled weight decay (multiplied by ``wd_ratio`` on projected weights).
         delta: a weight counts as scale-invariant when ``|cos(grad, weight)| < delta / sqrt(dim)``.
         wd_ratio: weight-decay factor for scale-invariant weights.
         nesterov: Nesterov momentum.
 
     The defaults are the paper's; the PiT run used ``wd_ratio=0.01, nesterov=True`` (see the module docstring).
+    Own code only in :meth:`load_state_dict`: checkpoints of pitvit 0.1's own AdamP count ``step`` in a tensor,
+    where timm's AdamP needs a number.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -65,63 +69,14 @@ class AdamP(torch.optim.Optimizer):
                  nesterov: bool = False) -> None:
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid AdamP settings lr={lr} eps={eps} betas={betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      delta=delta, wd_ratio=wd_ratio, nesterov=nesterov))
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
+                         wd_ratio=wd_ratio, nesterov=nesterov)
 
-    @staticmethod
-    def _project(p: torch.Tensor, grad: torch.Tensor, update: torch.Tensor, delta: float,
-                 eps: float) -> tuple[torch.Tensor, bool]:
-        """Remove the component of ``update`` along ``p`` if ``p`` looks scale-invariant.
-
-        Tried per output channel first, then for the whole tensor; the first view that qualifies wins.
-        """
-        shape = (-1,) + (1,) * (p.ndim - 1)
-        for rows in (p.shape[0], 1):
-            pv, gv = p.reshape(rows, -1), grad.reshape(rows, -1)
-            # eps added to each norm, as the authors' code does (torch's cosine_similarity clamps instead)
-            cos = (pv * gv).sum(dim=1).abs() / pv.norm(dim=1).add(eps) / gv.norm(dim=1).add(eps)
-            if cos.max() < delta / math.sqrt(pv.shape[1]):
-                unit = p / pv.norm(dim=1).add(eps).reshape(shape)
-                radial = (unit * update).reshape(rows, -1).sum(dim=1).reshape(shape)
-                return update - unit * radial, True
-        return update, False
-
-    @torch.no_grad()
-    def step(self, closure=None):  # noqa: D401 - torch's signature
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                if group["nesterov"]:
-                    update = (beta1 * m + (1 - beta1) * grad) / denom
-                else:
-                    update = m / denom
-                wd = group["weight_decay"]
-                if p.ndim > 1:
-                    update, projected = self._project(p, grad, update, group["delta"], group["eps"])
-                    if projected:
-                        wd *= group["wd_ratio"]
-                if wd:
-                    p.mul_(1 - group["lr"] * wd)
-                p.add_(update, alpha=-group["lr"] / (1 - beta1 ** t))
-        return loss
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for state in self.state.values():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = int(state["step"].item())
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
@@ -138,4 +93,4 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     if name == "adamp":
         return AdamP(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
                      wd_ratio=wd_ratio, nesterov=nesterov)
-    raise ValueError(f"unknown optimizer {name!r}; choose adamw or adamp")
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -136,6 +136,7 @@ def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict
         raise ConfigError(f"{key}: cannot read the recipe: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{key}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    data.pop("provenance", None)  # a run's config.yaml says where it came from; that is no setting
     base = data.pop("base", None)
     if base:
         parent = _read_recipe(_base_recipe(str(base), source, key), seen + (key,))
@@ -194,5 +195,10 @@ def load_config(recipe: str | os.PathLike | None = None,
     return config_from_dict(data)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+def save_config(cfg: Config, path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+    """Write the resolved configuration as YAML, with the run's ``provenance`` record (which
+    :func:`load_config` skips: the file is a recipe that reproduces the run)."""
+    data = config_to_dict(cfg)
+    if provenance is not None:
+        data["provenance"] = provenance
+    write_text(path, yaml.safe_dump(data, sort_keys=False))

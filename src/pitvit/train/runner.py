@@ -2,8 +2,9 @@
 
 :func:`fit` reads top to bottom and hands each concern to its module: the objects come from
 :mod:`.builders`, what a checkpoint holds and what may change on resume from :mod:`.checkpoint`, the batches
-from :mod:`.engine`, the record of the run from :mod:`.metrics`. Every epoch ends with ``last.pt`` written atomically (and ``best.pt`` when the named
-metric improves), so a run killed at any moment resumes from its folder and ends with the same weights.
+from :mod:`.engine`, the record of the run from :mod:`.metrics`. Every epoch ends with ``last.pt`` written
+atomically (and ``best.pt`` when the named metric improves), so a run killed at any moment resumes from its
+folder and ends with the same weights.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
 from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
 from pitvit.utils.precision import precision_name
+from pitvit.utils.provenance import provenance
 
 from .builders import Data, Training, build_data, build_model, build_train_step, build_training
 from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
@@ -103,11 +105,13 @@ class _Run:
     run_dir: Path
     data: Data
     t: Training
-    step: TrainStep
+    train_step: TrainStep
     best: dict[str, Any]
     bar: bool
+    provenance: dict[str, Any] | None = None  # where the run comes from, recorded in config.yaml and checkpoints
+    last_row: dict[str, Any] | None = None  # the last finished epoch's metrics, recorded in checkpoints
     metrics: MetricsLog | None = None
-    good: str = "none (no epoch has finished)"  # the last checkpoint with finite weights and validation loss
+    last_good: str = "none (no epoch has finished)"  # names the last checkpoint with finite weights and val loss
 
 
 def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, dict[str, Any] | None]:
@@ -128,7 +132,9 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
     t = build_training(cfg, model, steps, info)
     best = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None, "epoch": None}
     bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
-    return _Run(cfg, info, run_dir, data, t, build_train_step(cfg, t, data, info), best, bar), ckpt
+    run = _Run(cfg, info, run_dir, data, t, build_train_step(cfg, t, data, info), best, bar,
+               provenance=provenance(info.device, info.world_size))
+    return run, ckpt
 
 
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str, float] | None]:
@@ -139,7 +145,8 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     check_resume(ckpt, run.cfg, run.run_dir, run.t, run.data)
     restore_training(ckpt, run.t)
     if _finite_weights(run.t):
-        run.good = f"{run.run_dir / 'last.pt'} (epoch {epoch}" + (f", batch {step})" if step else ")")
+        run.last_good = f"{run.run_dir / 'last.pt'} (epoch {epoch}" + (f", batch {step})" if step else ")")
+    run.last_row = ckpt.get("metrics")
     saved = ckpt.get("best_metric") or {}
     if saved.get("name") == run.best["name"]:
         run.best = dict(saved)
@@ -156,7 +163,7 @@ def _start(run: _Run, start_epoch: int) -> None:
     if run.info.is_main:
         make_dir(run.run_dir)
         remove_stale_temps(run.run_dir)  # checkpoints half-written by a killed run
-        save_config(run.cfg, run.run_dir / "config.yaml")
+        save_config(run.cfg, run.run_dir / "config.yaml", provenance=run.provenance)
         start_log_file()
         run.metrics = MetricsLog(run.run_dir, run.cfg.log.tensorboard, run.cfg.log.plot)
         run.metrics.truncate(start_epoch)  # rows past the checkpoint (or all rows of an older run) go
@@ -173,7 +180,7 @@ def _require_finite_weights(run: _Run, epoch: int) -> None:
     """Stop before a checkpoint of non-finite weights replaces the last good ``last.pt``."""
     if not _finite_weights(run.t):
         raise TrainingError(f"the weights became non-finite in epoch {epoch + 1} (its losses were finite): "
-                            f"stopping without saving it; the last good checkpoint is {run.good}. {_REMEDY}")
+                            f"stopping without saving it; the last good checkpoint is {run.last_good}. {_REMEDY}")
 
 
 def _save(run: _Run, *, epoch: int, step: int, is_best: bool = False,
@@ -183,13 +190,13 @@ def _save(run: _Run, *, epoch: int, step: int, is_best: bool = False,
         last = run.run_dir / "last.pt"
         try:
             save_torch(make_checkpoint(run.cfg, run.t, run.data, epoch=epoch, step=step, best=run.best,
-                                       partial=partial), last)
+                                       partial=partial, metrics=run.last_row, provenance=run.provenance), last)
             if is_best:
                 write_with(run.run_dir / "best.pt", lambda tmp: shutil.copyfile(last, tmp))
         except OutputError as e:
             raise OutputError(e.errno, f"{e.strerror}; training stopped, the checkpoints already in {run.run_dir} "
-                                       f"are intact (the last good one: {run.good}): make room and run the same "
-                                       f"command to resume") from None
+                                       f"are intact (the last good one: {run.last_good}): make room and run the "
+                                       f"same command to resume") from None
     barrier()
 
 
@@ -203,11 +210,11 @@ def _train_epoch(run: _Run, epoch: int, *, start_step: int, partial: dict[str, f
     progress = Progress(t.steps_per_epoch, f"epoch {epoch + 1}", interval=cfg.log.interval, bar=run.bar,
                         enabled=run.info.is_main, device=run.info.device, logger=log)
     try:
-        return train_one_epoch(run.step, run.data.train, epoch=epoch, seed=cfg.train.seed, schedule=t.schedule,
+        return train_one_epoch(run.train_step, run.data.train, epoch=epoch, seed=cfg.train.seed, schedule=t.schedule,
                                start_step=start_step, partial=partial, max_steps=cfg.train.max_steps_per_epoch,
                                progress=progress, should_stop=stop)
     except NonFiniteLossError as e:
-        raise TrainingError(f"{e}: stopping; the last good checkpoint is {run.good}. {_REMEDY}") from e
+        raise TrainingError(f"{e}: stopping; the last good checkpoint is {run.last_good}. {_REMEDY}") from e
 
 
 _REMEDY = "Lower optim.lr, set optim.clip_grad, or try train.amp=fp32."
@@ -244,14 +251,15 @@ def _end_epoch(run: _Run, epoch: int, total: int, stats: dict[str, Any], t0: flo
     _log_epoch(row, run.best)
     if run.metrics is not None:
         run.metrics.append(row)
+    run.last_row = row
     _save(run, epoch=epoch + 1, step=0, is_best=is_best)
     if good:
-        run.good = f"{run.run_dir / 'last.pt'} (epoch {epoch + 1})"
+        run.last_good = f"{run.run_dir / 'last.pt'} (epoch {epoch + 1})"
     else:
         log.warning("epoch %d: the validation loss is not finite; its checkpoint is not a good one (nor best.pt)",
                     epoch + 1)
         kept = run.best.get("epoch") is not None and (run.run_dir / "best.pt").exists()
-        run.good = f"{run.run_dir / 'best.pt'} (epoch {run.best['epoch']})" if kept else "none"
+        run.last_good = f"{run.run_dir / 'best.pt'} (epoch {run.best['epoch']})" if kept else "none"
     return row
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 __all__ = ["PitvitError", "ConfigError", "MissingPathError", "UnknownOptionError", "DatasetError",
            "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "OutputError", "EXIT_CODES",
-           "EXIT_INTERRUPTED"]
+           "EXIT_INTERRUPTED", "first_line", "preview_list"]
 
 
 class PitvitError(Exception):
@@ -70,6 +70,21 @@ class OutputError(PitvitError, OSError):
     """A result could not be written (read-only or full file system, a path under a file); nothing was lost."""
 
     exit_code = 6
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error from torch, pickle or a library, to quote in a one-line message; cut after its
+    first sentence when that is long (torch's go on with advice that does not apply here)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    head, dot, _ = line.partition(". ")
+    return head + "." if dot and len(line) > 120 else line
+
+
+def preview_list(items: list[str], n: int = 5) -> str:
+    """The first ``n`` items, comma-separated, and how many more there are: a long list kept to one line."""
+    shown = ", ".join(items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT

@@ -6,8 +6,10 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 """
 from __future__ import annotations
 
-__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
-           "PREDICT_FORMATS", "ZOO_FORMATS", "DATA_FORMATS", "DATA_KINDS", "PACK_FORMATS", "SHUFFLE_CHOICES"]
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS",
+           "EXPORT_FORMATS", "DEFAULT_OPSET", "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS",
+           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS",
+           "DATA_FORMATS", "PACK_FORMATS", "SHUFFLE_CHOICES"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
@@ -27,6 +29,11 @@ DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime 
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
 DATA_FORMATS = ("imagenet", "wds", "parquet")  # datasets read in place from archives, shards, Parquet files
-DATA_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS
+DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS  # data.kind, eval --kind
+DATA_PIPELINES = ("cpu", "gpu", "memory")  # data.pipeline: where images are decoded and augmented
+OPTIMIZERS = ("adamw", "adamp")  # optim.name
+DISTILL_MODES = ("none", "hard", "soft")  # distill.mode
+PROGRESS_BARS = ("auto", "on", "off")  # log.progress_bar
+INFO_FORMATS = ("text", "json")
 PACK_FORMATS = ("wds", "parquet")  # what `pitvit pack` writes
-SHUFFLE_CHOICES = ("global", "shards")
+SHUFFLE_CHOICES = ("global", "shards")  # data.shuffle
