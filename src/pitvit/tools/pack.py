@@ -159,7 +159,8 @@ def _pack_split(ds: Any, folder: Path, split: str, fmt: str, shard_size: int, ro
                 name, data, label = _sample(ds, i)
                 ext = _image_ext(name, data)
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-                why = "not an image Pillow knows" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+                why = ("not an image Pillow knows" if isinstance(e, UnidentifiedImageError)
+                       else f"{type(e).__name__}: {e}")
                 skipped.append((name, why))
                 log.warning("skipped %s: %s", name, why)
                 meter.update(i + 1, i + 1, f"{shards} shards")
