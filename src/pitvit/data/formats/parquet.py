@@ -4,9 +4,9 @@ struct) and an integer label column, read with ``pyarrow`` (``pip install 'pitvi
 The index records each row's file, row group and row; the label column is read once to build it. Reading a
 row reads its row group's image column, and a worker keeps the last group it read: files with small row groups
 (``pitvit pack`` writes one row per group) are cheap to read in any order, files with large ones (the Hugging
-Face Hub's) are best read in file order (``data.shuffle=shards``). Column names are found
-(``image``/``img``/``jpg``/``png``/``webp``,
-or the only binary column; ``label``/``cls``/``target``/``labels``, or the only integer column) or given.
+Face Hub's) are best read in file order (``data.shuffle=shards``). Column names are found (``image``, ``img``,
+``jpg``, ``png``, ``webp``, or the only binary column; ``label``, ``cls``, ``target``, ``labels``, or the only
+integer column) or given.
 """
 from __future__ import annotations
 
