@@ -20,7 +20,8 @@ import traceback
 from pitvit.utils.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, PitvitError
 
 # Subcommand name -> module under pitvit.cli. Order is the order of `pitvit --help`.
-SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "info", "plot", "models")
+SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "info", "pack", "plot",
+               "models")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -13,11 +13,13 @@ def add_parser(sub, formatter) -> None:
                     "  torchrun --nproc_per_node=N -m pitvit eval ...")
     add_model_args(p, "evaluate")
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="dataset root: ROOT/SPLIT_list.txt, ROOT/SPLIT/CLASS/*.jpg or Fashion-MNIST IDX files "
+                   help="dataset root: ROOT/SPLIT_list.txt, ROOT/SPLIT/CLASS/*.jpg, ImageNet's original archives, "
+                        "WebDataset shards (ROOT/SPLIT/*.tar or a brace pattern with {split}), Parquet files "
+                        "(ROOT/SPLIT/*.parquet) or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")
     p.add_argument("--split", default="val", help="split to evaluate")
     p.add_argument("--kind", default="auto", choices=DATASET_KINDS,
-                   help="dataset layout")
+                   help="dataset layout (auto: detected; see `pitvit pack --help` for the layouts)")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,

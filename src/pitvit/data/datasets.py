@@ -15,6 +15,7 @@ import numpy as np
 from pitvit.utils.errors import ConfigError, DatasetError
 from pitvit.utils.names import DATASET_KINDS
 
+from .formats import FORMATS, LAYOUTS, build_records, detect_format
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
@@ -219,17 +220,21 @@ def detect_kind(root: str | os.PathLike | None, split: str) -> str:
         return "list"
     if has_fashion_mnist(root):
         return "fashion_mnist"
+    found = detect_format(root, split)
+    if found is not None:
+        return found
     if (root / split).is_dir():
         return "imagefolder"
     missing = "" if root.exists() else f"{root} does not exist; "
     raise DatasetError(
         f"cannot tell which dataset is at {root} (split {split!r}): {missing}expected an imagefolder "
         f"({_FOLDER_LAYOUT}), a list ({_LIST_LAYOUT}) or fashion_mnist (ROOT/train-images-idx3-ubyte.gz and the "
-        f"other IDX files; default ROOT {DEFAULT_FASHION_MNIST_DIR})")
+        f"other IDX files; default ROOT {DEFAULT_FASHION_MNIST_DIR}), or {LAYOUTS}")
 
 
 def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "auto",
-                  transform: Callable[[Any], Any] | None = None, strict_images: bool = False) -> Any:
+                  transform: Callable[[Any], Any] | None = None, strict_images: bool = False,
+                  image_column: str = "", label_column: str = "") -> Any:
     """Build a dataset of ``(transform(PIL image), label)`` with ``.classes`` (list of str) and ``.targets``.
 
     Args:
@@ -237,11 +242,13 @@ def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "au
             Debian package's folder).
         split: ``train``, ``val`` or ``test``. For an image folder, labels of every split follow the class
             folders of ``ROOT/train`` when it exists, so that they agree with the training labels.
-        kind: ``auto``, ``imagefolder``, ``list`` or ``fashion_mnist``; ``auto`` looks for
-            ``ROOT/{split}_list.txt``, then the IDX files, then ``ROOT/{split}/``.
+        kind: ``auto``, ``imagefolder``, ``list``, ``fashion_mnist``, or a format read in place (``imagenet``,
+            ``wds``, ``parquet``: :mod:`pitvit.data.formats`); ``auto`` looks for ``ROOT/{split}_list.txt``, then
+            the IDX files, then those formats, then ``ROOT/{split}/``.
         transform: applied to each PIL image (see :func:`pitvit.data.build_transform`).
         strict_images: an image that cannot be decoded mid-run raises :class:`CorruptImageError`
             naming the file; by default the sample is skipped and counted by the loader.
+        image_column, label_column: a Parquet file's columns (default: found by name and type).
 
     Raises:
         ConfigError: an unknown ``kind`` or ``split``.
@@ -260,6 +267,9 @@ def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "au
         raise DatasetError(f"dataset kind {kind!r} needs a root folder")
     if kind == "list":
         return ListDataset(root, split, transform, strict_images=strict_images)
+    if kind in FORMATS:
+        return build_records(kind, root, split, transform, strict_images=strict_images,
+                             image_column=image_column, label_column=label_column)
     root = Path(root)
     classes = None
     if split != "train" and (root / "train").is_dir():

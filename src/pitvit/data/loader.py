@@ -29,8 +29,10 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from pitvit.utils.errors import ConfigError, DatasetError, PitvitError
+from pitvit.utils.names import SHUFFLE_CHOICES
 from pitvit.utils.seed import mix_seed
 
+from .datasets import Subset
 from .images import SkippedSample
 from .sampler import EpochBatchSampler
 
@@ -376,6 +378,8 @@ def build_loader(
     num_repeats: int = 3,
     pin_memory: bool | None = None,
     persistent_workers: bool | None = None,
+    shuffle: str = "global",
+    shard_window: int = 8,
 ) -> Loader:
     """A loader of ``(images, labels)`` batches for one process of ``world_size``.
 
@@ -404,15 +408,28 @@ def build_loader(
         num_repeats: repeats for ``repeated_aug``.
         pin_memory: default: the stage's (the CPU stage's: when CUDA is available).
         persistent_workers: keep workers between epochs (default: when ``num_workers > 0``).
+        shuffle: ``global`` (one random order over all samples) or ``shards``: for a dataset held in shards
+            (``dataset.shard_sizes``), shards in a random order, samples shuffled within ``shard_window`` shards
+            (:func:`pitvit.data.sampler.shard_order`).
+        shard_window: see ``shuffle``.
     """
     if num_workers < 0:
         raise ConfigError(f"the number of loader workers must be >= 0 (0 loads in the main process), got {num_workers}")
+    if shuffle not in SHUFFLE_CHOICES:
+        raise ConfigError(f"unknown shuffle {shuffle!r}; valid: {', '.join(SHUFFLE_CHOICES)}")
+    shard_sizes = None
+    if shuffle == "shards":
+        shard_sizes = getattr(dataset, "shard_sizes", None)
+        if shard_sizes is None or isinstance(dataset, Subset):
+            raise ConfigError(f"shuffle=shards needs a dataset held in shards (wds, parquet, imagenet); "
+                              f"{type(dataset).__name__} is not")
     bound = (stage or CpuStage()).bind(dataset, seed=seed, train=train, rank=rank)
     if drop_last is None:
         drop_last = train
     sampler = EpochBatchSampler(len(bound.dataset), batch_size=batch_size, shuffle=train, seed=seed, rank=rank,
                                 world_size=world_size, drop_last=drop_last, pad=train,
-                                num_repeats=num_repeats if repeated_aug else 1, start_step=start_step)
+                                num_repeats=num_repeats if repeated_aug else 1, start_step=start_step,
+                                shard_sizes=shard_sizes if train else None, shard_window=shard_window)
     if persistent_workers is None:
         persistent_workers = num_workers > 0
     loader = DataLoader(

@@ -9,20 +9,41 @@ So one process with batch ``B * N`` sees, at every step, exactly the concatenati
 ``N`` processes with batch ``B`` see; resuming at step ``k`` skips the first ``k * B * N`` items of the
 order, whatever the number of processes.
 
+With ``shard_sizes`` (samples per shard, for data held in shards, :mod:`pitvit.data.formats`) the order is
+instead drawn shard-wise, for storage where a random read costs a seek or a request: the shards in a random
+order, then the samples of each run of ``shard_window`` consecutive shards of that order shuffled among
+themselves. It is still a function of (seed, epoch) only, so resume and the split between processes are
+unchanged.
+
 The sampler yields *keys* ``(index, epoch, repeat)``, not bare indices: the dataset wrapper seeds each
 sample's augmentation from them (:class:`pitvit.data.loader.SeededDataset`). Carrying the epoch in the key
 keeps persistent worker processes, which never see ``set_epoch``, correct.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.seed import mix_seed
 
-__all__ = ["EpochBatchSampler"]
+__all__ = ["EpochBatchSampler", "shard_order"]
+
+
+def shard_order(shard_sizes: Sequence[int], seed: int, epoch: int, window: int) -> list[int]:
+    """A permutation of ``range(sum(shard_sizes))`` that reads ``window`` shards at a time (see the module
+    docstring); shard ``k`` holds the samples ``sum(shard_sizes[:k]) ..`` in order."""
+    g = torch.Generator().manual_seed(mix_seed(seed, epoch))
+    starts = [0]
+    for n in shard_sizes:
+        starts.append(starts[-1] + n)
+    shards = torch.randperm(len(shard_sizes), generator=g).tolist()
+    out: list[int] = []
+    for w in range(0, len(shards), max(window, 1)):
+        idx = torch.cat([torch.arange(starts[k], starts[k + 1]) for k in shards[w:w + window]])
+        out += idx[torch.randperm(len(idx), generator=g)].tolist()
+    return out
 
 
 class EpochBatchSampler:
@@ -43,11 +64,13 @@ class EpochBatchSampler:
         num_repeats: repeated augmentation: each index appears this many times in a row (1 = off).
         start_step: number of batches to skip at the start of an iteration (mid-epoch resume); it holds until
             ``set_start_step(0)``, which :class:`pitvit.data.Loader` calls once its iteration has started.
+        shard_sizes: shuffle shard-wise: samples per shard, in index order (see the module docstring).
+        shard_window: shards whose samples are shuffled together.
     """
 
     def __init__(self, num_samples: int, *, batch_size: int, shuffle: bool, seed: int, rank: int = 0,
                  world_size: int = 1, drop_last: bool = True, pad: bool = True, num_repeats: int = 1,
-                 start_step: int = 0) -> None:
+                 start_step: int = 0, shard_sizes: Sequence[int] | None = None, shard_window: int = 8) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -66,6 +89,12 @@ class EpochBatchSampler:
         self.drop_last = drop_last
         self.pad = pad
         self.num_repeats = num_repeats
+        if shard_sizes is not None and sum(shard_sizes) != num_samples:
+            raise ConfigError(f"the shards hold {sum(shard_sizes)} samples, not {num_samples}")
+        if shard_window < 1:
+            raise ConfigError(f"the shard window must be >= 1, got {shard_window}")
+        self.shard_sizes = list(shard_sizes) if shard_sizes is not None else None
+        self.shard_window = shard_window
         self.epoch = 0
         self.start_step = 0
         self.set_start_step(start_step)
@@ -94,7 +123,9 @@ class EpochBatchSampler:
         """The epoch's order of keys ``(index, epoch, repeat)``, before sharding (identical on all ranks)."""
         epoch = self.epoch if epoch is None else epoch
         n = self.num_samples
-        if self.shuffle:
+        if self.shuffle and self.shard_sizes is not None:
+            perm = shard_order(self.shard_sizes, self.seed, epoch, self.shard_window)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             perm = torch.randperm(n, generator=g).tolist()
         else:
@@ -147,4 +178,5 @@ class EpochBatchSampler:
         """What determines the order, for a checkpoint's ``sampler`` entry."""
         return {"seed": self.seed, "epoch": self.epoch, "num_samples": self.num_samples,
                 "global_batch_size": self.global_batch_size, "num_repeats": self.num_repeats,
-                "shuffle": int(self.shuffle)}
+                "shuffle": int(self.shuffle),
+                "shard_window": self.shard_window if self.shuffle and self.shard_sizes is not None else 0}

@@ -50,7 +50,8 @@ def evaluate_model(
         weights: checkpoint file or ``save_pretrained`` folder (``None``: random initialization).
         data: dataset root (see ``pitvit.data.build_dataset``; ``None`` is Fashion-MNIST).
         split: which split to evaluate.
-        kind: dataset layout (``auto``, ``imagefolder``, ``list``, ``fashion_mnist``).
+        kind: dataset layout (``auto``, ``imagefolder``, ``list``, ``fashion_mnist``, ``imagenet``, ``wds``,
+            ``parquet``; see :func:`pitvit.data.build_dataset`).
         ema: evaluate the EMA weights of a training checkpoint.
         batch_size: images per process and step.
         workers: data-loading processes per process.

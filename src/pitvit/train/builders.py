@@ -69,12 +69,13 @@ def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:
     staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
     tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
     tf_val = None if staged else D.build_transform(False, **common)
-    root, strict, kind = cfg.data.path or None, not cfg.data.skip_corrupt, cfg.data.kind
-    train_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_train, strict_images=strict)
+    root = cfg.data.path or None
+    opts = dict(kind=cfg.data.kind, strict_images=not cfg.data.skip_corrupt, image_column=cfg.data.image_column,
+                label_column=cfg.data.label_column)
+    train_set = D.build_dataset(root, cfg.data.train_split, transform=tf_train, **opts)
     if not cfg.data.holdout:
-        return train_set, D.build_dataset(root, cfg.data.val_split, kind=kind, transform=tf_val,
-                                          strict_images=strict)
-    held_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_val, strict_images=strict)
+        return train_set, D.build_dataset(root, cfg.data.val_split, transform=tf_val, **opts)
+    held_set = D.build_dataset(root, cfg.data.train_split, transform=tf_val, **opts)
     keep, held = D.holdout_indices(len(train_set), cfg.data.holdout)
     return D.Subset(train_set, keep), D.Subset(held_set, held)
 
@@ -101,7 +102,8 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
         common_loader["stage"] = D.MemoryStage(aug=_aug_dict(cfg),
                                                **{k: pre[k] for k in ("input_size", "mean", "std")})
     train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
-                           repeated_aug=cfg.aug.repeated_aug, **common_loader)
+                           repeated_aug=cfg.aug.repeated_aug, shuffle=cfg.data.shuffle,
+                           shard_window=cfg.data.shard_window, **common_loader)
     val = None
     if val_set is not None:
         val = D.build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,

@@ -95,7 +95,8 @@ def run_differences(ckpt: dict[str, Any], model: torch.nn.Module, class_names: l
 
 
 _ORDER_KEYS = {"global_batch_size": "global batch", "num_samples": "training images", "seed": "seed",
-               "num_repeats": "repeated augmentation", "shuffle": "shuffling"}
+               "num_repeats": "repeated augmentation", "shuffle": "shuffling",
+               "shard_window": "shard-wise shuffling window"}
 
 
 def order_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from pitvit.utils.errors import ConfigError
-from pitvit.utils.names import AMP_CHOICES, DATA_PIPELINES, DEVICE_CHOICES, DISTILL_MODES, OPTIMIZERS, PROGRESS_BARS
+from pitvit.utils.names import (AMP_CHOICES, DATA_PIPELINES, DATASET_KINDS, DEVICE_CHOICES, DISTILL_MODES,
+                                 OPTIMIZERS, PROGRESS_BARS, SHUFFLE_CHOICES)
 
 from .sched import SCHEDULES, STEPPINGS
 
@@ -47,7 +48,13 @@ class DataCfg:
     """Where the images are and how they are batched (``batch_size`` is per process)."""
 
     path: str = ""
-    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist
+    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist | imagenet | wds | parquet (pitvit.data.formats)
+    image_column: str = ""  # parquet: the column of image bytes ("": found by name and type)
+    label_column: str = ""  # parquet: the integer label column ("": found by name and type)
+    # global: one random order of all samples; shards (wds, parquet, imagenet): shards in a random order, samples
+    # shuffled within shard_window shards at a time (for storage where a random read costs a seek)
+    shuffle: str = "global"
+    shard_window: int = 8
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 256
@@ -331,10 +338,13 @@ def validate(cfg: Config) -> None:
     _choice("distill.mode", cfg.distill.mode, DISTILL_MODES)
     _choice("log.progress_bar", cfg.log.progress_bar, PROGRESS_BARS)
     _choice("data.pipeline", cfg.data.pipeline, DATA_PIPELINES)
+    _choice("data.kind", cfg.data.kind, DATASET_KINDS)
+    _choice("data.shuffle", cfg.data.shuffle, SHUFFLE_CHOICES)
     if cfg.data.holdout < 0:
         raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")
-    positive = {"data.batch_size": cfg.data.batch_size, "optim.accum_steps": cfg.optim.accum_steps,
-                "train.eval_every": cfg.train.eval_every, "log.interval": cfg.log.interval}
+    positive = {"data.batch_size": cfg.data.batch_size, "data.shard_window": cfg.data.shard_window,
+                "optim.accum_steps": cfg.optim.accum_steps, "train.eval_every": cfg.train.eval_every,
+                "log.interval": cfg.log.interval}
     for k, v in positive.items():
         if v < 1:
             raise ConfigError(f"{k} must be >= 1, got {v}")

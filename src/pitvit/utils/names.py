@@ -8,7 +8,8 @@ from __future__ import annotations
 
 __all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS",
            "EXPORT_FORMATS", "DEFAULT_OPSET", "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS",
-           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS"]
+           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS",
+           "DATA_FORMATS", "PACK_FORMATS", "SHUFFLE_CHOICES"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
@@ -30,9 +31,12 @@ BACKEND_PRECISIONS = AMP_CHOICES + ("int8",)
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
-DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist")  # data.kind, eval --kind
+DATA_FORMATS = ("imagenet", "wds", "parquet")  # datasets read in place from archives, shards, Parquet files
+DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS  # data.kind, eval --kind
 DATA_PIPELINES = ("cpu", "gpu", "memory")  # data.pipeline: where images are decoded and augmented
 OPTIMIZERS = ("adamw", "adamp")  # optim.name
 DISTILL_MODES = ("none", "hard", "soft")  # distill.mode
 PROGRESS_BARS = ("auto", "on", "off")  # log.progress_bar
 INFO_FORMATS = ("text", "json")
+PACK_FORMATS = ("wds", "parquet")  # what `pitvit pack` writes
+SHUFFLE_CHOICES = ("global", "shards")  # data.shuffle

@@ -9,7 +9,7 @@ process, or an unparsable header), ``png``, ``other`` (any other format PIL read
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -91,10 +91,15 @@ class EncodedDataset(KeyedDataset):
         spec: the training augmentation, or ``None`` for evaluation (no parameters).
         strict_images: an unreadable file raises :class:`CorruptImageError` instead of being skipped.
         allow_fallback: ``False`` makes a file that needs the CPU fallback a :class:`DatasetError`.
+        read: ``read(index)`` gives sample ``index``'s encoded bytes, for samples held inside other files
+            (:meth:`pitvit.data.formats.RecordDataset.read_bytes`; the paths are then names for messages);
+            default: read the file at the sample's path.
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str], seed: int,
-                 spec: TrainSpec | None, *, strict_images: bool = False, allow_fallback: bool = True) -> None:
+                 spec: TrainSpec | None, *, strict_images: bool = False, allow_fallback: bool = True,
+                 read: Callable[[int], bytes] | None = None) -> None:
+        self.read = read
         self.samples = list(samples)
         self.classes = list(classes)
         self.seed = int(seed)
@@ -119,8 +124,11 @@ class EncodedDataset(KeyedDataset):
     def load(self, index: int, epoch: int, repeat: int) -> dict[str, Any] | SkippedSample:
         path, label = self.samples[index]
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            if self.read is not None:
+                data = self.read(index)
+            else:
+                with open(path, "rb") as f:
+                    data = f.read()
         except OSError as e:
             return unreadable(path, e, self.strict_images)
         kind, h, w = jpeg_info(data)

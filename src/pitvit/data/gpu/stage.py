@@ -89,7 +89,8 @@ class GpuStage:
 
     def bind(self, dataset: Any, *, seed: int, train: bool, rank: int) -> _BoundGpuStage:
         """The stage for one loader over ``dataset``, an image dataset with ``.samples`` (``(path, label)``) and
-        ``.classes`` (e.g. from :func:`pitvit.data.build_dataset`; its transform is not used).
+        ``.classes`` (e.g. from :func:`pitvit.data.build_dataset`; its transform is not used); a dataset held
+        in other files (``wds``, ``parquet``, ``imagenet``) gives its bytes through ``read_bytes``.
 
         Raises:
             DatasetError: the dataset is not backed by image files.
@@ -101,7 +102,8 @@ class GpuStage:
         strict = self.strict_images if self.strict_images is not None else bool(getattr(dataset, "strict_images",
                                                                                         False))
         encoded = EncodedDataset(samples, dataset.classes, seed, self.spec if train else None,
-                                 strict_images=strict, allow_fallback=self.allow_fallback)
+                                 strict_images=strict, allow_fallback=self.allow_fallback,
+                                 read=getattr(dataset, "read_bytes", None))
         return _BoundGpuStage(encoded, self._pipeline(train, strict), seed=seed, rank=rank, train=train,
                               prefetch=self.prefetch)
 

@@ -1,0 +1,142 @@
+"""Parquet files of encoded images: an image column (the JPEG/PNG bytes, or Hugging Face's ``{bytes, path}``
+struct) and an integer label column, read with ``pyarrow`` (``pip install 'pitvit[parquet]'``).
+
+The index records each row's file, row group and row; the label column is read once to build it. Reading a
+row reads its row group's image column, and a worker keeps the last group it read: files with small row groups
+(``pitvit pack`` writes one row per group) are cheap to read in any order, files with large ones (the Hugging
+Face Hub's) are best read in file order (``data.shuffle=shards``). Column names are found (``image``, ``img``,
+``jpg``, ``png``, ``webp``, or the only binary column; ``label``, ``cls``, ``target``, ``labels``, or the only
+integer column) or given.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pitvit.utils.errors import ConfigError, DatasetError
+
+from .index import SampleIndex, cached_index
+from .records import RecordDataset
+from .tars import read_classes_file, shard_files
+
+__all__ = ["parquet_index", "ParquetDataset", "import_pyarrow"]
+
+_IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
+_LABEL_NAMES = ("label", "cls", "target", "labels", "class")
+
+
+def import_pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet  # noqa: F401
+    except ImportError:
+        raise ConfigError("reading or writing Parquet needs pyarrow: pip install 'pitvit[parquet]'") from None
+    return pyarrow
+
+
+def _is_image(t: Any, pa: Any) -> bool:
+    if pa.types.is_struct(t):
+        return any(t.field(i).name == "bytes" and _is_image(t.field(i).type, pa) for i in range(t.num_fields))
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+
+def _pick(path: str, schema: Any, given: str, names: tuple[str, ...], test: Any, what: str, option: str) -> str:
+    cols = {f.name: f.type for f in schema}
+    if given:
+        if given not in cols or not test(cols[given]):
+            raise DatasetError(f"{path}: no {what} column {given!r} among its columns {list(cols)}")
+        return given
+    for n in names:
+        if n in cols and test(cols[n]):
+            return n
+    fits = [n for n, t in cols.items() if test(t)]
+    if len(fits) == 1:
+        return fits[0]
+    raise DatasetError(f"{path}: cannot tell which column holds the {what} among {list(cols)}; name it with "
+                       f"{option}")
+
+
+def columns(path: str, schema: Any, image_column: str = "", label_column: str = "") -> tuple[str, str]:
+    """The image and label columns of a file with ``schema``."""
+    pa = import_pyarrow()
+    image = _pick(path, schema, image_column, _IMAGE_NAMES, lambda t: _is_image(t, pa), "image (bytes)",
+                  "data.image_column")
+    label = _pick(path, schema, label_column, _LABEL_NAMES, pa.types.is_integer, "integer label",
+                  "data.label_column")
+    return image, label
+
+
+def parquet_index(spec: str, image_column: str = "", label_column: str = "") -> SampleIndex:
+    """The rows of the Parquet files ``spec`` names (a folder, a brace pattern or a glob).
+
+    Raises:
+        DatasetError: a file is unreadable, lacks the columns, or has a missing or out-of-range label.
+    """
+    pa = import_pyarrow()
+    import pyarrow.parquet as pq
+
+    files = shard_files(spec, ".parquet")
+    folder = os.path.dirname(os.path.abspath(files[0]))
+    classes = read_classes_file([folder, os.path.dirname(folder)])
+
+    def build() -> SampleIndex:
+        rows, cols = [], None
+        for f, path in enumerate(files):
+            try:
+                pf = pq.ParquetFile(path)
+                cols = columns(path, pf.schema_arrow, image_column, label_column)
+                labels = pf.read(columns=[cols[1]]).column(0).to_pylist()
+            except (OSError, pa.ArrowException) as e:
+                raise DatasetError(f"{path}: cannot read it as Parquet ({e})") from e
+            r = 0
+            for g in range(pf.metadata.num_row_groups):
+                for j in range(pf.metadata.row_group(g).num_rows):
+                    label = labels[r]
+                    if label is None or label < 0 or (classes is not None and label >= len(classes)):
+                        raise DatasetError(f"{path}: row {r}: label {label} is missing or out of range"
+                                           + ("" if classes is None else f" ({len(classes)} classes)"))
+                    rows.append((f, g, j, label, f"row {r}"))
+                    r += 1
+        if not rows:
+            raise DatasetError(f"the Parquet files at {spec} hold no row")
+        names = classes or [str(i) for i in range(max(r[3] for r in rows) + 1)]
+        return SampleIndex.from_rows(files, rows, names, {"format": "parquet", "columns": list(cols)})
+
+    what = {"format": "parquet", "classes": classes, "columns": [image_column, label_column]}
+    return cached_index(files, what, build)
+
+
+class ParquetDataset(RecordDataset):
+    """Rows of Parquet files (see :class:`RecordDataset`); ``offset`` is the row group, ``size`` the row."""
+
+    def __init__(self, index: SampleIndex, transform: Any = None, *, strict_images: bool = False) -> None:
+        super().__init__(index, transform, strict_images=strict_images, kind="parquet")
+        self._group: tuple[int, int, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_group"] = None
+        return state
+
+    def open(self, path: str) -> Any:
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path)
+
+    def read_bytes(self, i: int) -> bytes:
+        pa = import_pyarrow()
+        f, g, row = int(self.index.file[i]), int(self.index.offset[i]), int(self.index.size[i])
+        if self._group is None or self._group[:2] != (f, g) or self._pid != os.getpid():
+            try:
+                # threads cost more than they save on one row group, and a worker is one process of many
+                table = self._handle(f).read_row_group(g, columns=[self.index.meta["columns"][0]], use_threads=False)
+            except pa.ArrowException as e:
+                raise OSError(f"cannot read row group {g}: {e}") from e
+            col = table.column(0)
+            if pa.types.is_struct(col.type):
+                col = col.combine_chunks().field("bytes")
+            self._group = (f, g, col)
+        value = self._group[2][row].as_py()
+        if value is None:
+            raise OSError("the image cell is empty")
+        return value
