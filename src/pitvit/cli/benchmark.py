@@ -68,7 +68,8 @@ def run(args) -> int:
     from pitvit.tools.benchmark import benchmark, format_table
 
     rows = benchmark(args.model, batch=args.batch, img_size=args.img_size, compare=args.compare,
-                     device=args.device, amp="none" if args.precision == "fp32" else args.precision, compile=args.compile, steps=args.steps, warmup=args.warmup,
+                     device=args.device, amp=args.precision, compile=args.compile, steps=args.steps,
+                     warmup=args.warmup,
                      train=args.train)
     print(json.dumps(rows, indent=1) if args.format == "json" else format_table(rows))
     return 0
