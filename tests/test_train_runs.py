@@ -58,6 +58,12 @@ def _run(script: Path, args: list[str], timeout: float = 120, **env: str) -> Non
     assert r.returncode == 0, r.stderr[-3000:]
 
 
+def _same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_two_gloo_processes_match_one(tmp_path):
     script = tmp_path / "train_toy.py"
     script.write_text(SCRIPT)

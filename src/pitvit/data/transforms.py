@@ -30,8 +30,8 @@ from torchvision.transforms import functional as TF
 
 from pitvit.utils.errors import ConfigError
 
-__all__ = ["AUG_PRESETS", "AUG_SETTINGS", "resolve_aug", "size_hw", "fill_color", "build_transform", "ToMode", "ResizeCenterCrop",
-           "RandomPadCropFlip", "ToNormalizedTensor"]
+__all__ = ["AUG_PRESETS", "AUG_SETTINGS", "resolve_aug", "size_hw", "fill_color", "build_transform", "ToMode",
+           "ResizeCenterCrop", "RandomPadCropFlip", "ToNormalizedTensor"]
 
 # Named training augmentations; a dict passed as ``aug`` starts from ``aug.get("preset", "official")``.
 AUG_PRESETS: dict[str, dict[str, Any]] = {

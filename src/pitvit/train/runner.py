@@ -2,8 +2,9 @@
 
 :func:`fit` reads top to bottom and hands each concern to its module: the objects come from
 :mod:`.builders`, what a checkpoint holds and what may change on resume from :mod:`.checkpoint`, the batches
-from :mod:`.engine`, the record of the run from :mod:`.metrics`. Every epoch ends with ``last.pt`` written atomically (and ``best.pt`` when the named
-metric improves), so a run killed at any moment resumes from its folder and ends with the same weights.
+from :mod:`.engine`, the record of the run from :mod:`.metrics`. Every epoch ends with ``last.pt`` written
+atomically (and ``best.pt`` when the named metric improves), so a run killed at any moment resumes from its
+folder and ends with the same weights.
 """
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 """
 from __future__ import annotations
 
-__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
-           "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS", "DATA_PIPELINES", "OPTIMIZERS",
-           "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS"]
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS",
+           "EXPORT_FORMATS", "DEFAULT_OPSET", "PREDICT_FORMATS", "ZOO_FORMATS", "INFO_FORMATS", "DATASET_KINDS",
+           "DATA_PIPELINES", "OPTIMIZERS", "DISTILL_MODES", "PROGRESS_BARS", "BACKENDS", "BACKEND_PRECISIONS"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 # The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
