@@ -28,7 +28,6 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--compare", choices=("timm",), default=None,
                    help="also measure timm's same architecture (default: no comparison)%(default).0s")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
-<<<<<<< HEAD
     p.add_argument("--backend", default="torch", choices=("all",) + BACKENDS,
                    help="torch: the training and inference figures above; all or another backend: the table of "
                         "inference engines (CPU)")
@@ -44,11 +43,6 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help="int8's calibration images in the engine table (default: random inputs; speed only)"
                         "%(default).0s")
-=======
-    p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype; auto: bf16 where the device computes it natively, else fp32 (none is "
-                        "fp32 too)")
->>>>>>> i18-moves
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (inductor; the warm-up steps compile, at least 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
