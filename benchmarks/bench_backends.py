@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pitvit.tools.bench_backends import compare_backends, format_backends
+from pitvit.tools.bench_backends import backend_settings, compare_backends, format_backends
 from pitvit.tools.evaluate import evaluate_model
 from pitvit.tools.predict import predict
 from pitvit.utils.cpus import usable_cpus
@@ -88,6 +88,7 @@ def main() -> None:
     p.add_argument("--int8-weights", default=None, help="a trained Fashion-MNIST checkpoint (the demo's best.pt)")
     p.add_argument("--int8-split", default="test")
     p.add_argument("--cache-dir", default=None, help="conversion cache (default: a temporary folder)")
+    p.add_argument("--no-compile", action="store_true", help="leave torch.compile out of the engine table")
     p.add_argument("--sections", nargs="+", default=["engines", "int8", "predict"],
                    choices=["engines", "int8", "predict"], help="what to measure")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -100,8 +101,9 @@ def main() -> None:
                      "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": " ".join(sys.argv)}
         out["load_average_before"] = os.getloadavg()
         if "engines" in a.sections:
+            settings = [s for s in backend_settings("all") if not (a.no_compile and s[2])]
             table = compare_backends(a.model, backend="all", batch=a.batch, rounds=a.rounds, threads=threads,
-                                     cache_dir=cache)
+                                     cache_dir=cache, settings=settings)
             out["engines"] = table
             print(format_backends(table), flush=True)
         if a.int8_weights and "int8" in a.sections:

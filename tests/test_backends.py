@@ -263,3 +263,18 @@ def test_cli_unsupported_precision_is_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("pitvit predict: error: --precision bf16: onnxruntime") and len(
         [line for line in err if "error" in line]) == 1
+
+
+@needs_ov
+def test_conversion_failure_names_the_operation(monkeypatch):
+    import openvino as ov
+
+    def refuse(*args, **kwargs):  # the message OpenVINO's frontend gives for an operation without a rule
+        raise RuntimeError("Model wasn't fully converted. Failed operations detailed log:\n-- aten::frobnicate "
+                           "with a message:\nNo conversion rule found")
+
+    monkeypatch.setattr(ov, "convert_model", refuse)
+    with pytest.raises(ConfigError, match=r"openvino cannot convert pit_test: no conversion for aten::frobnicate; "
+                                          r"nothing else was tried") as e:
+        bk.load_predictor(_sized("pit_test", 32), backend="openvino", cache_dir="none")
+    assert "\n" not in str(e.value)

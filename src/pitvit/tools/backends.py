@@ -466,7 +466,8 @@ def load_predictor(source: nn.Module | str | os.PathLike | None = None, *, model
     folder = cache_folder(cache_dir)
     entry = None
     if folder is not None:
-        entry = folder / backend / f"{name or 'model'}-{_cache_key(model, backend, precision, output, batch, cal_stamp)}"
+        key = _cache_key(model, backend, precision, output, batch, cal_stamp)
+        entry = folder / backend / f"{name or 'model'}-{key}"
     if entry is not None and (entry / "info.json").is_file():
         info = json.loads((entry / "info.json").read_text())
         if backend == "onnxruntime":

@@ -1,9 +1,9 @@
 """Export a PiT model to ONNX, OpenVINO IR (``.xml`` + ``.bin``) or a ``torch.export`` archive (``.pt2``),
 checked against PyTorch.
 
-The batch dimension is dynamic unless ``batch`` fixes it (ONNX and OpenVINO). ``dynamic_hw=True`` also frees the height and width: the model
-resizes its position embedding to the token grid of the input, and the exported graph keeps that resize
-(bicubic to the same size is an exact identity, so the stored size gives the same numbers).
+The batch dimension is dynamic unless ``batch`` fixes it (ONNX and OpenVINO). ``dynamic_hw=True`` also frees the
+height and width: the model resizes its position embedding to the token grid of the input, and the exported graph
+keeps that resize (bicubic to the same size is an exact identity, so the stored size gives the same numbers).
 
 ONNX goes through the TorchScript-based exporter (``dynamo=False``): it exists in every torch from 2.4 to
 2.14 and needs nothing beyond ``onnx``, whereas the dynamo-based exporter needs ``onnxscript``, which it

@@ -113,7 +113,8 @@ def _decoded_batches(files: Iterable[str | os.PathLike], transform: Callable[[An
             thread.join(0.05)
 
 
-def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLike], *, topk: int = 5, batch_size: int = 32,
+def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLike], *, topk: int = 5,
+                  batch_size: int = 32,
                   device: str | torch.device = "cpu", amp: str = "auto", compile: bool = False,
                   backend: str = "torch", threads: int | None = None, cache_dir: str | os.PathLike | None = None,
                   calibration: str | os.PathLike | None = None,
