@@ -6,19 +6,24 @@ an image that cannot be decoded mid-run.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from pitvit.utils.errors import ConfigError, DatasetError
+from pitvit.utils.io import file_kind
 
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
 __all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
            "detect_kind", "holdout_indices"]
+
+log = logging.getLogger(__name__)
 
 KINDS = ("auto", "imagefolder", "list", "fashion_mnist")
 SPLITS = ("train", "val", "test")
@@ -83,17 +88,22 @@ class ImageFolderDataset(_ImageFileDataset):
             raise DatasetError(f"{root} has class folder(s) {unknown[:5]} that are not among the "
                                f"{len(classes)} training classes")
         samples, empty = [], []
+        walk = _Walk(root)
         for c in found:
-            files = sorted(_walk_images(root / c))
+            files = walk.images(root / c)
             if not files:
                 empty.append(c)
             samples += [(f, index[c]) for f in files]
         if empty:
             raise DatasetError(f"{len(empty)} class folder(s) in {root} hold no image "
                                f"(extensions {', '.join(IMAGE_EXTENSIONS)}): {empty[:5]}")
+        if walk.skipped:
+            log.warning("%s: left out %d file(s) or link(s), e.g. %s", root, len(walk.skipped),
+                        "; ".join(f"{p}: {why}" for p, why in walk.skipped[:3]))
         self.root = str(root)
         self.classes = classes
         self.samples = samples
+        self.left_out = walk.skipped  # (path, why) of what the walk did not take
         self.transform = transform
         self.strict_images = strict_images
 
@@ -105,12 +115,68 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _walk_images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
-    return out
+class _Walk:
+    """The image files under a split's class folders, and what the walk left out.
+
+    Links to files are followed (a link is one more name for its image). A link to a folder is followed only
+    when it leads out of the split's tree, and only once: one that leads back into the tree (``loop -> .``,
+    ``up -> ..``, a link to another class) or to an ancestor of it would count images again, under another
+    class's label, or for ever. Special files (FIFOs, sockets, devices) with an image's name are never opened,
+    since reading a FIFO blocks until someone writes to it; they and dangling links are counted in ``skipped``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self.visited: set[str] = set()
+        self.skipped: list[tuple[str, str]] = []  # (path, why)
+
+    def _inside_tree(self, real: str) -> bool:
+        return any(a == b or a.startswith(b.rstrip(os.sep) + os.sep) for a, b in ((real, self.root), (self.root, real)))
+
+    def images(self, folder: Path) -> list[str]:
+        """The images under one class folder, sorted by path; none when the walk has been there already."""
+        real = os.path.realpath(folder)
+        if real in self.visited:
+            self.skipped.append((str(folder), f"the folder {real} was already walked as another class"))
+            return []
+        self.visited.add(real)
+        return sorted(self._walk(str(folder)))
+
+    def _walk(self, folder: str) -> list[str]:
+        out = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            self.skipped.append((folder, f"cannot list the folder ({e.strerror})"))
+            return out
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if entry.is_symlink() and (self._inside_tree(real) or real in self.visited):
+                    self.skipped.append((entry.path, f"a link to the folder {real}, which the walk reaches "
+                                                     f"anyway (a loop, or a folder of this tree)"))
+                    continue
+                if real in self.visited:
+                    continue
+                self.visited.add(real)
+                out += self._walk(entry.path)
+            elif is_image_file(entry.name):
+                try:
+                    mode = entry.stat().st_mode  # follows links; never opens the file
+                except OSError as e:
+                    self.skipped.append((entry.path, f"a dangling link ({e.strerror})"))
+                    continue
+                if stat.S_ISREG(mode):
+                    out.append(entry.path)
+                else:
+                    self.skipped.append((entry.path, f"{file_kind(mode)}, not a regular file"))
+        return out
 
 
 class ListDataset(_ImageFileDataset):

@@ -17,17 +17,71 @@ import errno
 import io
 import os
 import re
+import stat
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
 from .errors import OutputError
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
+__all__ = ["NotRegularFileError", "require_regular", "open_regular", "atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
            "make_dir", "remove_stale_temps", "temp_name"]
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
+# ---------------------------------------------------------------------------------------------- reading
+class NotRegularFileError(OSError):
+    """A path that must be a regular file names a FIFO, socket, device or folder (opening one may block for
+    ever, as a FIFO without a writer does, or never end, as ``/dev/zero`` does)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words: ``"a regular file"``, ``"a FIFO (named pipe)"``, ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def require_regular(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat(path)`` (links followed), refusing anything but a regular file; nothing is opened.
+
+    Raises:
+        NotRegularFileError: ``path`` is a FIFO, socket, device or folder (the message says which).
+        OSError: ``path`` cannot be stat'ed (``FileNotFoundError`` when it does not exist).
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{path} is {file_kind(st.st_mode)}, not a regular file")
+    return st
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """Open a regular file for reading in binary mode; a FIFO, socket, device or folder is refused before it
+    is opened (:func:`require_regular`), and again after (``fstat``), so a file swapped in between cannot
+    make the read block.
+
+    Raises:
+        NotRegularFileError: see :func:`require_regular`.
+    """
+    require_regular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path} is {file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- writing
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
