@@ -53,6 +53,13 @@ def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
     p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
                                                                    "folder (default: random init)%(default).0s")
     p.add_argument("--ema", action="store_true", help=f"{ema_verb} the EMA weights of a training checkpoint")
+    add_allow_nonfinite(p)
+
+
+def add_allow_nonfinite(p: argparse.ArgumentParser) -> None:
+    """--allow-nonfinite: the escape from the refusal of weights holding NaN or inf."""
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights that hold NaN or inf instead of refusing them (to inspect a run that diverged)")
 
 
 def _epilog() -> str:

@@ -39,7 +39,7 @@ def run(args) -> int:
     from pitvit.utils.io import write_text
 
     r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
-                       batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
+                       allow_nonfinite=args.allow_nonfinite, batch_size=args.batch_size, workers=args.workers, device=args.device, amp=args.amp,
                        compile=args.compile)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -28,7 +28,8 @@ def run(args) -> int:
     from pitvit.tools.export import export_model
 
     r = export_model(args.model, args.weights, format=args.format, out=args.out, dynamic_hw=args.dynamic_hw,
-                     opset=args.opset, ema=args.ema, atol=args.atol)
+                     opset=args.opset, ema=args.ema, atol=args.atol,
+                     allow_nonfinite=args.allow_nonfinite)
     c, h, w = r["input_size"]
     shape = f"N x {c} x " + ("H x W" if r["dynamic_hw"] else f"{h} x {w}")
     print(f"wrote {r['path']} ({r['format']}, input {shape}); max abs diff vs PyTorch {r['max_abs_diff']:.3g}")

@@ -32,7 +32,8 @@ def run(args) -> int:
     from pitvit.tools.predict import format_predictions, predict
 
     preds, problems = predict(args.model, args.weights, args.inputs, topk=args.topk, batch_size=args.batch_size,
-                              device=args.device, amp=args.amp, compile=args.compile, ema=args.ema)
+                              device=args.device, amp=args.amp, compile=args.compile, ema=args.ema,
+                              allow_nonfinite=args.allow_nonfinite)
     for path, reason in problems:
         print(f"cannot read {path}: {reason}", file=sys.stderr)
     if preds:

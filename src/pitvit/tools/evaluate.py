@@ -24,7 +24,7 @@ __all__ = ["load_model", "preprocessing", "evaluate_model"]
 
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
-               **create_kwargs: Any) -> PiT:
+               allow_nonfinite: bool = False, **create_kwargs: Any) -> PiT:
     """A registered model, with weights from any format ``pitvit.models.read_weights`` reads, in eval mode.
 
     Args:
@@ -34,6 +34,7 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             into the Hugging Face cache on first use); ``None`` keeps the random initialization,
             drawn with seed 0 (and logs a warning saying so).
         ema: take the EMA weights of a pitvit training checkpoint.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
 
     Raises:
@@ -59,7 +60,7 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
         read = read_weights(weights, ema=ema)  # read once; its metadata also gives the class names
         if model_name:
             create_kwargs["model"] = model_name
-        model = model_from_checkpoint(read, ema=ema, **create_kwargs)
+        model = model_from_checkpoint(read, ema=ema, allow_nonfinite=allow_nonfinite, **create_kwargs)
         names = read.meta.get("class_names")
         if names and getattr(model, "class_names", None) is None:
             model.class_names = [str(n) for n in names]
@@ -89,6 +90,7 @@ def evaluate_model(
     split: str = "val",
     kind: str = "auto",
     ema: bool = False,
+    allow_nonfinite: bool = False,
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
@@ -108,6 +110,7 @@ def evaluate_model(
         split: which split to evaluate.
         kind: dataset layout (``auto``, ``imagefolder``, ``list``, ``fashion_mnist``).
         ema: evaluate the EMA weights of a training checkpoint.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -131,7 +134,7 @@ def evaluate_model(
     try:
         amp = resolve_amp(amp, dist_info.device)
         dtype = amp_dtype(amp, dist_info.device)
-        model = load_model(model_name, weights, ema=ema)
+        model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite)
         if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
                               f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "

@@ -216,7 +216,7 @@ class _Rejected(Exception):
 
 def export_model(model_name: str | None, weights: str | os.PathLike | None = None, *, format: str = "onnx",
                  out: str | os.PathLike | None = None, dynamic_hw: bool = False, opset: int = DEFAULT_OPSET,
-                 ema: bool = False, atol: float = 1e-4) -> dict[str, Any]:
+                 ema: bool = False, atol: float = 1e-4, allow_nonfinite: bool = False) -> dict[str, Any]:
     """Load a model, export it, run the export and compare it with PyTorch; keep the file only if it passed.
 
     Args:
@@ -228,6 +228,7 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         opset: ONNX opset.
         ema: export the EMA weights of a training checkpoint.
         atol: largest acceptable absolute difference between the export and PyTorch.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
 
     Returns:
         ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
@@ -241,7 +242,7 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "pt2" and out is not None and Path(out).suffix != ".pt2":
         raise ConfigError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
-    model = load_model(model_name, weights, ema=ema).float().cpu()
+    model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{format}")
     write, check = (_write_onnx, check_onnx) if format == "onnx" else (_write_pt2, check_pt2)

@@ -150,16 +150,17 @@ def format_predictions(preds: Sequence[Prediction], fmt: str = "table") -> str:
 
 def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: Sequence[str | os.PathLike], *,
             topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu", amp: str = "auto",
-            compile: bool = False, ema: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
+            compile: bool = False, ema: bool = False,
+            allow_nonfinite: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Classify files and folders of images (folders searched recursively); ``amp`` and ``compile`` as for
-    :func:`predict_files`.
+    :func:`predict_files`, ``ema`` and ``allow_nonfinite`` as for :func:`load_model`.
 
     Returns:
         The predictions for the images that could be read, in input order, and ``(path, reason)`` for the
         inputs that could not (missing, not an image, a folder without images).
     """
     files, problems = expand_inputs(inputs)
-    model = load_model(model_name, weights, ema=ema)
+    model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite)
     preds, errors = predict_files(model, files, topk=topk, batch_size=batch_size, device=device, amp=amp,
                                   compile=compile)
     return preds, problems + errors
