@@ -23,6 +23,9 @@ def add_parser(sub, formatter) -> None:
                         "AVX-512 BF16, GPUs from Ampere on), else fp32 (none)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor): pays off for many images; compiling takes a while")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the predictions (in --format) to FILE, atomically, instead of printing them"
+                        "%(default).0s")
     p.set_defaults(func=run)
 
 
@@ -36,6 +39,11 @@ def run(args) -> int:
                               allow_nonfinite=args.allow_nonfinite)
     for path, reason in problems:
         print(f"cannot read {path}: {reason}", file=sys.stderr)
-    if preds:
+    if preds and args.out:
+        from pitvit.utils.io import write_text
+
+        write_text(args.out, format_predictions(preds, args.format) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    elif preds:
         print(format_predictions(preds, args.format))
     return 0 if preds else 1

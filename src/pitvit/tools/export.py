@@ -28,6 +28,7 @@ from torch import nn
 
 from pitvit.models import token_grid
 from pitvit.utils.errors import ConfigError, OutputError
+from pitvit.utils.extras import require
 from pitvit.utils.io import open_output, write_with
 from pitvit.utils.names import DEFAULT_OPSET, EXPORT_FORMATS
 
@@ -135,8 +136,28 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int) -> No
     _add_onnx_metadata(out, metadata(model))
 
 
+def opset_range(onnx: Any) -> tuple[int, int]:
+    """The ONNX opsets an export can use: those torch's TorchScript exporter writes (``torch.onnx._constants``,
+    7..20 in torch 2.x) that the installed onnx also knows."""
+    from torch.onnx import _constants
+
+    hi = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
+    return int(getattr(_constants, "ONNX_MIN_OPSET", 7)), min(int(hi), int(onnx.defs.onnx_opset_version()))
+
+
+def _onnx_modules() -> tuple[Any, Any]:
+    """onnx and onnxruntime, or the one-line error naming the ``onnx`` extra.
+
+    onnxruntime's telemetry writes a device id under ``~/.cache`` (``$XDG_CACHE_HOME``) when it is imported,
+    which fails with a read-only or unset HOME and writes where the user did not ask; it is turned off
+    (``ORT_DISABLE_TELEMETRY``) unless the user set that variable.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return require("onnx", "exporting to ONNX"), require("onnxruntime", "checking an ONNX export")
+
+
 def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
-    import onnx
+    onnx, _ = _onnx_modules()
 
     proto = onnx.load(str(path))
     for k, v in meta.items():
@@ -148,8 +169,7 @@ def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
 
 def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False) -> float:
     """Largest absolute difference between onnxruntime on ``path`` and ``model`` over a few input shapes."""
-    import onnxruntime as ort
-
+    _, ort = _onnx_modules()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     model = model.eval()
@@ -234,7 +254,8 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
 
     Raises:
-        ConfigError: an unknown format, or a ``.pt2`` archive named otherwise.
+        ConfigError: an unknown format, a ``.pt2`` archive named otherwise, an opset outside
+            :func:`opset_range`, or (``MissingExtraError``) onnx or onnxruntime not installed.
         OutputError: the export differs from PyTorch by more than ``atol`` (nothing is written), or ``out``
             cannot be written.
     """
@@ -242,6 +263,12 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "pt2" and out is not None and Path(out).suffix != ".pt2":
         raise ConfigError(f"{out}: a torch.export archive's name must end in .pt2 (torch.export.load expects it)")
+    if format == "onnx":
+        onnx, _ = _onnx_modules()  # before anything else: a missing extra is one line, not a late traceback
+        lo, hi = opset_range(onnx)
+        if not lo <= opset <= hi:
+            raise ConfigError(f"--opset {opset} is outside what this torch and onnx can write ({lo}..{hi}); the "
+                              f"default, {DEFAULT_OPSET}, exports every PiT")
     model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{format}")

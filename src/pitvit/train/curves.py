@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pitvit.utils.errors import ConfigError
+from pitvit.utils.extras import require
 from pitvit.utils.io import atomic_write
 
 __all__ = ["read_metrics", "plot_runs"]
@@ -72,8 +73,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         ConfigError: a run folder has no ``metrics.jsonl``.
         OutputError: ``out_png`` cannot be written.
     """
-    import matplotlib
-
+    matplotlib = require("matplotlib", "drawing training curves")
     matplotlib.use("Agg", force=False)  # headless; keeps an interactive backend a caller chose
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure

@@ -11,7 +11,8 @@ The classes also derive from the built-in type callers caught before they existe
 from __future__ import annotations
 
 __all__ = ["PitvitError", "ConfigError", "MissingPathError", "DatasetError", "CorruptImageError", "CheckpointError",
-           "TrainingError", "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
+           "TrainingError", "OutputError", "MissingExtraError", "Interrupted", "EXIT_CODES", "EXIT_INTERRUPTED",
+           "EXIT_BROKEN_PIPE"]
 
 
 class PitvitError(Exception):
@@ -28,6 +29,11 @@ class ConfigError(PitvitError, ValueError):
 
 class MissingPathError(ConfigError, FileNotFoundError):
     """A path argument (weights, a checkpoint) names nothing; a ``FileNotFoundError`` too."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (``pip install 'pitvit[plot]'``). Also an ``ImportError``, which callers that can do without it catch."""
 
 
 class DatasetError(PitvitError, RuntimeError):
@@ -58,7 +64,19 @@ class OutputError(PitvitError, OSError):
     exit_code = 6
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal whose default would kill the process at once (SIGTERM, SIGHUP), raised instead while a file is
+    being written, so that the temporary file is removed first (see ``pitvit.utils.io``). A
+    ``KeyboardInterrupt``: whatever cleans up after Ctrl-C cleans up after it. The CLI exits with
+    ``128 + signum``, as a shell reports a process the signal killed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head -1`): 128 + SIGPIPE, as shells report `yes | head -1`'s yes
 
 # The CLI's table, also printed by `pitvit --help`.
 EXIT_CODES: dict[int, str] = {
@@ -69,5 +87,6 @@ EXIT_CODES: dict[int, str] = {
     CheckpointError.exit_code: "checkpoint unreadable, damaged, unsafe or not fitting the model",
     TrainingError.exit_code: "training stopped on an explained condition (non-finite loss, run folder conflict)",
     OutputError.exit_code: "an output could not be written (permissions, full disk, bad path)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP while a file was written",
+    EXIT_BROKEN_PIPE: "standard output closed before the output ended (`pitvit ... | head -1`); nothing else is wrong",
 }

@@ -17,11 +17,13 @@ import errno
 import io
 import os
 import re
+import signal
 import stat
+import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
-from .errors import OutputError
+from .errors import Interrupted, OutputError
 
 __all__ = ["NotRegularFileError", "require_regular", "open_regular", "atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
            "make_dir", "remove_stale_temps", "temp_name"]
@@ -153,28 +155,28 @@ def make_dir(path: str | os.PathLike) -> Path:
 
 
 class _Output(io.IOBase):
-    """A writable file whose ``write`` never raises: the first ``OSError`` is kept in ``error``, later writes
-    are dropped, and the writer carries on to its end (see the module docstring)."""
+    """A writable file whose ``write`` never raises: the first ``OSError`` (or a Ctrl-C, SIGTERM) is kept in
+    ``error``, later writes are dropped, and the writer carries on to its end (see the module docstring)."""
 
     def __init__(self, raw: IO[Any]) -> None:
         super().__init__()
         self.raw = raw
-        self.error: OSError | None = None
+        self.error: OSError | KeyboardInterrupt | None = None
 
     def write(self, data: Any) -> int:
-        if self.error is None:
-            try:
+        try:
+            if self.error is None:
                 self.raw.write(data)
-            except OSError as e:
-                self.error = e
+        except (OSError, KeyboardInterrupt) as e:
+            self.error = e
         return len(data)
 
     def flush(self) -> None:
-        if self.error is None and not self.raw.closed:
-            try:
+        try:
+            if self.error is None and not self.raw.closed:
                 self.raw.flush()
-            except OSError as e:
-                self.error = e
+        except (OSError, KeyboardInterrupt) as e:
+            self.error = e
 
     def writable(self) -> bool:
         return True
@@ -213,16 +215,57 @@ def open_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         os.fsync(raw.fileno())
 
 
+# Signals whose default action ends the process on the spot, leaving a temporary file behind. SIGINT needs
+# nothing: Python turns it into KeyboardInterrupt already.
+_FATAL_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`~pitvit.utils.errors.Interrupted` (a
+    ``KeyboardInterrupt``) instead of killing the process, so that every ``finally`` and cleanup runs; the
+    handlers before are restored after. Only signals left at their default are taken (a run that handles SIGTERM
+    itself keeps its handler), only in the main thread, and nested blocks leave the outer one in charge.
+
+    Every file written through this module is written in such a block: a SIGTERM during ``pitvit export``,
+    ``convert``, ``eval --out``, ``predict --out`` or ``plot`` leaves the previous file and no temporary one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = {s: signal.getsignal(s) for s in _FATAL_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+    for s in taken:
+        signal.signal(s, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for s, previous in taken.items():
+            signal.signal(s, previous)
+
+
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
-    """Yields the temporary name to write; renames it over ``path`` if the block succeeds. On any failure the
-    temporary file and the folders created for it are removed, and an ``OSError`` becomes an OutputError."""
+    """Yields the temporary name to write; renames it over ``path`` if the block succeeds. On any failure (a
+    signal too, see :func:`signals_raise`) the temporary file and the folders created for it are removed, and an
+    ``OSError`` becomes an OutputError."""
     tmp = temp_name(path)
     created: list[Path] = []
+    with signals_raise():
+        with _cleaned(path, tmp, created):
+            created += _make_parents(path.parent)
+            yield tmp
+            os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _cleaned(path: Path, tmp: Path, created: list[Path]) -> Iterator[None]:
     try:
-        created = _make_parents(path.parent)
-        yield tmp
-        os.replace(tmp, path)
+        yield
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -230,7 +273,6 @@ def _replacing(path: Path) -> Iterator[Path]:
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise _output_error(path, e) from e
         raise
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,37 @@
+"""Optional dependencies: importing one, or a one-line error naming the extra that installs it.
+
+pitvit's extras (``pyproject.toml``): ``plot`` (matplotlib: ``pitvit plot``, ``curves.png``), ``onnx`` (onnx and
+onnxruntime: ``pitvit export --format onnx``), ``tensorboard`` (``log.tensorboard=true``).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from .errors import MissingExtraError
+
+__all__ = ["EXTRAS", "require"]
+
+# top-level module -> the extra that installs it
+EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "tensorboard": "tensorboard"}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` (dotted names too), or refuse on one line naming the extra to install.
+
+    Args:
+        module: what to import, e.g. ``"matplotlib.pyplot"``.
+        purpose: what needs it, for the message (``"pitvit plot"``).
+
+    Raises:
+        MissingExtraError: the module (or one it needs) is not installed; a ConfigError and an ImportError.
+    """
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        extra = EXTRAS.get(top)
+        how = f"pip install 'pitvit[{extra}]'" if extra else f"pip install {top}"
+        missing = getattr(e, "name", None) or top
+        raise MissingExtraError(f"{purpose} needs {top}, which cannot be imported (no module {missing!r}): "
+                                f"{how}") from None
