@@ -519,7 +519,7 @@ def _meta(args: argparse.Namespace, device: torch.device, reduced: bool, compile
     import timm
     import torchvision
 
-    from pitvit.utils.device import resolve_amp
+    from pitvit.utils.precision import resolve_amp
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else \

@@ -33,7 +33,7 @@ def _gpu_check(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, str, s
 def _check_reduced_run(data: dict, md: str, stdout: str, compiled: bool, budget: float = 480.0) -> None:
     meta, sections = data["meta"], data["sections"]
     assert (meta["mode"], meta["device"], meta["budget_s"], meta["compile"]) == ("reduced", "cpu", budget, compiled)
-    assert meta["auto_precision"] in ("none", "bf16") and 0 < meta["elapsed_s"] < budget
+    assert meta["auto_precision"] in ("fp32", "bf16") and 0 < meta["elapsed_s"] < budget
     assert list(sections) == SECTIONS
     for name, s in sections.items():
         assert (s["status"], s["error"], s["skipped"]) == ("ok", None, []), name
@@ -121,7 +121,7 @@ def test_sections_are_independent_and_share_the_budget(gpu_check, tmp_path, monk
     assert gpu_check.BUDGETS == {"parity": 40, "amp_steps": 25, "train_epoch": 90, "pipelines": 150, "vs_timm": 155}
     ctx = gpu_check.Ctx(torch.device("cpu"), True, False, gpu_check.REDUCED, tmp_path, tmp_path / "out",
                         {"date": "d", "device_name": "cpu", "mode": "reduced", "torch": "t", "torchvision": "v",
-                         "timm": "m", "cuda": None, "cpus": 2, "cpu": "c", "auto_precision": "none", "budget_s": 480,
+                         "timm": "m", "cuda": None, "cpus": 2, "cpu": "c", "auto_precision": "fp32", "budget_s": 480,
                          "command": "c", "elapsed_s": 0.0})
     gpu_check.run_sections(ctx, list(gpu_check.SECTION_NAMES), budget_s=480)
     status = {n: s.status for n, s in ctx.sections.items()}

@@ -16,6 +16,7 @@ import torch
 
 from pitvit.cli import main as cli
 from pitvit.utils import device as D
+from pitvit.utils import precision as P
 
 EPYC_AVX2 = (
     "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx "
@@ -93,7 +94,7 @@ def test_cpuinfo_fallback_on_real_flag_lines(tmp_path, monkeypatch, probes, mode
     monkeypatch.setattr(D, "CPUINFO", str(path))
     probes(None, None)  # a torch without the probes: /proc/cpuinfo decides
     assert D.cpu_bf16_support() == expected
-    assert D.resolve_amp("auto", "cpu") == ("none" if expected is None else "bf16")
+    assert P.resolve_amp("auto", "cpu") == ("fp32" if expected is None else "bf16")
 
 
 def test_cpuinfo_absent_or_without_flags(tmp_path, monkeypatch, probes):
@@ -111,21 +112,21 @@ def test_torch_probes_win_over_cpuinfo(tmp_path, monkeypatch, probes, info_log, 
     monkeypatch.setattr(D, "CPUINFO", str(path))  # says AMX; the probes (which also ask the OS) decide
     probes(amx, avx)
     assert D.cpu_bf16_support() == expected
-    assert D.resolve_amp("auto", torch.device("cpu")) == ("none" if expected is None else "bf16")
+    assert P.resolve_amp("auto", torch.device("cpu")) == ("fp32" if expected is None else "bf16")
     (line,) = [r.getMessage() for r in info_log]
     assert line.startswith("precision auto on cpu: " + ("fp32" if expected is None else "bf16"))
     assert (expected or "neither AMX nor AVX-512 BF16") in line
-    assert D.amp_dtype("auto") == (None if expected is None else torch.bfloat16)
+    assert P.amp_dtype("auto") == (None if expected is None else torch.bfloat16)
 
 
 def test_explicit_names_pass_and_fp16_needs_cuda(probes, info_log):
     probes(True, True)
-    assert [D.resolve_amp(n, "cpu") for n in ("none", "bf16")] == ["none", "bf16"]
+    assert [P.resolve_amp(n, "cpu") for n in ("fp32", "none", "bf16")] == ["fp32", "fp32", "bf16"]
     assert not info_log  # only auto says what it picked
     with pytest.raises(D.ConfigError, match="fp16"):
-        D.resolve_amp("fp16", "cpu")
-    with pytest.raises(D.ConfigError, match="auto, none, bf16, fp16"):
-        D.resolve_amp("fp8", "cpu")
+        P.resolve_amp("fp16", "cpu")
+    with pytest.raises(D.ConfigError, match="auto, fp32, bf16, fp16, none"):
+        P.resolve_amp("fp8", "cpu")
 
 
 @pytest.mark.parametrize("capable", [True, False])
@@ -139,7 +140,7 @@ def test_cuda_asks_for_native_bf16(monkeypatch, info_log, capable):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200" if capable else "Tesla V100")
-    assert D.resolve_amp("auto", "cuda") == ("bf16" if capable else "none")
+    assert P.resolve_amp("auto", "cuda") == ("bf16" if capable else "fp32")
     assert asked == {"including_emulation": False}
     assert ("NVIDIA H200 computes" if capable else "Tesla V100 does not compute") in info_log[0].getMessage()
 
@@ -186,9 +187,9 @@ def test_benchmark_defaults_to_auto(probes, capsys, native):
             "--no-train", "--format", "json"]
     assert cli(args) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["amp"] == ("bf16" if native else "none") and row["compile"] is False
-    assert cli(args + ["--amp", "none"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["amp"] == "none"
+    assert row["amp"] == ("bf16" if native else "fp32") and row["compile"] is False
+    assert cli(args + ["--amp", "none"]) == 0  # the older spelling of fp32
+    assert json.loads(capsys.readouterr().out)[0]["amp"] == "fp32"
 
 
 def _tiny_folder(root):
@@ -207,20 +208,20 @@ def test_eval_keeps_fp32_by_default_and_accepts_auto(tmp_path, probes, capsys):
     data = _tiny_folder(tmp_path / "data")
     probes(True, True)
     r = evaluate_model("pit_test", None, data, batch_size=4, workers=0, device="cpu")
-    assert r["amp"] == "none"  # published figures are fp32: eval never switches on its own
+    assert r["amp"] == "fp32"  # published figures are fp32: eval never switches on its own
     out = tmp_path / "r.json"
     assert cli(["eval", "--model", "pit_test", "--data", str(data), "--workers", "0", "--device", "cpu",
                 "--amp", "auto", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["amp"] == "bf16"
     probes(False, False)
-    assert evaluate_model("pit_test", None, data, batch_size=4, workers=0, device="cpu", amp="auto")["amp"] == "none"
+    assert evaluate_model("pit_test", None, data, batch_size=4, workers=0, device="cpu", amp="auto")["amp"] == "fp32"
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_training_accepts_auto(probes, native):
     from pitvit.models import create_model
-    from pitvit.train.config import load_config
-    from pitvit.train.runner import build_training
+    from pitvit.train.recipes import load_config
+    from pitvit.train.builders import build_training
     from pitvit.utils.distributed import DistInfo
 
     probes(native, False)
@@ -229,3 +230,27 @@ def test_training_accepts_auto(probes, native):
     assert t.amp_dtype == (torch.bfloat16 if native else None) and t.scaler is None
     with pytest.raises(ValueError, match="train.amp"):
         load_config(None, ["train.amp=fp8"])
+
+
+# ---------------------------------------------------------------------------- one vocabulary, one context
+def test_vocabulary_names_torch_dtypes_and_aliases():
+    assert [P.amp_dtype(n) for n in ("fp32", "none", "bf16")] == [None, None, torch.bfloat16]
+    assert P.amp_dtype("fp16", torch.device("cuda")) is torch.float16  # checked, not run: no GPU needed
+    assert [P.precision_name(d) for d in (None, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
+
+
+def test_autocast_context_is_torchs():
+    # torch's own state says what the context switched on (torch.is_autocast_enabled / get_autocast_dtype)
+    with P.autocast(torch.device("cpu"), torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is torch.bfloat16
+        assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype is torch.bfloat16
+    with P.autocast("cpu", None):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_torch_autocast_is_entered_in_one_place():
+    from pathlib import Path
+
+    src = Path(P.__file__).resolve().parents[1]
+    users = [p.relative_to(src).as_posix() for p in src.rglob("*.py") if "torch.autocast(" in p.read_text()]
+    assert users == ["utils/precision.py"]

@@ -334,7 +334,7 @@ def test_compare_settings_same_weights_every_setting(monkeypatch):
     assert all(v > 0 for v in res["settings"]["bf16"]["speedup"].values())
     with pytest.raises(B.ConfigError, match="fp32"):
         B.parse_setting("fp64+compile")
-    assert B.parse_setting("bf16+compile") == ("bf16", True) and B.parse_setting("fp32") == ("none", False)
+    assert B.parse_setting("bf16+compile") == ("bf16", True) and B.parse_setting("fp32") == ("fp32", False)
 
 # ---------------------------------------------------------------------------- torch.hub
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ def add_parser(sub, formatter) -> None:
                    help="also measure timm's same architecture (default: no comparison)%(default).0s")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype; auto: bf16 where the device computes it natively, else fp32 (none)")
+                   help="autocast dtype; auto: bf16 where the device computes it natively, else fp32 (none is fp32 too)")
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (inductor; the warm-up steps compile, at least 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")

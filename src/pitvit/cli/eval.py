@@ -21,9 +21,9 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="auto: CUDA when available")
-    p.add_argument("--amp", default="none", choices=AMP_CHOICES,
-                   help="autocast dtype (none: fp32, the precision published figures are measured in; auto: bf16 "
-                        "where the device computes it natively, else fp32)")
+    p.add_argument("--amp", default="fp32", choices=AMP_CHOICES,
+                   help="autocast dtype (fp32, also spelled none: the precision published figures are measured in; "
+                        "auto: bf16 where the device computes it natively, else fp32)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (inductor) before evaluating")
     p.add_argument("--out", default=None, metavar="JSON",
                    help="also write the result here as JSON (default: print only)%(default).0s")

@@ -20,7 +20,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--device", default="cpu", choices=DEVICE_CHOICES, help="auto: CUDA when available")
     p.add_argument("--amp", default="auto", choices=AMP_CHOICES,
                    help="autocast dtype; auto: bf16 where the device computes it natively (CPUs with AMX or "
-                        "AVX-512 BF16, GPUs from Ampere on), else fp32 (none)")
+                        "AVX-512 BF16, GPUs from Ampere on), else fp32 (none is fp32 too)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor): pays off for many images; compiling takes a while")
     p.add_argument("--out", default=None, metavar="FILE",

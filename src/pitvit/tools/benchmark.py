@@ -5,7 +5,7 @@ with the same inputs and settings, and reports pitvit/timm ratios. Times are med
 training step is forward, cross-entropy, backward and an AdamW step. Peak memory is CUDA's
 ``max_memory_allocated`` on a GPU; on a CPU it is the growth of the process's resident set over the phase
 (sampled), a rougher figure. ``amp="auto"`` (the default) runs in the precision
-:func:`pitvit.utils.device.resolve_amp` picks for the device; ``compile=True`` times ``torch.compile``'d models
+:func:`pitvit.utils.precision.resolve_amp` picks for the device; ``compile=True`` times ``torch.compile``'d models
 (inductor) after warm-up steps that compile them.
 
 :func:`compare_settings` is the side-by-side measurement the benchmark scripts use: pitvit and timm with the
@@ -28,7 +28,9 @@ import torch
 from torch import nn
 
 from pitvit.models import create_model, get_model_config, get_pretrained_cfg, load_weights
-from pitvit.utils.device import amp_dtype, resolve_amp, resolve_device
+from pitvit.utils.device import resolve_device
+from pitvit.utils.names import PRECISIONS
+from pitvit.utils.precision import amp_dtype, autocast, resolve_amp
 from pitvit.utils.errors import ConfigError
 
 from .zoo import count_macs, count_params
@@ -113,24 +115,9 @@ def _time_once(step: Callable[[], Any], iters: int, device: torch.device) -> flo
     return (time.perf_counter() - start) / iters
 
 
-def _timed(step: Callable[[], Any], *, steps: int, warmup: int, device: torch.device) -> float:
-    """Median seconds per step, after ``warmup`` untimed steps.
-
-    Each step is timed on its own (synchronized) and the median taken: on a shared machine a burst of
-    other work slows a few steps, which a mean would spread over the result.
-    """
-    for _ in range(warmup):
-        step()
-    return statistics.median(_time_once(step, 1, device) for _ in range(steps))
-
-
 def _logits(out: Any) -> torch.Tensor:
     # timm's distilled PiT returns (cls, dist) in training mode; ours returns their mean unless asked not to.
     return (out[0] + out[1]) / 2 if isinstance(out, (tuple, list)) else out
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def infer_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> Callable[[], Any]:
@@ -138,7 +125,7 @@ def infer_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = No
     (``None``: fp32). ``model`` should be in eval mode."""
 
     def step() -> Any:
-        with torch.inference_mode(), _autocast(x.device, dtype):
+        with torch.inference_mode(), autocast(x.device, dtype):
             return model(x)
     return step
 
@@ -151,7 +138,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.
     scaler = torch.amp.GradScaler(x.device.type, enabled=dtype == torch.float16)
 
     def step() -> torch.Tensor:
-        with _autocast(x.device, dtype):
+        with autocast(x.device, dtype):
             loss = nn.functional.cross_entropy(_logits(model(x)).float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -162,7 +149,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: torch.
 
 
 def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans: int = 3,
-            num_classes: int = 1000, device: torch.device | str = "cpu", amp: str = "none", steps: int = 10,
+            num_classes: int = 1000, device: torch.device | str = "cpu", amp: str = "fp32", steps: int = 10,
             warmup: int = 3, infer: bool = True, train: bool = True) -> dict[str, float]:
     """Inference and training throughput and peak memory of one model (compiled or not).
 
@@ -178,16 +165,22 @@ def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans
     y = torch.randint(0, max(num_classes, 1), (batch,), generator=gen).to(device)
     result: dict[str, float] = {}
 
+    def median_s(step: Callable[[], Any]) -> float:
+        # each step timed on its own and the median taken: on a shared machine a burst of other work slows a
+        # few steps, which a mean would spread over the result
+        times = time_alternating({"step": step}, device=device, rounds=steps, warmup=warmup).times["step"]
+        return statistics.median(times)
+
     model.eval()
     if infer:
         with _peak_memory(device) as mem:
-            sec = _timed(infer_step(model, x, dtype), steps=steps, warmup=warmup, device=device)
+            sec = median_s(infer_step(model, x, dtype))
         result.update(infer_img_s=batch / sec, infer_peak_mib=mem["peak_mib"])
 
     if train:
         model.train()
         with _peak_memory(device) as mem:
-            sec = _timed(train_step(model, x, y, dtype), steps=steps, warmup=warmup, device=device)
+            sec = median_s(train_step(model, x, y, dtype))
         result.update(train_img_s=batch / sec, train_peak_mib=mem["peak_mib"])
         model.eval()
     return result
@@ -219,7 +212,7 @@ def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, 
         img_size: square input side (default: the variant's evaluation size).
         compare: ``None`` or ``"timm"``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: ``auto`` (bf16 where the device computes it natively, else fp32), ``none``, ``bf16`` or ``fp16``.
+        amp: ``auto`` (bf16 where the device computes it natively, else fp32), ``fp32``, ``bf16`` or ``fp16``.
         compile: time ``torch.compile``'d models; at least two warm-up steps per phase then run (the first
             compiles, and the switch between inference and training compiles again).
         steps: timed steps per phase.
@@ -361,9 +354,6 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
     return Timings(times, warm, r)
 
 
-_SETTING_AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}
-
-
 def parse_setting(name: str) -> tuple[str, bool]:
     """``fp32``, ``bf16``, ``fp16``, optionally with ``+compile``, as (precision name, compiled).
 
@@ -371,10 +361,10 @@ def parse_setting(name: str) -> tuple[str, bool]:
         ConfigError: any other name.
     """
     amp, plus, rest = name.partition("+")
-    if amp not in _SETTING_AMP or (plus and rest != "compile"):
-        raise ConfigError(f"unknown setting {name!r}; a precision ({', '.join(_SETTING_AMP)}), optionally "
+    if amp not in PRECISIONS or (plus and rest != "compile"):
+        raise ConfigError(f"unknown setting {name!r}; a precision ({', '.join(PRECISIONS)}), optionally "
                           f"followed by +compile")
-    return _SETTING_AMP[amp], bool(plus)
+    return amp, bool(plus)
 
 
 def _timm_pair(model_name: str, size: int, device: torch.device) -> dict[str, nn.Module]:

@@ -94,7 +94,7 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
-    amp: str = "none",
+    amp: str = "fp32",
     compile: bool = False,
 ) -> dict[str, Any]:
     """Top-1, top-5 and cross-entropy of a model on a labelled dataset, on 1..N processes.
@@ -114,7 +114,7 @@ def evaluate_model(
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        amp: autocast precision: ``none`` (fp32, the default: published figures are measured in it), ``auto``
+        amp: autocast precision: ``fp32`` (the default: published figures are measured in it), ``auto``
             (bf16 where the device computes it natively, else fp32), ``bf16`` or ``fp16``.
         compile: evaluate through ``torch.compile`` (inductor).
 
@@ -124,7 +124,7 @@ def evaluate_model(
     """
     from pitvit.data import FASHION_MNIST_CLASSES, build_dataset, build_loader, build_transform
     from pitvit.train.engine import evaluate
-    from pitvit.utils.device import amp_dtype, resolve_amp
+    from pitvit.utils.precision import amp_dtype, resolve_amp
     from pitvit.utils.distributed import all_reduce_sum, cleanup_distributed, init_distributed, is_distributed
 
     if batch_size < 1:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
-from pitvit.utils.device import amp_dtype, resolve_device
+from pitvit.utils.device import resolve_device
+from pitvit.utils.precision import amp_dtype, autocast
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
 
@@ -76,7 +77,7 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         batch_size: images per forward pass.
         device: where the model runs (``auto``: CUDA when available).
         amp: autocast precision: ``auto`` (bf16 where the device computes it natively, else fp32; the choice
-            is logged), ``none``, ``bf16`` or ``fp16``.
+            is logged), ``fp32`` (or ``none``), ``bf16`` or ``fp16``.
         compile: run the model through ``torch.compile`` (inductor); the first batch compiles.
 
     Returns:
@@ -106,7 +107,7 @@ def predict_files(model: nn.Module, files: Iterable[str | os.PathLike], *, topk:
         if not batch:
             return
         x = torch.stack([t for _, t in batch]).to(device=device, dtype=dtype)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        with autocast(device, autocast_dtype):
             logits = run(x)
         probs = logits.float().softmax(dim=-1)
         values, indices = probs.topk(k, dim=-1)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.precision import autocast
 
 __all__ = ["ClassificationLoss", "DistillationLoss", "build_teacher"]
 
@@ -76,8 +77,7 @@ class DistillationLoss(nn.Module):
                              "model.set_distilled_training(True)")
         cls_out, dist_out = outputs
         base_loss = self.base(cls_out, targets)
-        with torch.no_grad(), torch.autocast(images.device.type, dtype=self.amp_dtype or torch.float32,
-                                             enabled=self.amp_dtype is not None):
+        with torch.no_grad(), autocast(images.device, self.amp_dtype):
             teacher_out = self.teacher(images)
         if isinstance(teacher_out, (tuple, list)):
             teacher_out = teacher_out[0]

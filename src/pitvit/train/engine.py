@@ -25,22 +25,15 @@ import torch.distributed as dist
 from torch import nn
 
 from pitvit.utils.distributed import is_distributed
-from pitvit.utils.errors import TrainingError
+from pitvit.utils.errors import NonFiniteLossError
 from pitvit.utils.logs import Progress
+from pitvit.utils.precision import autocast
 from pitvit.utils.seed import mix_seed
 
 from .ema import ModelEma
 from .sched import LRSchedule
 
-__all__ = ["TrainStep", "train_one_epoch", "evaluate", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
-
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.value = epoch, step, value
+__all__ = ["TrainStep", "train_one_epoch", "evaluate"]
 
 
 @dataclass
@@ -88,8 +81,7 @@ class TrainStep:
             images, targets = self.mixup(images, labels)
         no_sync = not boundary and hasattr(self.model, "no_sync")
         with self.model.no_sync() if no_sync else contextlib.nullcontext():
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
+            with autocast(self.device, self.amp_dtype):
                 loss = self.loss_fn(self.model(images), targets, images)
             scaled = loss / self.accum_steps
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -249,7 +241,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device, amp_dt
         if max_steps and i >= max_steps:
             break
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             out = model(images)
         if isinstance(out, (tuple, list)):
             out = (out[0] + out[1]) / 2

@@ -1,29 +1,22 @@
-"""Devices and precisions by name: the one place that turns ``auto``/``cpu``/``cuda[:N]`` into a device and
-``auto``/``none``/``bf16``/``fp16`` into an autocast dtype; and how much memory this process used at most.
-
-``auto`` precision (:func:`resolve_amp`) is bf16 where the hardware computes it natively and fp32 elsewhere: a
-CPU with AMX or AVX-512 BF16 (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later), a CUDA GPU of
-compute capability 8.0 or later. On a Xeon with AMX, pit_ti inference ran about twice as fast in bf16 as in
-fp32; on an AVX2-only CPU bf16 is emulated and several times slower than fp32 (README, Speed).
+"""Devices by name: the one place that turns ``auto``/``cpu``/``cuda[:N]`` into a device; what a device computes
+natively (bf16 on this CPU or GPU, asked by :mod:`pitvit.utils.precision`); and how much memory this process
+used at most.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import resource
 import sys
 
 import torch
 
 from .errors import ConfigError
-from .names import AMP_CHOICES, DEVICE_CHOICES
+from .names import DEVICE_CHOICES
 
-__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "resolve_device", "resolve_amp", "amp_dtype", "cpu_bf16_support",
-           "parse_cpu_flags", "cpu_flags", "peak_memory_mb"]
+__all__ = ["DEVICE_CHOICES", "resolve_device", "cpu_bf16_support", "cuda_bf16_support", "parse_cpu_flags",
+           "cpu_flags", "peak_memory_mb"]
 
-log = logging.getLogger(__name__)
 
-_AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPUINFO = "/proc/cpuinfo"
 
 # (what it is called, torch's probe in torch.cpu, the Linux /proc/cpuinfo flag): the CPU features that compute
@@ -92,61 +85,13 @@ def cpu_bf16_support() -> str | None:
     return None
 
 
-def _cuda_bf16(device: torch.device) -> bool:
+def cuda_bf16_support(device: torch.device) -> bool:
     """Whether a CUDA device computes bf16 natively (compute capability 8.0 and later; not emulated)."""
     with torch.cuda.device(device) if device.index is not None else contextlib.nullcontext():
         try:
             return bool(torch.cuda.is_bf16_supported(including_emulation=False))
         except TypeError:  # a torch before the argument existed answered for native support only
             return bool(torch.cuda.is_bf16_supported())
-
-
-def resolve_amp(name: str, device: torch.device | str | None = None) -> str:
-    """The precision to run in: ``auto`` becomes ``bf16`` where ``device`` computes it natively, else ``none``
-    (fp32), and the choice and its reason are logged at INFO; other names are checked and returned as given.
-
-    On a CPU, native means AMX or AVX-512 BF16 (:func:`cpu_bf16_support`); on CUDA, a device that supports bf16
-    without emulation (Ampere and later).
-
-    Args:
-        name: ``auto``, ``none``, ``bf16`` or ``fp16``.
-        device: where the model runs (``None``: the CPU).
-
-    Raises:
-        ConfigError: an unknown name, or fp16 on a device other than CUDA.
-    """
-    device = resolve_device(device or "cpu")
-    if name != "auto":
-        amp_dtype(name, device)
-        return name
-    if device.type == "cuda":
-        native = _cuda_bf16(device)
-        why = f"{torch.cuda.get_device_name(device)} {'computes' if native else 'does not compute'} bf16 natively"
-    else:
-        support = cpu_bf16_support()
-        native = support is not None
-        why = (f"this CPU computes bf16 natively: {support}" if native else
-               "this CPU has neither AMX nor AVX-512 BF16, so bf16 would be emulated and slower than fp32")
-    choice = "bf16" if native else "none"
-    log.info("precision auto on %s: %s (%s)", device, "bf16" if native else "fp32", why)
-    return choice
-
-
-def amp_dtype(name: str, device: torch.device | None = None) -> torch.dtype | None:
-    """The autocast dtype for ``auto`` (see :func:`resolve_amp`), ``none`` (fp32: ``None``), ``bf16`` or
-    ``fp16``; ``device`` (default: the CPU for ``auto``) is where the model runs.
-
-    Raises:
-        ConfigError: an unknown name, or fp16 on a device other than CUDA (use bf16 on the CPU).
-    """
-    if name == "auto":
-        name = resolve_amp(name, device)
-    if name not in _AMP_DTYPES:
-        raise ConfigError(f"unknown precision {name!r}; choose one of {', '.join(AMP_CHOICES)}")
-    dtype = _AMP_DTYPES[name]
-    if dtype is torch.float16 and device is not None and device.type != "cuda":
-        raise ConfigError("fp16 autocast needs a CUDA device; use bf16 on the CPU")
-    return dtype
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -6,11 +6,20 @@ Each table has its one home here; the modules that act on the names (:mod:`pitvi
 """
 from __future__ import annotations
 
-__all__ = ["DEVICE_CHOICES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
+__all__ = ["DEVICE_CHOICES", "PRECISIONS", "PRECISION_ALIASES", "AMP_CHOICES", "SAVE_FORMATS", "CONVERT_FORMATS", "EXPORT_FORMATS", "DEFAULT_OPSET",
            "PREDICT_FORMATS", "ZOO_FORMATS"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-AMP_CHOICES = ("auto", "none", "bf16", "fp16")  # auto: bf16 where the device computes it natively, else fp32
+# The precisions a model runs in, by name: the dtype autocast computes in (torch's name; None: no autocast) and
+# the device types that compute it. One line per precision; pitvit.utils.precision acts on this table.
+PRECISIONS = {
+    "fp32": (None, ("cpu", "cuda")),
+    "bf16": ("bfloat16", ("cpu", "cuda")),
+    "fp16": ("float16", ("cuda",)),
+}
+PRECISION_ALIASES = {"none": "fp32"}  # the older spelling of fp32, still accepted
+# auto: bf16 where the device computes it natively, else fp32
+AMP_CHOICES = ("auto", *PRECISIONS, *PRECISION_ALIASES)
 SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # weight files pitvit writes
 CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
 EXPORT_FORMATS = ("onnx", "pt2")
