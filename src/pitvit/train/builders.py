@@ -112,7 +112,8 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     if a.mixup > 0 or a.cutmix > 0:
         mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
                               switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
-                              num_classes=len(train_set.classes))
+                              num_classes=len(train_set.classes) if cfg.model.num_classes is None
+                              else cfg.model.num_classes)  # the head's width: its soft targets must match it
     pre.pop("in_chans")
     return Data(train, val, mixup, list(train_set.classes), **pre)
 

@@ -11,7 +11,8 @@ The classes also derive from the built-in type callers caught before they existe
 from __future__ import annotations
 
 __all__ = ["PitvitError", "ConfigError", "MissingPathError", "UnknownOptionError", "MissingExtraError", "DatasetError",
-           "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "OutputError", "Interrupted",
+           "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "FolderLockedError",
+           "OutputError", "Interrupted",
            "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE"]
 
 
@@ -69,6 +70,10 @@ class NonFiniteLossError(TrainingError):
     def __init__(self, epoch: int, step: int, value: float) -> None:
         super().__init__(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}")
         self.epoch, self.step, self.value = epoch, step, value
+
+
+class FolderLockedError(TrainingError):
+    """Another process holds the folder's lock (a run folder in use); the message names its PID."""
 
 
 class OutputError(PitvitError, OSError):

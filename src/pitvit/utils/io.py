@@ -23,9 +23,9 @@ import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
-from .errors import Interrupted, OutputError
+from .errors import FolderLockedError, Interrupted, OutputError
 
-__all__ = ["NotRegularFileError", "require_regular", "open_regular", "atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
+__all__ = ["FolderLock", "lock_folder", "NotRegularFileError", "require_regular", "open_regular", "atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
            "make_dir", "remove_stale_temps", "temp_name"]
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
@@ -81,6 +81,67 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
+
+
+# ---------------------------------------------------------------------------------------------- locking
+LOCK_NAME = ".lock"
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``FOLDER/.lock``, held until :meth:`release` or the process ends: the kernel
+    drops it when the process dies, however it dies, so a killed holder never leaves a stale lock behind. The
+    file holds the holder's PID for the message of whoever is refused; it stays in the folder (removing it would
+    let a third process lock a new file while the second still holds the old one)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor drops the lock
+            self.fd = -1
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
+    """Take ``folder``'s lock without waiting.
+
+    The lock file is the one file not written atomically: its inode is what is locked, so it is written in place
+    (a PID, a few bytes).
+
+    Raises:
+        FolderLockedError: another process holds it (the message names its PID and the folder).
+        OutputError: the lock file cannot be created (a read-only folder).
+    """
+    import fcntl
+
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as e:
+        raise _output_error(path, e) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        try:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _output_error(path, e) from e
+        raise FolderLockedError(f"another {what} (PID {holder}) is using {folder}; wait for it to end, stop it, "
+                                f"or choose another folder") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the PID is for messages only; the lock itself is held
+    return FolderLock(path, fd)
 
 
 # ---------------------------------------------------------------------------------------------- writing
