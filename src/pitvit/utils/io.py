@@ -84,14 +84,10 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------- locking
-LOCK_NAME = ".lock"
-
-
 class FolderLock:
-    """An exclusive ``flock`` on ``FOLDER/.lock``, held until :meth:`release` or the process ends: the kernel
-    drops it when the process dies, however it dies, so a killed holder never leaves a stale lock behind. The
-    file holds the holder's PID for the message of whoever is refused; it stays in the folder (removing it would
-    let a third process lock a new file while the second still holds the old one)."""
+    """An exclusive ``flock`` on a folder, held until :meth:`release` or the process ends: the kernel drops it when
+    the process dies, however it dies, so a killed holder never leaves a stale lock behind. The lock is on the
+    folder itself, so taking it writes nothing there (a refused run leaves its folder exactly as it was)."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self.fd = path, fd
@@ -108,39 +104,43 @@ class FolderLock:
         self.release()
 
 
-def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
-    """Take ``folder``'s lock without waiting.
+def _lock_holder(st: os.stat_result) -> str:
+    """The PID holding a flock on the file ``st`` describes, from Linux's ``/proc/locks``; ``"unknown"`` elsewhere."""
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()  # "1: FLOCK ADVISORY WRITE 4242 08:01:1234 0 EOF" (a "->" marks waiters)
+                if "->" not in parts and len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident:
+                    return parts[4]
+    except OSError:
+        pass
+    return "unknown"
 
-    The lock file is the one file not written atomically: its inode is what is locked, so it is written in place
-    (a PID, a few bytes).
+
+def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
+    """Take ``folder``'s lock without waiting (an exclusive ``flock`` on the folder itself).
 
     Raises:
         FolderLockedError: another process holds it (the message names its PID and the folder).
-        OutputError: the lock file cannot be created (a read-only folder).
+        OutputError: the folder cannot be opened or locked.
     """
     import fcntl
 
-    path = Path(folder) / LOCK_NAME
+    path = Path(folder)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise _output_error(path, e) from e
+        raise _output_error(path, e, folder=path) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        try:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        finally:
-            os.close(fd)
+        st = os.fstat(fd)
+        os.close(fd)
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise _output_error(path, e) from e
-        raise FolderLockedError(f"another {what} (PID {holder}) is using {folder}; wait for it to end, stop it, "
-                                f"or choose another folder") from None
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass  # the PID is for messages only; the lock itself is held
+            raise _output_error(path, e, folder=path) from e
+        raise FolderLockedError(f"another {what} (PID {_lock_holder(st)}) is using {path}; wait for it to end, "
+                                f"stop it, or choose another folder") from None
     return FolderLock(path, fd)
 
 
