@@ -47,6 +47,18 @@ class _Loader(yaml.SafeLoader):
     measure itself costs no more than the file) before any Python object is built from it; more than
     :data:`MAX_NODES` nodes, deeper than :data:`MAX_DEPTH`, or an alias inside itself is refused."""
 
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes recursively: a deeply nested flow list would exhaust Python's stack before any check
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooLarge(f"it nests deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
     def compose_document(self) -> Any:
         node = super().compose_document()
         _measure(node)
