@@ -406,18 +406,32 @@ def test_an_unreachable_hub_fails_after_one_try(ws, tmp_path, etag_timeout):
     assert 1 <= len(server.accepted) <= 2
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("home", ["read-only", "unset"])
-def test_export_writes_nothing_under_home(ws, tmp_path, home):
+@pytest.mark.parametrize("command,home", [
+    ("plot", "empty"),  # matplotlib's font cache and config folder
+    pytest.param("export", "empty", marks=pytest.mark.slow),  # onnxruntime's telemetry device id
+    pytest.param("export", "unset", marks=pytest.mark.slow),
+])
+def test_nothing_is_written_under_home(ws, tmp_path, command, home):
     env = _env()
     env.pop("XDG_CACHE_HOME", None)
+    env.pop("MPLCONFIGDIR", None)
+    env.pop("ORT_DISABLE_TELEMETRY", None)
     if home == "unset":
         env.pop("HOME", None)
     else:
         env["HOME"] = str(tmp_path / "home")
         (tmp_path / "home").mkdir()
-    done = _pitvit(["export", "--weights", str(ws / "w.safetensors"), "--out", str(tmp_path / "m.onnx")], env=env)
+    if command == "plot":
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text('{"epoch": 1, "lr": 0.001, "train_loss": 2.0, "val_loss": 1.9, '
+                                           '"val_top1": 10.0}\n')
+        args = ["plot", str(run), "--out", str(tmp_path / "c.png")]
+    else:
+        args = ["export", "--weights", str(ws / "w.safetensors"), "--out", str(tmp_path / "m.onnx")]
+    done = _pitvit(args, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "MPLCONFIGDIR" not in done.stderr
     if home != "unset":
         assert list((tmp_path / "home").rglob("*")) == []
 

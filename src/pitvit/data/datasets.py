@@ -15,12 +15,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pitvit.utils.errors import ConfigError, DatasetError
-from pitvit.utils.io import file_kind
+from pitvit.utils.io import file_kind, open_regular
 
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
-__all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
+__all__ = ["find_images", "ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
            "detect_kind", "holdout_indices"]
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,13 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
+def find_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under ``folder`` (sorted), walked as a dataset's class folder is (see :class:`_Walk`), and
+    ``(path, why)`` for what the walk left out (special files, dangling links, links back into the tree)."""
+    walk = _Walk(Path(folder))
+    return walk.images(Path(folder)), walk.skipped
+
+
 class _Walk:
     """The image files under a split's class folders, and what the walk left out.
 
@@ -201,7 +208,7 @@ class ListDataset(_ImageFileDataset):
                  transform: Callable[[Any], Any] | None = None, *, strict_images: bool = False) -> None:
         root = Path(root)
         list_file = root / f"{split}_list.txt"
-        if not list_file.is_file():
+        if not list_file.exists():
             raise DatasetError(f"list file not found: {list_file}; expected the layout {_LIST_LAYOUT}")
         entries = _read_list(list_file)
         if not entries:
@@ -216,8 +223,8 @@ class ListDataset(_ImageFileDataset):
             if other != list_file:
                 max_label = max([max_label] + [label for _, label in _read_list(other)])
         labels_file = root / "labels.txt"
-        if labels_file.is_file():
-            classes = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        if labels_file.exists():
+            classes = [line.strip() for line in _read_text(labels_file).splitlines() if line.strip()]
             if len(classes) <= max_label:
                 raise DatasetError(f"{labels_file} names {len(classes)} classes but the list files use "
                                    f"label {max_label}")
@@ -235,9 +242,18 @@ class ListDataset(_ImageFileDataset):
                 f"n={len(self)})")
 
 
+def _read_text(path: Path) -> str:
+    """A list or labels file's text; a FIFO or device is refused unopened, not waited on."""
+    try:
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+
+
 def _read_list(list_file: Path) -> list[tuple[str, int]]:
     entries = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(list_file).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -280,7 +296,7 @@ def detect_kind(root: str | os.PathLike | None, split: str) -> str:
     if root is None:
         return "fashion_mnist"
     root = Path(root)
-    if (root / f"{split}_list.txt").is_file():
+    if (root / f"{split}_list.txt").exists():
         return "list"
     if has_fashion_mnist(root):
         return "fashion_mnist"

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+from pitvit.data.datasets import find_images
+from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, load_image
 from pitvit.utils.device import resolve_device
 from pitvit.utils.precision import amp_dtype, autocast
 from pitvit.utils.errors import CheckpointError, ConfigError
@@ -53,12 +54,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name))
+            found, left_out = find_images(p)  # the datasets' walk: links never loop, FIFOs are never opened
+            problems.extend(left_out)
             if not found:
                 problems.append((str(p), f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
+            files.extend(Path(f) for f in found)
+        elif p.exists():
+            files.append(p)  # a FIFO or device is refused, unopened, by load_image
         else:
             problems.append((str(p), "no such file or folder"))
     return files, problems
