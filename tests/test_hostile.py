@@ -314,11 +314,13 @@ def test_ctrl_c_during_eval_with_workers_prints_no_worker_traceback(ws, tmp_path
     data = tmp_path / "data"
     for c in "abc":
         (data / "val" / c).mkdir(parents=True)
-        for i in range(60):
+        for i in range(100):
             (data / "val" / c / f"{i}.png").write_bytes((ws / "img.png").read_bytes())
     proc = subprocess.Popen([sys.executable, "-m", "pitvit", "eval", "--weights", str(ws / "w.safetensors"),
                              "--data", str(data), "--workers", "2", "--batch-size", "1"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # a runner that ignores SIGINT (a background job) would pass that on: Python keeps it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     deadline = time.time() + 240
     while not (children.exists() and len(children.read_text().split()) >= 2):  # the loader's workers run

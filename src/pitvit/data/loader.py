@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
@@ -370,10 +371,20 @@ def _worker_init(worker_id: int) -> None:  # noqa: ARG001
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    sys.excepthook = _quiet_when_the_main_process_left
     if not hasattr(signal, "sigwaitinfo"):  # not on macOS: torch's handling stays
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
     threading.Thread(target=_answer_sigterm, args=(os.getppid(),), daemon=True, name="pitvit-sigterm").start()
+
+
+def _quiet_when_the_main_process_left(kind: type, value: BaseException, tb: Any) -> None:
+    """A worker's ``sys.excepthook``: multiprocessing's resource sharer (the thread that hands a batch's shared
+    memory to the main process) loses its connection when the main process stops mid-transfer (Ctrl-C), and
+    reports that ConnectionResetError through ``sys.excepthook``, a traceback under the main process's one line.
+    In a worker, a connection error is the main process leaving; anything else is still printed."""
+    if not issubclass(kind, (ConnectionError, EOFError)):
+        sys.__excepthook__(kind, value, tb)
 
 
 def _answer_sigterm(parent: int) -> None:
