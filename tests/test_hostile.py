@@ -241,6 +241,23 @@ def test_a_second_run_into_a_locked_folder_stops_naming_the_holder(ws, tmp_path,
     assert sorted(p.name for p in run.iterdir()) == ["note.txt"]
 
 
+@pytest.mark.slow
+def test_two_runs_started_at_once_into_one_folder(ws, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(ws / "data"), "--output", str(run), *_sets("train.epochs=3")]
+    procs = [subprocess.Popen([sys.executable, "-m", "pitvit", *argv], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=600), p.stderr.read()) for p in procs)
+    if results[1][0] == 0:  # the second began once the first had finished: it found the run done
+        assert "nothing to do" in results[0][1] + results[1][1], results
+    else:
+        assert [code for code, _ in results] == [0, 5], results
+        line = _line(results[1][1], "train")
+        assert "another pitvit train (PID" in line or "another run wrote" in line
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3 and torch.load(run / "last.pt", weights_only=True)["epoch"] == 3
+
+
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

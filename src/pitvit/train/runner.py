@@ -186,13 +186,18 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     return epoch, step, ckpt.get("partial_epoch")
 
 
-def _start(run: _Run, start_epoch: int, locks: contextlib.ExitStack) -> None:
+def _start(run: _Run, start_epoch: int, locks: contextlib.ExitStack, resumed: bool) -> None:
     """Make the run folder and write its configuration: only now, with every check passed, does the run write
     anything (a run that cannot start leaves no folder, and an existing folder as it was)."""
     if run.info.is_main:
         make_dir(run.run_dir)
     if not run.locked:  # the folder is new: lock it now
         _lock(run.run_dir, run.info, locks)
+        last = run.run_dir / "last.pt"
+        if run.info.is_main and not resumed and run.cfg.train.resume and last.exists():
+            raise TrainingError(f"another run wrote {last} while this one was starting (both were started into "
+                                f"{run.run_dir} at once); run the same command again to continue that run, or "
+                                f"choose another folder (--output)")
     if run.info.is_main:
         remove_stale_temps(run.run_dir)  # checkpoints half-written by a killed run
         save_config(run.cfg, run.run_dir / "config.yaml")
@@ -349,7 +354,7 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
                      run.run_dir / "last.pt", run.t.schedule.total_epochs)
             return {"epoch": start_epoch, "run_dir": str(run.run_dir), "best": run.best, "stopped": False,
                     "done_before": True}
-        _start(run, start_epoch, locks)
+        _start(run, start_epoch, locks, resumed=ckpt is not None)
         result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
         locks.close()
