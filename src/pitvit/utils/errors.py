@@ -100,10 +100,10 @@ EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head -1`): 128 + SIGPIPE, as s
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "finished, but nothing to report (e.g. predict could read none of its images)",
-    ConfigError.exit_code: "wrong option, config key or value",
+    ConfigError.exit_code: "wrong option, config key or value, or a missing extra (pip install 'pitvit[...]')",
     DatasetError.exit_code: "dataset missing, malformed or unreadable",
     CheckpointError.exit_code: "checkpoint unreadable, damaged, unsafe or not fitting the model",
-    TrainingError.exit_code: "training stopped on an explained condition (non-finite loss, run folder conflict)",
+    TrainingError.exit_code: "training stopped on an explained condition (non-finite loss, run folder in use or conflicting)",
     OutputError.exit_code: "an output could not be written (permissions, full disk, bad path)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP while a file was written",
     EXIT_BROKEN_PIPE: "standard output closed before the output ended (`pitvit ... | head -1`); nothing else is wrong",
