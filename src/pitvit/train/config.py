@@ -103,12 +103,16 @@ class Each(Check):
 
 
 class Side(Check):
-    """An image side in px: at least the model's patch (``model.name``'s stem convolution)."""
+    """An image side in px: at least the model's patch (``model.name``'s stem convolution, or
+    ``model.arch.patch_size``)."""
 
     def _patch(self, cfg: "Config") -> int | None:
         from pitvit.models import get_model_config, is_model
 
-        return get_model_config(cfg.model.name).patch_size if is_model(cfg.model.name) else None
+        if not is_model(cfg.model.name):
+            return None
+        patch = cfg.model.arch.get("patch_size") if isinstance(cfg.model.arch, dict) else None
+        return patch if isinstance(patch, int) and patch > 0 else get_model_config(cfg.model.name).patch_size
 
     def ok(self, value: Any, cfg: "Config") -> bool:
         patch = self._patch(cfg)
