@@ -350,7 +350,7 @@ def test_every_recipe_says_which_metric_picks_best_pt():
 
 
 def test_best_metric_typos_and_uncomputed_metrics_are_config_errors():
-    with pytest.raises(ConfigError, match=r"'val_top_1' is not a metric.*val_top1, val_top5, val_loss, ema_top1"):
+    with pytest.raises(ConfigError, match=r"'val_top_1' is not allowed.*val_top1, val_top5, val_loss, ema_top1"):
         load_config(None, ["train.best_metric=val_top_1"])
     with pytest.raises(ConfigError, match=r"'ema_top1' needs ema.enabled=true; this run computes: val_top1, "
                                           r"val_top5, val_loss, train_loss$"):

@@ -8,16 +8,24 @@ One error policy for every subcommand, in :func:`main`: an error the user can ca
 of :data:`pitvit.utils.errors.EXIT_CODES` (listed by ``pitvit --help``); anything else is a bug and keeps its
 traceback. ``--traceback`` shows the traceback of the expected errors too. Only this package prints; the
 library logs through ``logging`` (set up here to write to stderr).
+
+Standard output is the user's to close: a reader that stops early (``pitvit predict ... | head -1``) ends the
+command quietly with status 141 (128 + SIGPIPE, what a shell reports for a program the closed pipe killed), and
+one that cannot take the output (``> /dev/full``) is an :class:`~pitvit.utils.errors.OutputError` line (6).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import signal
 import sys
 import traceback
+from typing import Any
 
-from pitvit.utils.errors import EXIT_CODES, EXIT_INTERRUPTED, ConfigError, PitvitError
+from pitvit.utils.errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, ConfigError, OutputError,
+                                 PitvitError)
 
 # Subcommand name -> module under pitvit.cli. Order is the order of `pitvit --help`.
 SUBCOMMANDS = ("demo", "train", "eval", "predict", "export", "benchmark", "convert", "info", "pack", "plot",
@@ -54,6 +62,13 @@ def add_model_args(p: argparse.ArgumentParser, ema_verb: str) -> None:
     p.add_argument("--weights", default=None, metavar="PATH", help="checkpoint file or save_pretrained "
                                                                    "folder (default: random init)%(default).0s")
     p.add_argument("--ema", action="store_true", help=f"{ema_verb} the EMA weights of a training checkpoint")
+    add_allow_nonfinite(p)
+
+
+def add_allow_nonfinite(p: argparse.ArgumentParser) -> None:
+    """--allow-nonfinite: the escape from the refusal of weights holding NaN or inf."""
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights that hold NaN or inf instead of refusing them (to inspect a run that diverged)")
 
 
 def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_why: str = "") -> None:
@@ -114,12 +129,79 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(part.strip() for part in text.splitlines() if part.strip()) or type(e).__name__
 
 
+class _StdoutFailed(Exception):
+    """Writing to standard output failed (closed pipe, full device); raised by :class:`_Stdout`."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class _Stdout:
+    """``sys.stdout`` for the length of a command: an ``OSError`` of its own writes becomes :class:`_StdoutFailed`,
+    so it is told apart from the errors of files the command writes."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise _StdoutFailed(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise _StdoutFailed(e) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's last flush of what is still buffered cannot
+    fail again (and print "Exception ignored")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's capture): nothing will flush it at exit
+
+
+def _stdout_failed(command: str, e: OSError) -> int:
+    _silence_stdout()
+    if e.errno == errno.EPIPE:
+        return EXIT_BROKEN_PIPE  # the reader has what it wanted: nothing to report
+    what = {errno.ENOSPC: "no space left on the device"}.get(e.errno or 0, e.strerror or type(e).__name__)
+    print(f"{' '.join(('pitvit', command)).strip()}: error: cannot write to standard output: {what}", file=sys.stderr)
+    return OutputError.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``pitvit`` command line; returns the exit status (see ``pitvit --help``)."""
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        sys.stdout.flush()
+    except _StdoutFailed as e:  # `pitvit --help | head -1`
+        return _stdout_failed("", e.error)
     except SystemExit as e:  # --help, --version, or a bad option (already reported on one line)
+        try:
+            sys.stdout.flush()
+        except _StdoutFailed as failed:
+            return _stdout_failed("", failed.error)
         return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     if not getattr(args, "func", None):
         parser.print_help()
@@ -128,12 +210,18 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(int(os.environ.get("RANK", "0")))
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a full device says so here, not after the exit status is decided
+        return code
+    except _StdoutFailed as e:
+        return _stdout_failed(args.command, e.error)
+    except KeyboardInterrupt as e:
         if args.traceback:
             traceback.print_exc()
-        print(f"pitvit {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        signum = getattr(e, "signum", signal.SIGINT)  # pitvit.utils.errors.Interrupted carries SIGTERM, SIGHUP
+        name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+        print(f"pitvit {args.command}: interrupted{name}", file=sys.stderr)
+        return EXIT_INTERRUPTED if signum == signal.SIGINT else 128 + signum
     except PitvitError as e:  # anything else is a bug: Python prints its traceback
         if args.traceback:
             traceback.print_exc()

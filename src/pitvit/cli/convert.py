@@ -1,7 +1,7 @@
 """`pitvit convert`: PiT weights from one published format to another."""
 from __future__ import annotations
 
-from pitvit.cli import model_name
+from pitvit.cli import add_allow_nonfinite, model_name
 from pitvit.utils.names import CONVERT_FORMATS
 
 DESCRIPTION = """\
@@ -34,13 +34,15 @@ def add_parser(sub, formatter) -> None:
                         "config.json and model.safetensors). Unset: from DST's extension")
     p.add_argument("--ema", action="store_true",
                    help="convert the EMA weights of a training checkpoint instead of the raw ones")
+    add_allow_nonfinite(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pitvit.tools.convert import convert
 
-    out = convert(args.src, args.dst, model=args.model, format=args.format, ema=args.ema)
+    out = convert(args.src, args.dst, model=args.model, format=args.format, ema=args.ema,
+                  allow_nonfinite=args.allow_nonfinite)
     print(f"read   {out['src']}: {out['detected']}")
     print(f"wrote  {out['dst']}: {out['format']} format, model {out['model']}, {out['bytes'] / 1e6:.2f} MB")
     return 0

@@ -33,7 +33,8 @@ def run(args) -> int:
     from pitvit.tools.export import export_model
 
     r = export_model(args.model, args.weights, format=args.format, out=args.out, dynamic_hw=args.dynamic_hw,
-                     opset=args.opset, ema=args.ema, atol=args.atol, batch=args.batch)
+                     opset=args.opset, ema=args.ema, atol=args.atol, batch=args.batch,
+                     allow_nonfinite=args.allow_nonfinite)
     c, h, w = r["input_size"]
     shape = f"{r['batch'] or 'N'} x {c} x " + ("H x W" if r["dynamic_hw"] else f"{h} x {w}")
     print(f"wrote {r['path']} ({r['format']}, input {shape}); max abs diff vs PyTorch {r['max_abs_diff']:.3g}")

@@ -22,6 +22,9 @@ def add_parser(sub, formatter) -> None:
     add_backend_args(p, "auto")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model (inductor): pays off for many images; compiling takes a while")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the predictions (in --format) to FILE, atomically, instead of printing them"
+                        "%(default).0s")
     p.set_defaults(func=run)
 
 
@@ -33,9 +36,14 @@ def run(args) -> int:
     preds, problems = predict(args.model, args.weights, args.inputs, topk=args.topk, batch_size=args.batch_size,
                               device=args.device, amp=args.precision, compile=args.compile, ema=args.ema,
                               backend=args.backend, threads=args.threads, cache_dir=args.cache_dir,
-                              calibration=args.calibration)
+                              calibration=args.calibration, allow_nonfinite=args.allow_nonfinite)
     for path, reason in problems:
         print(f"cannot read {path}: {reason}", file=sys.stderr)
-    if preds:
+    if preds and args.out:
+        from pitvit.utils.io import write_text
+
+        write_text(args.out, format_predictions(preds, args.format) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    elif preds:
         print(format_predictions(preds, args.format))
     return 0 if preds else 1

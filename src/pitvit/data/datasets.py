@@ -6,7 +6,9 @@ an image that cannot be decoded mid-run.
 """
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -14,13 +16,16 @@ import numpy as np
 
 from pitvit.utils.errors import ConfigError, DatasetError
 from pitvit.utils.names import DATASET_KINDS
+from pitvit.utils.io import file_kind, open_regular
 
 from .formats import FORMATS, LAYOUTS, build_records, detect_format
 from .fashion_mnist import DEFAULT_FASHION_MNIST_DIR, FashionMNIST, has_fashion_mnist
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 
-__all__ = ["ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
+__all__ = ["find_images", "ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "build_dataset",
            "detect_kind", "holdout_indices"]
+
+log = logging.getLogger(__name__)
 
 KINDS = DATASET_KINDS  # the one table, in pitvit.utils.names (the CLI offers it without importing data)
 SPLITS = ("train", "val", "test")
@@ -85,17 +90,22 @@ class ImageFolderDataset(_ImageFileDataset):
             raise DatasetError(f"{root} has class folder(s) {unknown[:5]} that are not among the "
                                f"{len(classes)} training classes")
         samples, empty = [], []
+        walk = _Walk(root)
         for c in found:
-            files = sorted(_walk_images(root / c))
+            files = walk.images(root / c)
             if not files:
                 empty.append(c)
             samples += [(f, index[c]) for f in files]
         if empty:
             raise DatasetError(f"{len(empty)} class folder(s) in {root} hold no image "
                                f"(extensions {', '.join(IMAGE_EXTENSIONS)}): {empty[:5]}")
+        if walk.skipped:
+            log.warning("%s: left out %d file(s) or link(s), e.g. %s", root, len(walk.skipped),
+                        "; ".join(f"{p}: {why}" for p, why in walk.skipped[:3]))
         self.root = str(root)
         self.classes = classes
         self.samples = samples
+        self.left_out = walk.skipped  # (path, why) of what the walk did not take
         self.transform = transform
         self.strict_images = strict_images
 
@@ -107,12 +117,75 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-def _walk_images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        out += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
-    return out
+def find_images(folder: str | os.PathLike) -> tuple[list[str], list[tuple[str, str]]]:
+    """The image files under ``folder`` (sorted), walked as a dataset's class folder is (see :class:`_Walk`), and
+    ``(path, why)`` for what the walk left out (special files, dangling links, links back into the tree)."""
+    walk = _Walk(Path(folder))
+    return walk.images(Path(folder)), walk.skipped
+
+
+class _Walk:
+    """The image files under a split's class folders, and what the walk left out.
+
+    Links to files are followed (a link is one more name for its image). A link to a folder is followed only
+    when it leads out of the split's tree, and only once: one that leads back into the tree (``loop -> .``,
+    ``up -> ..``, a link to another class) or to an ancestor of it would count images again, under another
+    class's label, or for ever. Special files (FIFOs, sockets, devices) with an image's name are never opened,
+    since reading a FIFO blocks until someone writes to it; they and dangling links are counted in ``skipped``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = os.path.realpath(root)
+        self.visited: set[str] = set()
+        self.skipped: list[tuple[str, str]] = []  # (path, why)
+
+    def _inside_tree(self, real: str) -> bool:
+        return any(a == b or a.startswith(b.rstrip(os.sep) + os.sep) for a, b in ((real, self.root), (self.root, real)))
+
+    def images(self, folder: Path) -> list[str]:
+        """The images under one class folder, sorted by path; none when the walk has been there already."""
+        real = os.path.realpath(folder)
+        if real in self.visited:
+            self.skipped.append((str(folder), f"the folder {real} was already walked as another class"))
+            return []
+        self.visited.add(real)
+        return sorted(self._walk(str(folder)))
+
+    def _walk(self, folder: str) -> list[str]:
+        out = []
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            self.skipped.append((folder, f"cannot list the folder ({e.strerror})"))
+            return out
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if entry.is_symlink() and (self._inside_tree(real) or real in self.visited):
+                    self.skipped.append((entry.path, f"a link to the folder {real}, which the walk reaches "
+                                                     f"anyway (a loop, or a folder of this tree)"))
+                    continue
+                if real in self.visited:
+                    continue
+                self.visited.add(real)
+                out += self._walk(entry.path)
+            elif is_image_file(entry.name):
+                try:
+                    mode = entry.stat().st_mode  # follows links; never opens the file
+                except OSError as e:
+                    self.skipped.append((entry.path, f"a dangling link ({e.strerror})"))
+                    continue
+                if stat.S_ISREG(mode):
+                    out.append(entry.path)
+                else:
+                    self.skipped.append((entry.path, f"{file_kind(mode)}, not a regular file"))
+        return out
 
 
 class ListDataset(_ImageFileDataset):
@@ -137,7 +210,7 @@ class ListDataset(_ImageFileDataset):
                  transform: Callable[[Any], Any] | None = None, *, strict_images: bool = False) -> None:
         root = Path(root)
         list_file = root / f"{split}_list.txt"
-        if not list_file.is_file():
+        if not list_file.exists():
             raise DatasetError(f"list file not found: {list_file}; expected the layout {_LIST_LAYOUT}")
         entries = _read_list(list_file)
         if not entries:
@@ -152,8 +225,8 @@ class ListDataset(_ImageFileDataset):
             if other != list_file:
                 max_label = max([max_label] + [label for _, label in _read_list(other)])
         labels_file = root / "labels.txt"
-        if labels_file.is_file():
-            classes = [line.strip() for line in labels_file.read_text().splitlines() if line.strip()]
+        if labels_file.exists():
+            classes = [line.strip() for line in _read_text(labels_file).splitlines() if line.strip()]
             if len(classes) <= max_label:
                 raise DatasetError(f"{labels_file} names {len(classes)} classes but the list files use "
                                    f"label {max_label}")
@@ -171,9 +244,18 @@ class ListDataset(_ImageFileDataset):
                 f"n={len(self)})")
 
 
+def _read_text(path: Path) -> str:
+    """A list or labels file's text; a FIFO or device is refused unopened, not waited on."""
+    try:
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+
+
 def _read_list(list_file: Path) -> list[tuple[str, int]]:
     entries = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(list_file).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -216,7 +298,7 @@ def detect_kind(root: str | os.PathLike | None, split: str) -> str:
     if root is None:
         return "fashion_mnist"
     root = Path(root)
-    if (root / f"{split}_list.txt").is_file():
+    if (root / f"{split}_list.txt").exists():
         return "list"
     if has_fashion_mnist(root):
         return "fashion_mnist"

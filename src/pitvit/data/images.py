@@ -3,11 +3,13 @@
 Every reader goes through :func:`load_image` (the datasets, the GPU pipeline's CPU
 fallback, ``pitvit predict``), so an image decodes to the same pixels everywhere. Decoding is eager (Pillow's
 ``Image.open`` is lazy and a truncated file would fail later, far from its name); ``L`` and ``RGB`` images keep
-their mode, 16-bit and 32-bit integer grayscale images are scaled to 8 bits (Pillow's own conversion clips
-them, so a 16-bit PNG came out nearly white), and every other mode becomes ``RGB``.
+their mode, 16-bit and 32-bit integer and float grayscale images are scaled to 8 bits from their range (Pillow's
+own conversion clips them, so a 16-bit PNG came out nearly white and a float TIFF in [0, 1] black), and every
+other mode becomes ``RGB``. Only regular files are opened: a FIFO named ``x.jpg`` is refused, not waited on.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from typing import NamedTuple
@@ -16,14 +18,15 @@ import numpy as np
 from PIL import Image
 
 from pitvit.utils.errors import CorruptImageError
+from pitvit.utils.io import open_regular
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "SkippedSample", "load_image", "unreadable"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
-# Pillow's integer grayscale modes: 16-bit (PNG, TIFF, PGM with maxval > 255) and 32-bit, which Pillow also
-# gives some 16-bit files; both are read as 16-bit samples
-_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Pillow's wide grayscale modes: 16-bit (PNG, TIFF, PGM with maxval > 255), 32-bit integer (which Pillow also
+# gives some 16-bit files) and 32-bit float (TIFF); see _scaled
+_WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I", "F")
 
 
 class SkippedSample(NamedTuple):
@@ -44,20 +47,46 @@ def is_image_file(name: str) -> bool:
     return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
 
 
-def _to_8_bit(img: Image.Image) -> Image.Image:
-    """A 16-bit grayscale image as ``L``: ``round(v * 255 / 65535)``, in integers."""
-    v = np.asarray(img).astype(np.int64).clip(0, 65535)
-    return Image.fromarray(((v * 255 + 32767) // 65535).astype(np.uint8), "L")
+def _scaled(img: Image.Image) -> Image.Image:
+    """A wide grayscale image (16/32-bit integer, 32-bit float) as ``L``, scaled from its range, not clipped.
+
+    The range is the mode's: ``I;16*`` is ``0..65535``; ``I`` (32-bit signed, which Pillow also gives 16-bit PNGs)
+    is ``0..65535`` when every value fits it, else ``0..2**31-1``; ``F`` is ``0..1`` when every value fits it
+    (float TIFFs, as scientific and medical tools write them), else ``0..255``, else ``0..65535``. Values are
+    mapped with ``round(v * 255 / top)``. Negative or non-finite values, or floats above 65535, have no range
+    to scale from: the file is refused (``ValueError``, so it is skipped and counted like any undecodable one).
+    """
+    v = np.asarray(img)
+    if img.mode == "F":
+        v = v.astype(np.float64)
+        if not np.isfinite(v).all():
+            raise ValueError("mode F image with non-finite values (NaN or inf) cannot be shown as 8 bits")
+        tops = (1.0, 255.0, 65535.0)
+    else:
+        v = v.astype(np.int64)
+        tops = (65535,) if img.mode.startswith("I;16") else (65535, 2 ** 31 - 1)
+    lo, hi = (v.min(), v.max()) if v.size else (0, 0)
+    top = next((t for t in tops if hi <= t), None)
+    if lo < 0 or top is None:
+        raise ValueError(f"mode {img.mode} image with values in [{lo}, {hi}], outside every range pitvit scales "
+                         f"from ({', '.join(f'0..{t:g}' for t in tops)}); convert it to 8 or 16 bits first")
+    if img.mode == "F":
+        out = np.floor(v * (255.0 / top) + 0.5)
+    else:
+        out = (v * 255 + top // 2) // top
+    return Image.fromarray(out.clip(0, 255).astype(np.uint8), "L")
 
 
 def _decode(source: str | os.PathLike | bytes) -> Image.Image:
-    """Decode fully; raises what Pillow or the file system raise."""
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-        img.load()  # leaving the block closes the file; the decoded pixels stay with the image
+    """Decode fully; raises what Pillow or the file system raise (a FIFO, device or folder is refused unopened)."""
+    with contextlib.ExitStack() as stack:
+        f = io.BytesIO(source) if isinstance(source, bytes) else stack.enter_context(open_regular(source))
+        with Image.open(f) as img:
+            img.load()  # the decoded pixels stay with the image once the file is closed
     if img.mode in ("L", "RGB"):
         return img
     if img.mode in _WIDE_GRAY:
-        return _to_8_bit(img)
+        return _scaled(img)
     return img.convert("RGB")
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import threading
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
@@ -294,7 +295,8 @@ class Loader:
         try:
             # torch calls iter(batch_sampler) in here, once or (a new multi-process iterator) twice; the start
             # step holds for all of those calls and is spent once the iteration exists
-            batches = iter(self.loader)
+            with _sigint_blocked():  # worker processes start in here (see _worker_init)
+                batches = iter(self.loader)
         finally:
             self.sampler.set_start_step(0)
         with contextlib.closing(self.stage.run(_raise_worker_errors(batches), epoch, step0)) as finished:
@@ -342,18 +344,51 @@ def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
         yield b
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in the main thread while the loader starts its workers: they are born with it blocked, so a
+    Ctrl-C before their first line cannot print a worker's traceback. One pending here reaches the main process
+    when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _worker_init(worker_id: int) -> None:  # noqa: ARG001
-    """In each worker: a SIGTERM from anyone but the main process is left to the main process.
+    """In each worker: Ctrl-C is the main process's to answer, and a SIGTERM from anyone but the main process is
+    left to the main process.
+
+    A terminal sends Ctrl-C's SIGINT to every process of the group; a worker raising KeyboardInterrupt in the
+    middle of an image printed its traceback under the main process's one-line "interrupted". Workers ignore it
+    (started with it blocked, see :func:`_sigint_blocked`); the main process stops them as it stops on any error.
 
     A scheduler, ``timeout`` or ``kill -- -PGID`` signal the whole process group. The main process handles that
     SIGTERM: it finishes its step, saves and exits, and its workers end with it. torch's worker handler instead
     dies of it, and the main process's SIGCHLD handler then raises in the middle of the save. Workers keep
     torch's answer to their own parent's SIGTERM (torch and multiprocessing stopping them): a quiet exit.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    sys.excepthook = _quiet_when_the_main_process_left
     if not hasattr(signal, "sigwaitinfo"):  # not on macOS: torch's handling stays
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
     threading.Thread(target=_answer_sigterm, args=(os.getppid(),), daemon=True, name="pitvit-sigterm").start()
+
+
+def _quiet_when_the_main_process_left(kind: type, value: BaseException, tb: Any) -> None:
+    """A worker's ``sys.excepthook``: multiprocessing's resource sharer (the thread that hands a batch's shared
+    memory to the main process) loses its connection when the main process stops mid-transfer (Ctrl-C), and
+    reports that ConnectionResetError through ``sys.excepthook``, a traceback under the main process's one line.
+    In a worker, a connection error is the main process leaving; anything else is still printed."""
+    if not issubclass(kind, (ConnectionError, EOFError)):
+        sys.__excepthook__(kind, value, tb)
 
 
 def _answer_sigterm(parent: int) -> None:

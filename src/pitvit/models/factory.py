@@ -71,6 +71,7 @@ def create_model(
     drop_path_rate: float | None = None,
     device: Any = None,
     dtype: Any = None,
+    allow_nonfinite: bool = False,
     **overrides: Any,
 ) -> PiT:
     """Build a registered PiT variant, optionally with weights.
@@ -89,6 +90,7 @@ def create_model(
         drop_path_rate: stochastic depth rate (official per-block rule; default 0).
         device: where to create the parameters (``"meta"``: allocate nothing).
         dtype: the parameters' dtype.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         **overrides: any other :class:`PiTConfig` field (``drop_rate``, ``global_pool``, ``depth``, ...).
 
     Returns:
@@ -108,12 +110,12 @@ def create_model(
         weights = pretrained_reference(name)
     model = _build(name, cfg, get_pretrained_cfg(name), device, dtype)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, allow_nonfinite=allow_nonfinite)
     return model
 
 
 def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | None = None, device: Any = None,
-                          dtype: Any = None, **options: Any) -> PiT:
+                          dtype: Any = None, allow_nonfinite: bool = False, **options: Any) -> PiT:
     """Build the model a checkpoint holds and load it.
 
     pitvit checkpoints and ``save_pretrained`` directories carry the model's name and architecture, and a
@@ -127,6 +129,7 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
         model: the registered variant, for checkpoints that do not name theirs.
         device: where to create the parameters.
         dtype: the parameters' dtype.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         **options: any :class:`PiTConfig` field (``num_classes``, ``img_size``, ``drop_path_rate``, ...);
             they override what the checkpoint says (``None`` keeps it).
     """
@@ -154,5 +157,5 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
         cfg = base.replace(**{**found, **changes})
         pre = get_pretrained_cfg(name)
     net = _build(name, cfg, pre, device, dtype)
-    load_weights(net, weights)
+    load_weights(net, weights, allow_nonfinite=allow_nonfinite)
     return net

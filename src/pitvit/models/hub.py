@@ -9,6 +9,11 @@ A file is downloaded only when a reference is asked for, by ``huggingface_hub`` 
 interrupted download resumes. Once cached, the file is used without the network, also with
 ``HF_HUB_OFFLINE=1``. ``HF_ENDPOINT`` picks another server (a mirror). These variables are read when a file
 is asked for, not only when ``huggingface_hub`` is first imported, so setting them at run time works too.
+
+When the server cannot be reached, ``huggingface_hub`` retries with back-off for tens of seconds per file
+before it gives up. pitvit first asks the server once for the file's metadata, with a short timeout
+(``HF_HUB_ETAG_TIMEOUT`` seconds when set, else :data:`PROBE_TIMEOUT`) and no retries; when that fails for want
+of a connection, only the cache is looked at, so a reference that is not cached fails within seconds.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from pitvit.utils.errors import CheckpointError, ConfigError, first_line
 __all__ = ["HUB_PREFIX", "WEIGHT_FILES", "is_hub_reference", "parse_hub_reference", "download"]
 
 HUB_PREFIX = "hf-hub:"
+PROBE_TIMEOUT = 3.0  # seconds to wait for the server before falling back to the cache
 # What a repository may hold, in order of preference (timm's repositories have both).
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -76,6 +82,24 @@ def _url(repo_id: str, revision: str | None, filename: str) -> str:
     return f"{_endpoint()}/{repo_id}/resolve/{revision or 'main'}/{filename}"
 
 
+def _unreachable(url: str) -> Exception | None:
+    """The error of one metadata request to ``url`` when it got no answer at all (no connection, a timeout);
+    ``None`` when the server answered, whatever it said (a missing file is for the download to report)."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import HfHubHTTPError
+
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or PROBE_TIMEOUT)
+    try:
+        get_hf_file_metadata(url, timeout=timeout)
+    except HfHubHTTPError:
+        return None
+    except (TypeError, NameError, AttributeError):
+        raise  # a bug, not the network
+    except Exception as e:  # httpx's connection and timeout errors, an OSError from the resolver
+        return e
+    return None
+
+
 def download(ref: str) -> Path:
     """The local file of a Hub reference: from the cache, else downloaded into it.
 
@@ -93,10 +117,14 @@ def download(ref: str) -> Path:
     own_copy = (f"download {url} yourself and pass the file's path instead (weights=PATH in Python, "
                 f"--weights PATH on the command line)")
     not_cached: Exception | None = None
+    offline = _offline()
+    if not offline:
+        not_cached = _unreachable(url)
+        offline = not_cached is not None  # nobody answers: the cache or nothing, without minutes of retries
     for filename in WEIGHT_FILES:
         try:
             return Path(hf_hub_download(repo_id, filename, revision=revision, library_name="pitvit",
-                                        endpoint=_endpoint(), cache_dir=_cache_dir(), local_files_only=_offline()))
+                                        endpoint=_endpoint(), cache_dir=_cache_dir(), local_files_only=offline))
         except LocalEntryNotFoundError as e:
             not_cached = not_cached or e  # offline or no connection: another file name may still be cached
         except (RepositoryNotFoundError, RevisionNotFoundError) as e:

@@ -20,7 +20,7 @@ from .layouts import LAYOUT_TEXT, convert_state_dict, describe_model, describe_s
 from .pit import PATCH_KEY, STEM_KEY, PiT, resize_pos_embed
 from .serialization import read_stored
 
-__all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "state_dict_differences",
+__all__ = ["Weights", "LoadResult", "read_weights", "load_weights", "check_values", "state_dict_differences",
            "describe_differences"]
 
 Source = Union[str, "os.PathLike[str]", Mapping, "Weights"]
@@ -207,7 +207,46 @@ def describe_differences(sd: Mapping[str, torch.Tensor], target: Mapping[str, to
     return lines
 
 
-def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool = False) -> LoadResult:
+
+
+def check_values(sd: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], source: str, *,
+                 allow_nonfinite: bool = False) -> None:
+    """Refuse tensors a model cannot take as they are: a dtype other than floating point where the model holds
+    a float (int8 values of a quantized file without their scales would load as if they were weights), and
+    NaN or infinite values (they predict NaN). Integer tensors the model itself holds as integers (BatchNorm's
+    ``num_batches_tracked``) are fine. Keys the model lacks are left to the key check.
+
+    Args:
+        sd: what is about to be loaded.
+        target: the model's state dict.
+        source: the file, for messages.
+        allow_nonfinite: let NaN and inf through (to look at a run that diverged).
+
+    Raises:
+        CheckpointError: naming the first offending key, its dtype or how many values are not finite.
+    """
+    for key, value in sd.items():
+        want = target.get(key)
+        if want is None or not isinstance(value, torch.Tensor):
+            continue
+        if want.is_floating_point() and not value.is_floating_point():
+            kind = "a quantized file without its scales" if value.dtype in (torch.int8, torch.uint8) else "not weights"
+            raise CheckpointError(f"{source}: {key} holds {str(value.dtype).replace('torch.', '')} values where the "
+                                  f"model has {str(want.dtype).replace('torch.', '')} ({kind}); pitvit reads floating "
+                                  f"point weights only: dequantize the file first")
+        if not want.is_floating_point() and value.is_floating_point():
+            raise CheckpointError(f"{source}: {key} holds {str(value.dtype).replace('torch.', '')} values where the "
+                                  f"model has an integer buffer ({str(want.dtype).replace('torch.', '')})")
+        if not allow_nonfinite and value.is_floating_point() and value.numel():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise CheckpointError(f"{source}: {key} holds {bad} non-finite value(s) (NaN or inf) of "
+                                      f"{value.numel()}; the weights come from a run that diverged or a damaged file; "
+                                      f"pass --allow-nonfinite (allow_nonfinite=True) to load them anyway")
+
+
+def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool = False,
+                 allow_nonfinite: bool = False) -> LoadResult:
     """Load PiT weights from any supported format into ``model``.
 
     Detects the format (official, timm either layout, Paddle, safetensors, pitvit checkpoints and
@@ -221,9 +260,11 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
             or :class:`Weights`.
         strict: refuse any missing, unexpected or mis-shaped key; otherwise load what fits and report the rest.
         ema: take the EMA weights of a training checkpoint.
+        allow_nonfinite: load NaN and infinite values instead of refusing them (:func:`check_values`).
 
     Raises:
-        CheckpointError: the checkpoint is unreadable, or does not fit (the message names the variant the
+        CheckpointError: the checkpoint is unreadable, holds non-float or non-finite values
+            (:func:`check_values`), or does not fit (the message names the variant the
             checkpoint looks like and the keys that differ).
     """
     weights = read_weights(source, ema=ema)
@@ -233,6 +274,8 @@ def load_weights(model: PiT, source: Source, *, strict: bool = True, ema: bool =
     if strict and (missing or unexpected or mismatched):
         raise CheckpointError(_mismatch_message(weights, model, sd, target, _HEAD_KEYS if dropped else ()))
     bad = set(unexpected) | set(mismatched)
+    check_values({k: v for k, v in sd.items() if k not in bad}, target, weights.source,
+                 allow_nonfinite=allow_nonfinite)
     model.load_state_dict({k: v for k, v in sd.items() if k not in bad}, strict=False)
     class_names = weights.meta.get("class_names")
     if class_names and not dropped and len(class_names) == model.num_classes:

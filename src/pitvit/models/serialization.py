@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError, first_line, preview_list
-from pitvit.utils.io import atomic_write, save_torch, write_bytes, write_files
+from pitvit.utils.io import NotRegularFileError, atomic_write, require_regular, save_torch, write_bytes, write_files
 from pitvit.utils.names import SAVE_FORMATS
 
 from . import hub
@@ -229,19 +229,32 @@ def _read(source: PathSource) -> _Read:
                               f"fetch it again") from None
 
 
+def _require_file(path: Path) -> None:
+    """Refuse, before opening it, a path that is not a regular file: a FIFO would block the read for ever and
+    ``/dev/zero`` never end."""
+    try:
+        require_regular(path)
+    except FileNotFoundError:
+        raise MissingPathError(f"no checkpoint at {path}: no such file or folder") from None
+    except NotRegularFileError as e:
+        raise CheckpointError(f"{e}; give the path of a checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+
+
 def _read_path(path: Path) -> _Read:
     if path.is_dir():
         config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not weights_path.is_file():
+        if not weights_path.exists():
             raise CheckpointError(f"{path}: a directory without {WEIGHTS_NAME}, not a save_pretrained directory")
+        _require_file(weights_path)
         try:
             config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         except (ValueError, OSError) as e:
             raise CheckpointError(f"{config_path}: not readable JSON ({first_line(e)})") from None
         state_dict, _ = _read_safetensors(weights_path)
         return _Read({**config, "format": "pitvit", "state_dict": state_dict}, "save_pretrained directory", path)
-    if not path.is_file():
-        raise MissingPathError(f"no checkpoint at {path}: no such file or folder")
+    _require_file(path)
     kind = _sniff(path)
     if kind == "safetensors":
         state_dict, meta = _read_safetensors(path)

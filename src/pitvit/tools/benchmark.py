@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from pitvit.models import create_model, get_pretrained_cfg, load_weights
+from pitvit.models import create_model, get_model_config, get_pretrained_cfg, load_weights
 from pitvit.utils.device import resolve_device
 from pitvit.utils.names import PRECISIONS
 from pitvit.utils.precision import amp_dtype, autocast, resolve_amp
@@ -186,6 +186,21 @@ def measure(model: nn.Module, *, batch: int, img_size: tuple[int, int], in_chans
     return result
 
 
+def _side(model_name: str, img_size: int | None) -> int:
+    """The input side to measure: ``img_size``, or the variant's evaluation size when ``None`` (never for 0).
+
+    Raises:
+        ConfigError: a side smaller than the variant's patch (0 was once measured at the default size).
+    """
+    if img_size is None:
+        return int(get_pretrained_cfg(model_name).input_size[-1])
+    patch = get_model_config(model_name).patch_size
+    if img_size < patch:
+        raise ConfigError(f"--img-size {img_size} is smaller than {model_name}'s patch ({patch} px); give at "
+                          f"least {patch}, or leave it out for the variant's size")
+    return int(img_size)
+
+
 def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, compare: str | None = None,
               device: str = "auto", amp: str = "auto", compile: bool = False, steps: int = 10, warmup: int = 3,
               train: bool = True) -> list[dict[str, Any]]:
@@ -213,13 +228,13 @@ def benchmark(model_name: str, *, batch: int = 64, img_size: int | None = None, 
         raise ConfigError(f"unknown comparison {compare!r}; the only one is 'timm'")
     if batch < 1 or steps < 1 or warmup < 0:
         raise ConfigError(f"need --batch >= 1, --steps >= 1 and --warmup >= 0, got {batch}, {steps}, {warmup}")
+    size = _side(model_name, img_size)
     dev = resolve_device(device)
     amp = resolve_amp(amp, dev)  # an unknown name, or fp16 on a CPU, fails before any model is built
     if compile:
         warmup = max(warmup, 2)
     device = str(dev)
     pre = get_pretrained_cfg(model_name)
-    size = img_size or pre.input_size[1]
     timm_name = pre.timm_name
     if compare == "timm" and not timm_name:
         raise ConfigError(f"{model_name} has no timm counterpart; compare one of the ImageNet variants")
@@ -399,7 +414,7 @@ def compare_settings(model_name: str, *, mode: str = "infer", settings: Sequence
         raise ConfigError(f"unknown mode {mode!r}; choose infer or train")
     parsed = {s: parse_setting(s) for s in settings}
     dev = resolve_device(device)
-    size = img_size or get_pretrained_cfg(model_name).input_size[-1]
+    size = _side(model_name, img_size)
     models = _timm_pair(model_name, size, dev)
     gen = torch.Generator().manual_seed(1)
     in_chans = models["pitvit"].cfg.in_chans

@@ -19,7 +19,7 @@ __all__ = ["CONVERT_FORMATS", "convert"]
 # What `convert` can write: save_weights' formats, and a save_pretrained directory.
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None,
-            format: str | None = None, ema: bool = False) -> dict[str, Any]:
+            format: str | None = None, ema: bool = False, allow_nonfinite: bool = False) -> dict[str, Any]:
     """Read PiT weights in any format and write them in another.
 
     Args:
@@ -29,6 +29,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None
         format: one of :data:`CONVERT_FORMATS`; default from ``dst``'s extension, and a path without an
             extension is a ``save_pretrained`` directory.
         ema: convert the EMA weights of a training checkpoint.
+        allow_nonfinite: convert weights holding NaN or inf instead of refusing them.
 
     Returns:
         ``{"src", "detected", "model", "dst", "format", "bytes"}``: what was read and what was written.
@@ -44,7 +45,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None
         raise ConfigError(f"{dst}: the destination is the source; write the converted weights elsewhere")
     weights = read_weights(src, ema=ema)
     # Building the model checks that every tensor fits; classes and input size are the checkpoint's own.
-    net = model_from_checkpoint(weights, **({"model": model} if model else {}))
+    net = model_from_checkpoint(weights, allow_nonfinite=allow_nonfinite, **({"model": model} if model else {}))
     if fmt == "pretrained":
         save_pretrained(net, dst)
         size = sum(p.stat().st_size for p in dst.iterdir() if p.is_file())

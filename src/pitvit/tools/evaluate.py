@@ -29,6 +29,7 @@ def evaluate_model(
     split: str = "val",
     kind: str = "auto",
     ema: bool = False,
+    allow_nonfinite: bool = False,
     batch_size: int = 64,
     workers: int = 4,
     device: str = "auto",
@@ -53,6 +54,7 @@ def evaluate_model(
         kind: dataset layout (``auto``, ``imagefolder``, ``list``, ``fashion_mnist``, ``imagenet``, ``wds``,
             ``parquet``; see :func:`pitvit.data.build_dataset`).
         ema: evaluate the EMA weights of a training checkpoint.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         batch_size: images per process and step.
         workers: data-loading processes per process.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -83,7 +85,7 @@ def evaluate_model(
         from .backends import default_calibration, load_predictor, resolve_precision
 
         amp = resolve_precision(amp, backend, dist_info.device)
-        model = load_model(model_name, weights, ema=ema)
+        model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite)
         if data is None and model.num_classes != len(FASHION_MNIST_CLASSES):
             raise ConfigError(f"no --data: eval then reads Fashion-MNIST, whose {len(FASHION_MNIST_CLASSES)} classes "
                               f"do not fit {getattr(model, 'model_name', 'the model')}'s {model.num_classes} "

@@ -148,8 +148,28 @@ def _write_onnx(model: nn.Module, out: Path, dynamic_hw: bool, opset: int, batch
     _add_onnx_metadata(out, metadata(model))
 
 
+def opset_range(onnx: Any) -> tuple[int, int]:
+    """The ONNX opsets an export can use: those torch's TorchScript exporter writes (``torch.onnx._constants``,
+    7..20 in torch 2.x) that the installed onnx also knows."""
+    from torch.onnx import _constants
+
+    hi = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
+    return int(getattr(_constants, "ONNX_MIN_OPSET", 7)), min(int(hi), int(onnx.defs.onnx_opset_version()))
+
+
+def _onnx_modules() -> tuple[Any, Any]:
+    """onnx and onnxruntime, or the one-line error naming the ``onnx`` extra.
+
+    onnxruntime's telemetry writes a device id under ``~/.cache`` (``$XDG_CACHE_HOME``) when it is imported,
+    which fails with a read-only or unset HOME and writes where the user did not ask; it is turned off
+    (``ORT_DISABLE_TELEMETRY``) unless the user set that variable.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    return require("onnx", "exporting to ONNX"), require("onnxruntime", "checking an ONNX export")
+
+
 def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
-    onnx = require("onnx")
+    onnx, _ = _onnx_modules()
 
     proto = onnx.load(str(path))
     for k, v in meta.items():
@@ -162,7 +182,7 @@ def _add_onnx_metadata(path: Path, meta: dict[str, str]) -> None:
 def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = False,
                batch: int | None = None) -> float:
     """Largest absolute difference between onnxruntime on ``path`` and ``model`` over a few input shapes."""
-    ort = require("onnxruntime")
+    _, ort = _onnx_modules()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     model = model.eval()
@@ -304,7 +324,8 @@ class _Rejected(Exception):
 
 def export_model(model_name: str | None, weights: str | os.PathLike | None = None, *, format: str = "onnx",
                  out: str | os.PathLike | None = None, dynamic_hw: bool = False, opset: int = DEFAULT_OPSET,
-                 ema: bool = False, atol: float = 1e-4, batch: int | None = None) -> dict[str, Any]:
+                 ema: bool = False, atol: float = 1e-4, batch: int | None = None,
+                 allow_nonfinite: bool = False) -> dict[str, Any]:
     """Load a model, export it, run the export and compare it with PyTorch; keep the file only if it passed.
 
     Args:
@@ -318,12 +339,14 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         ema: export the EMA weights of a training checkpoint.
         atol: largest acceptable absolute difference between the export and PyTorch.
         batch: a fixed batch size (ONNX, OpenVINO; default: any).
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
 
     Returns:
         ``{"path", "format", "max_abs_diff", "dynamic_hw", "input_size"}``.
 
     Raises:
-        ConfigError: an unknown format, or a ``.pt2`` archive named otherwise.
+        ConfigError: an unknown format, a ``.pt2`` archive named otherwise, an opset outside
+            :func:`opset_range`, or (``MissingExtraError``) onnx or onnxruntime not installed.
         OutputError: the export differs from PyTorch by more than ``atol`` (nothing is written), or ``out``
             cannot be written.
     """
@@ -335,7 +358,13 @@ def export_model(model_name: str | None, weights: str | os.PathLike | None = Non
         raise ConfigError(f"{out}: an OpenVINO IR's name must end in .xml (its weights go beside it in .bin)")
     if batch is not None and (batch < 1 or format == "pt2"):
         raise ConfigError(f"--batch {batch}: a fixed batch must be >= 1 (ONNX and OpenVINO only)")
-    model = load_model(model_name, weights, ema=ema).float().cpu()
+    if format == "onnx":
+        onnx, _ = _onnx_modules()  # before anything else: a missing extra is one line, not a late traceback
+        lo, hi = opset_range(onnx)
+        if not lo <= opset <= hi:
+            raise ConfigError(f"--opset {opset} is outside what this torch and onnx can write ({lo}..{hi}); the "
+                              f"default, {DEFAULT_OPSET}, exports every PiT")
+    model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite).float().cpu()
     name = getattr(model, "model_name", model_name) or "model"
     out = Path(out) if out is not None else Path(f"{name}.{'xml' if format == 'openvino' else format}")
     result = {"path": str(out), "format": format, "dynamic_hw": dynamic_hw, "batch": batch,

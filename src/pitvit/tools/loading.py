@@ -22,7 +22,7 @@ __all__ = ["load_model"]
 
 
 def load_model(model_name: str | None = None, weights: str | os.PathLike | None = None, *, ema: bool = False,
-               **create_kwargs: Any) -> PiT:
+               allow_nonfinite: bool = False, **create_kwargs: Any) -> PiT:
     """A registered model, with weights from any format ``pitvit.models.read_weights`` reads, in eval mode.
 
     Args:
@@ -32,6 +32,7 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             into the Hugging Face cache on first use); ``None`` keeps the random initialization,
             drawn with seed 0 (and logs a warning saying so).
         ema: take the EMA weights of a pitvit training checkpoint.
+        allow_nonfinite: load weights holding NaN or inf instead of refusing them.
         **create_kwargs: passed to ``create_model`` (``img_size``, ``num_classes``, ...).
 
     Raises:
@@ -56,5 +57,6 @@ def load_model(model_name: str | None = None, weights: str | os.PathLike | None 
             raise ConfigError(f"weights not found: {weights}")
         if model_name:
             create_kwargs["model"] = model_name
-        model = model_from_checkpoint(weights, ema=ema, **create_kwargs)  # class names: load_weights sets them
+        # class names: load_weights sets them
+        model = model_from_checkpoint(weights, ema=ema, allow_nonfinite=allow_nonfinite, **create_kwargs)
     return model.eval()

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
+from pitvit.data.datasets import find_images
+from pitvit.data.images import IMAGE_EXTENSIONS, SkippedSample, load_image
 from pitvit.models import resolve_preprocessing
 from pitvit.utils.errors import CheckpointError, ConfigError
 from pitvit.utils.names import PREDICT_FORMATS
@@ -59,12 +60,13 @@ def expand_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name))
+            found, left_out = find_images(p)  # the datasets' walk: links never loop, FIFOs are never opened
+            problems.extend(left_out)
             if not found:
                 problems.append((str(p), f"no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})"))
-            files.extend(found)
-        elif p.is_file():
-            files.append(p)
+            files.extend(Path(f) for f in found)
+        elif p.exists():
+            files.append(p)  # a FIFO or device is refused, unopened, by load_image
         else:
             problems.append((str(p), "no such file or folder"))
     return files, problems
@@ -195,9 +197,9 @@ def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: S
             topk: int = 5, batch_size: int = 32, device: str | torch.device = "cpu", amp: str = "auto",
             compile: bool = False, ema: bool = False, backend: str = "torch", threads: int | None = None,
             cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
-            ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+            allow_nonfinite: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Classify files and folders of images (folders searched recursively); the options as for
-    :func:`predict_files`; int8 calibrates on ``calibration``, or on the training data a run checkpoint names.
+    :func:`predict_files`, ``ema`` and ``allow_nonfinite`` as for :func:`load_model`; int8 calibrates on ``calibration``, or on the training data a run checkpoint names.
 
     Returns:
         The predictions for the images that could be read, in input order, and ``(path, reason)`` for the
@@ -207,7 +209,7 @@ def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: S
     if weights is not None and Path(weights).suffix in (".onnx", ".xml"):  # written by `pitvit export`
         model = load_predictor(weights, backend=backend, precision=amp, threads=threads)
     else:
-        model = load_model(model_name, weights, ema=ema)
+        model = load_model(model_name, weights, ema=ema, allow_nonfinite=allow_nonfinite)
     if amp == "int8" and calibration is None:
         from .backends import default_calibration
 

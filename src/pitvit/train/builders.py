@@ -24,7 +24,7 @@ from .engine import TrainStep
 from .optim import build_optimizer, scaled_lr
 from .sched import LRSchedule
 
-__all__ = ["Data", "Training", "build_data", "build_model", "build_training", "build_train_step"]
+__all__ = ["Data", "Training", "build_data", "head_width", "build_model", "build_training", "build_train_step"]
 
 
 @dataclass
@@ -113,12 +113,25 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     if a.mixup > 0 or a.cutmix > 0:
         mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
                               switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
-                              num_classes=len(train_set.classes))
+                              num_classes=head_width(cfg, train_set.classes))  # soft targets as wide as the head
     pre.pop("in_chans")
     return Data(train, val, mixup, list(train_set.classes), **pre)
 
 
 # ---------------------------------------------------------------------------- model and training objects
+def head_width(cfg: Config, classes: list) -> int:
+    """The head's outputs: ``model.num_classes``, or the dataset's classes when unset; a head narrower than the
+    dataset is refused (its labels would index past it), before the run folder exists."""
+    n = cfg.model.num_classes
+    if n is None:
+        return len(classes)
+    if n < len(classes):
+        raise ConfigError(f"model.num_classes={n} is fewer than the {len(classes)} classes of the dataset "
+                          f"(e.g. {', '.join(map(str, classes[:3]))}); leave it unset to follow the dataset, "
+                          f"or set it to at least {len(classes)}")
+    return n
+
+
 def build_model(cfg: Config, num_classes: int, device: torch.device, input_size: int | None = None) -> nn.Module:
     """The student from the ``model`` section, optionally starting from weights, in distilled-training mode
     when distilling; ``input_size`` (the data's) is checked against its patches."""

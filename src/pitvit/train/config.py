@@ -4,14 +4,19 @@ A run's configuration is resolved in three layers, later ones winning: the defau
 below, a recipe, and ``--set section.key=value`` overrides (:mod:`pitvit.train.recipes` reads the last two).
 Values are checked against the declared types: ``5e-4`` in a YAML file (a string to YAML 1.1) becomes a
 float, ``0`` and ``false`` override any default, and an unknown key is an error that lists the valid ones.
+Every number and word also carries what it may be, declared with its field (``Range``, ``OneOf``, ``Each``,
+``Side`` in the field's metadata) and checked by :func:`validate` as soon as a config is built, before a run
+writes anything: ``train.epochs=0 is not allowed: it must be >= 1``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
+import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.names import (AMP_CHOICES, DATA_PIPELINES, DATASET_KINDS, DEVICE_CHOICES, DISTILL_MODES,
@@ -21,7 +26,7 @@ from .sched import SCHEDULES, STEPPINGS
 
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "config_from_dict", "config_to_dict", "BEST_METRICS", "resolve_best_metric",
-           "validate"]
+           "validate", "Check", "Range", "OneOf", "Each", "Side"]
 
 log = logging.getLogger("pitvit.train")
 
@@ -29,18 +34,137 @@ log = logging.getLogger("pitvit.train")
 BEST_METRICS = ("val_top1", "val_top5", "val_loss", "ema_top1", "ema_top5", "ema_loss", "train_loss")
 
 
+# ---------------------------------------------------------------------------- what each value may be
+class Check:
+    """What a config value may be, declared with its field (``field(metadata={"check": ...})``) and checked by
+    :func:`validate`; ``None`` (an optional value left unset) always passes."""
+
+    def ok(self, value: Any, cfg: "Config") -> bool:
+        raise NotImplementedError
+
+    def text(self, cfg: "Config") -> str:
+        """The allowed values in words, for the error line: ``>= 1``, ``in [0, 1)``, ``one of a, b``."""
+        raise NotImplementedError
+
+
+class Range(Check):
+    """A finite number in ``[lo, hi]``; ``lo_open``/``hi_open`` exclude the ends; ``None`` leaves a side free."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def ok(self, value: Any, cfg: "Config") -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+    def text(self, cfg: "Config") -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        hi = f"2**{int(self.hi).bit_length() - 1}" if self.hi >= 2 ** 32 else f"{self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {hi}{')' if self.hi_open else ']'}"
+
+
+class OneOf(Check):
+    """One of a few words; ``choices`` is a tuple, or a function giving it (a vocabulary kept elsewhere, read
+    only when a config is checked)."""
+
+    def __init__(self, choices: tuple[str, ...] | Callable[[], Any]) -> None:
+        self.choices = choices
+
+    def _all(self) -> tuple[str, ...]:
+        return tuple(self.choices() if callable(self.choices) else self.choices)
+
+    def ok(self, value: Any, cfg: "Config") -> bool:
+        return value in self._all()
+
+    def text(self, cfg: "Config") -> str:
+        return "one of " + ", ".join(repr(c) if c == "" else str(c) for c in self._all())
+
+
+class Each(Check):
+    """A list of ``length`` values (any length when ``None``), each passing ``check``."""
+
+    def __init__(self, check: Check, length: int | tuple[int, ...] | None = None) -> None:
+        self.check = check
+        self.lengths = (length,) if isinstance(length, int) else length
+
+    def ok(self, value: Any, cfg: "Config") -> bool:
+        return (isinstance(value, list) and (self.lengths is None or len(value) in self.lengths)
+                and all(self.check.ok(v, cfg) for v in value))
+
+    def text(self, cfg: "Config") -> str:
+        n = "" if self.lengths is None else " or ".join(map(str, self.lengths)) + " "
+        return f"a list of {n}values, each {self.check.text(cfg)}"
+
+
+class Side(Check):
+    """An image side in px: at least the model's patch (``model.name``'s stem convolution, or
+    ``model.arch.patch_size``)."""
+
+    def _patch(self, cfg: "Config") -> int | None:
+        from pitvit.models import get_model_config, is_model
+
+        if not is_model(cfg.model.name):
+            return None
+        patch = cfg.model.arch.get("patch_size") if isinstance(cfg.model.arch, dict) else None
+        return patch if isinstance(patch, int) and patch > 0 else get_model_config(cfg.model.name).patch_size
+
+    def ok(self, value: Any, cfg: "Config") -> bool:
+        patch = self._patch(cfg)
+        return isinstance(value, int) and value >= (patch or 1)
+
+    def text(self, cfg: "Config") -> str:
+        patch = self._patch(cfg)
+        return f">= {patch} (the patch of {cfg.model.name})" if patch else ">= 1"
+
+
+def _registered_models() -> list[str]:
+    from pitvit.models import list_models
+
+    return list_models()
+
+
+def _data_names(module: str, name: str) -> Callable[[], Any]:
+    """A vocabulary of the data layer, read when a config is checked (importing it here would import torch)."""
+    def get() -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"pitvit.data.{module}"), name)
+    return get
+
+
+def _f(default: Any, check: Check | None = None) -> Any:
+    """A config field: its default and what it may be."""
+    meta = {"check": check} if check is not None else {}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+AT_LEAST_0, AT_LEAST_1, PROB, FRACTION = Range(0), Range(1), Range(0, 1), Range(0, 1, hi_open=True)
+POSITIVE = Range(0, lo_open=True)
+SEED_RANGE = Range(0, 2 ** 63, hi_open=True)  # numpy and torch take seeds below 2**63 (int64)
+
+
+# ---------------------------------------------------------------------------- the sections
 @dataclass
 class ModelCfg:
     """The network. ``num_classes``/``img_size`` of ``None`` follow the dataset and the variant."""
 
-    name: str = "pit_ti"
-    num_classes: Optional[int] = None
-    img_size: Optional[int] = None
-    drop_path: float = 0.1
-    drop: float = 0.0
+    name: str = _f("pit_ti", OneOf(_registered_models))
+    num_classes: Optional[int] = _f(None, AT_LEAST_1)  # None: the dataset's classes; never fewer than those
+    img_size: Optional[int] = _f(None, Side())
+    drop_path: float = _f(0.1, FRACTION)
+    drop: float = _f(0.0, FRACTION)
     weights: str = ""  # start from these weights (fine-tuning); the head is re-initialized if classes differ
     grad_checkpointing: bool = False
-    arch: dict[str, Any] = field(default_factory=dict)  # PiTConfig fields to change, e.g. {stride: 4}
+    arch: dict[str, Any] = _f({})  # PiTConfig fields to change, e.g. {stride: 4}; checked by the model
 
 
 @dataclass
@@ -48,30 +172,30 @@ class DataCfg:
     """Where the images are and how they are batched (``batch_size`` is per process)."""
 
     path: str = ""
-    kind: str = "auto"  # auto | imagefolder | list | fashion_mnist | imagenet | wds | parquet (pitvit.data.formats)
+    kind: str = _f("auto", OneOf(DATASET_KINDS))  # auto | imagefolder | list | fashion_mnist | imagenet | wds | parquet
     image_column: str = ""  # parquet: the column of image bytes ("": found by name and type)
     label_column: str = ""  # parquet: the integer label column ("": found by name and type)
     # global: one random order of all samples; shards (wds, parquet, imagenet): shards in a random order, samples
     # shuffled within shard_window shards at a time (for storage where a random read costs a seek)
-    shuffle: str = "global"
-    shard_window: int = 8
-    train_split: str = "train"
-    val_split: str = "val"
-    batch_size: int = 256
-    eval_batch_size: int = 0  # 0: same as batch_size
-    num_workers: int = 8
-    input_size: Optional[int] = None  # None: the variant's pretrained_cfg
-    crop_pct: Optional[float] = None
-    interpolation: Optional[str] = None
-    mean: Optional[list[float]] = None
-    std: Optional[list[float]] = None
+    shuffle: str = _f("global", OneOf(SHUFFLE_CHOICES))
+    shard_window: int = _f(8, AT_LEAST_1)
+    train_split: str = _f("train", OneOf(_data_names("datasets", "SPLITS")))
+    val_split: str = _f("val", OneOf(_data_names("datasets", "SPLITS")))
+    batch_size: int = _f(256, AT_LEAST_1)
+    eval_batch_size: int = _f(0, AT_LEAST_0)  # 0: same as batch_size
+    num_workers: int = _f(8, AT_LEAST_0)
+    input_size: Optional[int] = _f(None, Side())  # None: the variant's pretrained_cfg
+    crop_pct: Optional[float] = _f(None, Range(0, 1, lo_open=True))
+    interpolation: Optional[str] = _f(None, OneOf(_data_names("transforms", "_INTERPOLATIONS")))
+    mean: Optional[list[float]] = _f(None, Each(Range(), (1, 3)))
+    std: Optional[list[float]] = _f(None, Each(POSITIVE, (1, 3)))
     skip_corrupt: bool = True  # False: a corrupt image stops the run
     # cpu | gpu | memory: decode and augment in CPU workers; on the device (docs/gpu_pipeline.md); or, for a
     # dataset held in memory (Fashion-MNIST), a whole batch at a time in the main process (pad-crop and flip only)
-    pipeline: str = "cpu"
+    pipeline: str = _f("cpu", OneOf(DATA_PIPELINES))
     # N > 0: validate on N images held out of train_split (a fixed random choice, pitvit.data.holdout_indices)
     # and train on the rest; val_split is then not read
-    holdout: int = 0
+    holdout: int = _f(0, AT_LEAST_0)
 
 
 @dataclass
@@ -83,22 +207,22 @@ class AugCfg:
     preset's value (see ``pitvit.data.AUG_PRESETS``).
     """
 
-    preset: str = "official"
-    crop: Optional[str] = None  # rrc | pad | center
-    scale: Optional[list[float]] = None
-    ratio: Optional[list[float]] = None
-    padding: Optional[int] = None
-    hflip: Optional[float] = None
-    auto_augment: Optional[str] = None  # "none" disables it
-    re_prob: Optional[float] = None
-    re_mode: Optional[str] = None
-    re_count: Optional[int] = None
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
-    mixup_mode: str = "batch"
-    smoothing: float = 0.1
+    preset: str = _f("official", OneOf(_data_names("transforms", "AUG_PRESETS")))
+    crop: Optional[str] = _f(None, OneOf(_data_names("transforms", "_CROPS")))  # rrc | pad | center
+    scale: Optional[list[float]] = _f(None, Each(Range(0, 1, lo_open=True), 2))
+    ratio: Optional[list[float]] = _f(None, Each(POSITIVE, 2))
+    padding: Optional[int] = _f(None, AT_LEAST_0)
+    hflip: Optional[float] = _f(None, PROB)
+    auto_augment: Optional[str] = None  # "none" disables it; timm's policy strings, checked by timm
+    re_prob: Optional[float] = _f(None, PROB)
+    re_mode: Optional[str] = _f(None, OneOf(_data_names("transforms", "_RE_MODES")))
+    re_count: Optional[int] = _f(None, AT_LEAST_1)
+    mixup: float = _f(0.8, AT_LEAST_0)  # Beta(alpha, alpha); 0: off
+    cutmix: float = _f(1.0, AT_LEAST_0)
+    mixup_prob: float = _f(1.0, PROB)
+    mixup_switch_prob: float = _f(0.5, PROB)
+    mixup_mode: str = _f("batch", OneOf(_data_names("mixup", "_MODES")))
+    smoothing: float = _f(0.1, FRACTION)
     repeated_aug: bool = False
 
 
@@ -106,19 +230,19 @@ class AugCfg:
 class OptimCfg:
     """The optimizer; ``lr`` is for a global batch of ``lr_base_batch`` and is scaled linearly."""
 
-    name: str = "adamw"  # adamw | adamp
-    lr: float = 5e-4
-    lr_base_batch: int = 512  # 0: use lr as given
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    name: str = _f("adamw", OneOf(OPTIMIZERS))
+    lr: float = _f(5e-4, AT_LEAST_0)
+    lr_base_batch: int = _f(512, AT_LEAST_0)  # 0: use lr as given
+    weight_decay: float = _f(0.05, AT_LEAST_0)
+    betas: list[float] = _f([0.9, 0.999], Each(FRACTION, 2))
+    eps: float = _f(1e-8, AT_LEAST_0)
     exclude_wd: bool = True  # no decay on biases, 1-d params (norms), model.no_weight_decay()
-    clip_grad: float = 0.0  # max global gradient norm; 0: off
-    accum_steps: int = 1
+    clip_grad: float = _f(0.0, AT_LEAST_0)  # max global gradient norm; 0: off
+    accum_steps: int = _f(1, AT_LEAST_1)
     # AdamP only; the defaults are what timm 0.3.x built for DeiT's --opt adamp (the PiT authors' run)
-    wd_ratio: float = 0.01  # weight-decay factor on weights AdamP finds scale-invariant
+    wd_ratio: float = _f(0.01, PROB)  # weight-decay factor on weights AdamP finds scale-invariant
     nesterov: bool = True
-    delta: float = 0.1  # scale-invariance threshold on |cos(grad, weight)| x sqrt(dim)
+    delta: float = _f(0.1, POSITIVE)  # scale-invariance threshold on |cos(grad, weight)| x sqrt(dim)
 
 
 @dataclass
@@ -131,42 +255,44 @@ class SchedCfg:
     lr(e + 1): the Paddle reproduction).
     """
 
-    name: str = "cosine"  # cosine | constant
-    warmup_epochs: float = 5
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 0
-    stepping: str = "deit"  # deit | epoch | step | paddle
+    name: str = _f("cosine", OneOf(SCHEDULES))
+    warmup_epochs: float = _f(5, AT_LEAST_0)
+    warmup_lr: float = _f(1e-6, AT_LEAST_0)
+    min_lr: float = _f(1e-5, AT_LEAST_0)
+    cooldown_epochs: int = _f(0, AT_LEAST_0)
+    stepping: str = _f("deit", OneOf(STEPPINGS))
 
 
 @dataclass
 class TrainCfg:
     """The run: length, seed, precision, devices, checkpoints."""
 
-    epochs: int = 300
-    seed: int = 0
-    amp: str = "bf16"  # auto | fp32 | bf16 | fp16 (none: fp32; auto: bf16 where the device computes it natively,
-    # else fp32; fp16 uses a GradScaler, GPU only)
-    device: str = "auto"  # auto | cpu | cuda
+    epochs: int = _f(300, AT_LEAST_1)
+    seed: int = _f(0, SEED_RANGE)
+    # auto | fp32 | bf16 | fp16 (none: fp32; auto: bf16 where the device computes it natively, else fp32;
+    # fp16 uses a GradScaler, GPU only)
+    amp: str = _f("bf16", OneOf(AMP_CHOICES))
+    device: str = _f("auto", OneOf(DEVICE_CHOICES))
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>
     resume: bool = True  # continue from output/last.pt when it exists
-    eval_every: int = 1
-    best_metric: str = ""  # picks best.pt (BEST_METRICS); "": ema_top1 with EMA, else val_top1
-    max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)
+    eval_every: int = _f(1, AT_LEAST_1)
+    # picks best.pt; "": ema_top1 with EMA, else val_top1 (resolve_best_metric checks it against the run)
+    best_metric: str = _f("", OneOf(("",) + BEST_METRICS))
+    max_steps_per_epoch: int = _f(0, AT_LEAST_0)  # 0: the whole loader (a smaller value is for smoke tests)
     deterministic: bool = False
-    threads: int = 0  # torch intra-op threads per process; 0: torch's default
+    threads: int = _f(0, AT_LEAST_0)  # torch intra-op threads per process; 0: torch's default
 
 
 @dataclass
 class DistillCfg:
     """DeiT-style distillation through the distillation token (needs a ``*_distilled`` model)."""
 
-    mode: str = "none"  # none | hard | soft
+    mode: str = _f("none", OneOf(DISTILL_MODES))
     teacher: str = ""  # a timm or torchvision model name, or a checkpoint path
     teacher_weights: str = ""  # weights for a teacher given by name
-    alpha: float = 0.5
-    tau: float = 1.0
+    alpha: float = _f(0.5, PROB)
+    tau: float = _f(1.0, POSITIVE)
 
 
 @dataclass
@@ -174,16 +300,16 @@ class EmaCfg:
     """An exponential moving average of the weights, evaluated next to the raw weights."""
 
     enabled: bool = True
-    decay: float = 0.99996
+    decay: float = _f(0.99996, FRACTION)
     warmup: bool = False  # decay ramps as (1 + n) / (10 + n), useful for short runs
 
 
 @dataclass
 class LogCfg:
-    interval: int = 50  # steps between progress lines
+    interval: int = _f(50, AT_LEAST_1)  # steps between progress lines
     tensorboard: bool = False
     plot: bool = True
-    progress_bar: str = "auto"  # auto (on a terminal) | on | off
+    progress_bar: str = _f("auto", OneOf(PROGRESS_BARS))  # auto: on a terminal
 
 
 @dataclass
@@ -301,11 +427,6 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
 def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
     """The metric that picks ``best.pt``: ``train.best_metric``, or by default ``ema_top1`` with EMA, else
     ``val_top1``; ``""`` (no ``best.pt``) by default when the run has no validation split.
@@ -329,48 +450,20 @@ def resolve_best_metric(cfg: Config, has_val: bool = True) -> str:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that the types alone cannot express."""
-    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _choice("sched.name", cfg.sched.name, SCHEDULES)
-    _choice("sched.stepping", cfg.sched.stepping, STEPPINGS)
-    _choice("train.amp", cfg.train.amp, AMP_CHOICES)
-    _choice("train.device", cfg.train.device, DEVICE_CHOICES)
-    _choice("distill.mode", cfg.distill.mode, DISTILL_MODES)
-    _choice("log.progress_bar", cfg.log.progress_bar, PROGRESS_BARS)
-    _choice("data.pipeline", cfg.data.pipeline, DATA_PIPELINES)
-    _choice("data.kind", cfg.data.kind, DATASET_KINDS)
-    _choice("data.shuffle", cfg.data.shuffle, SHUFFLE_CHOICES)
-    if cfg.data.holdout < 0:
-        raise ConfigError(f"data.holdout must be >= 0 (0: validate on data.val_split), got {cfg.data.holdout}")
-    positive = {"data.batch_size": cfg.data.batch_size, "data.shard_window": cfg.data.shard_window,
-                "optim.accum_steps": cfg.optim.accum_steps, "train.eval_every": cfg.train.eval_every,
-                "log.interval": cfg.log.interval}
-    for k, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{k} must be >= 1, got {v}")
-    not_negative = {"train.epochs": cfg.train.epochs, "sched.warmup_epochs": cfg.sched.warmup_epochs,
-                    "sched.cooldown_epochs": cfg.sched.cooldown_epochs, "optim.lr": cfg.optim.lr,
-                    "optim.eps": cfg.optim.eps, "optim.weight_decay": cfg.optim.weight_decay,
-                    "optim.clip_grad": cfg.optim.clip_grad, "data.num_workers": cfg.data.num_workers,
-                    "data.eval_batch_size": cfg.data.eval_batch_size, "optim.lr_base_batch": cfg.optim.lr_base_batch,
-                    "sched.warmup_lr": cfg.sched.warmup_lr, "sched.min_lr": cfg.sched.min_lr,
-                    "train.max_steps_per_epoch": cfg.train.max_steps_per_epoch, "train.threads": cfg.train.threads}
-    for k, v in not_negative.items():
-        if not v >= 0:  # also NaN
-            raise ConfigError(f"{k} must be >= 0, got {v}")
-    for k, v in (("model.drop_path", cfg.model.drop_path), ("model.drop", cfg.model.drop)):
-        if not 0.0 <= v < 1.0:
-            raise ConfigError(f"{k} must be in [0, 1), got {v}")
+    """Check every value against what its field declares (:class:`Check`), then what only several fields
+    together say; the first problem is one line naming the key, the value and what it may be.
+
+    Raises:
+        ConfigError: e.g. ``aug.smoothing=1.5 is out of range: it must be in [0, 1)``.
+    """
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(sub):
+            continue
+        for f in dataclasses.fields(sub):
+            check, value = f.metadata.get("check"), getattr(sub, f.name)
+            if check is not None and value is not None and not check.ok(value, cfg):
+                raise ConfigError(f"{section.name}.{f.name}={value!r} is not allowed: it must be {check.text(cfg)}")
     if cfg.distill.mode != "none" and not cfg.distill.teacher:
         raise ConfigError("distill.mode is set but distill.teacher is empty (a model name or checkpoint path)")
-    if not 0.0 <= cfg.distill.alpha <= 1.0 or not cfg.distill.tau > 0:
-        raise ConfigError(f"distill.alpha must be in [0, 1] and distill.tau > 0, got {cfg.distill.alpha} and "
-                          f"{cfg.distill.tau}")
-    if not 0.0 <= cfg.ema.decay < 1.0:
-        raise ConfigError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
-    if len(cfg.optim.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
-        raise ConfigError(f"optim.betas needs two values in [0, 1), got {cfg.optim.betas}")
-    if not 0.0 <= cfg.optim.wd_ratio <= 1.0 or cfg.optim.delta <= 0:
-        raise ConfigError(f"optim.wd_ratio must be in [0, 1] and optim.delta > 0; got {cfg.optim.wd_ratio} "
-                          f"and {cfg.optim.delta}")
-    resolve_best_metric(cfg)  # a typo or a metric EMA-off runs never compute fails here, before any work
+    resolve_best_metric(cfg)  # a metric EMA-off runs never compute fails here, before any work

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from pitvit.utils.errors import ConfigError
+from pitvit.utils.extras import require
 from pitvit.utils.io import atomic_write
 
 __all__ = ["read_metrics", "plot_runs"]
@@ -58,6 +62,24 @@ def _label(run_dir: Path, others: Sequence[Path]) -> str:
     return name or str(run_dir)
 
 
+def _matplotlib_cache_outside_home() -> None:
+    """matplotlib keeps its font cache in ``~/.cache/matplotlib`` (and makes ``~/.config/matplotlib``); pitvit
+    writes nothing under HOME that the user did not ask for, and a read-only or unset HOME made matplotlib warn
+    over several lines. Unless ``MPLCONFIGDIR`` is set, the cache goes to a private folder of this user's in the
+    temporary folder, kept between runs (the font scan takes seconds)."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    folder = Path(tempfile.gettempdir()) / f"pitvit-matplotlib-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        st = folder.lstat()
+        if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            folder = Path(tempfile.mkdtemp(prefix="pitvit-matplotlib-"))  # someone else's name: a fresh one
+    except OSError:
+        return  # matplotlib then finds a place of its own
+    os.environ["MPLCONFIGDIR"] = str(folder)
+
+
 def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png: str | os.PathLike) -> Path:
     """Draw loss (train/val/ema), top-1 (val/ema) and lr against epoch as a three-panel PNG.
 
@@ -72,8 +94,8 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike] | str | os.PathLike, out_png
         ConfigError: a run folder has no ``metrics.jsonl``.
         OutputError: ``out_png`` cannot be written.
     """
-    import matplotlib
-
+    _matplotlib_cache_outside_home()
+    matplotlib = require("matplotlib", "drawing training curves")
     matplotlib.use("Agg", force=False)  # headless; keeps an interactive backend a caller chose
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure

@@ -138,10 +138,12 @@ def build_teacher(spec: str, num_classes: int, weights: str = "", device: torch.
 
 def _load_teacher_weights(model: nn.Module, spec: str, weights: str) -> None:
     from pitvit.models import describe_differences, read_state_dict
+    from pitvit.models.loading import check_values
 
     if not os.path.exists(weights):
         raise ConfigError(f"distill.teacher_weights: {weights} does not exist")
     state = read_state_dict(weights)
+    check_values(state, model.state_dict(), f"distill.teacher_weights: {weights}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:  # torch lists every missing and unexpected key, over many lines

@@ -46,7 +46,8 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                log.warning("log.tensorboard is set but the tensorboard package is not installed; skipping it")
+                log.warning("log.tensorboard is set but the tensorboard package is not installed "
+                            "(pip install 'pitvit[tensorboard]'); skipping it")
             else:
                 self.writer = SummaryWriter(str(self.dir / "tensorboard"))
 
@@ -84,7 +85,7 @@ class MetricsLog:
         try:
             plot_runs([self.dir], self.dir / "curves.png")
         except ImportError:
-            log.warning("log.plot is set but matplotlib is not installed (pip install 'pitvit[plot]'); "
+            log.warning("log.plot is set but matplotlib cannot be imported (pip install 'pitvit[plot]'); "
                         "no curves.png")
             self.plot = False
         except Exception as e:  # noqa: BLE001 - a plot must never stop a training run

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pitvit.utils.errors import ConfigError
-from pitvit.utils.io import write_text
+from pitvit.utils.io import open_regular, write_text
 
 from .config import Config, config_from_dict, config_to_dict
 
@@ -28,9 +28,41 @@ __all__ = ["load_config", "apply_overrides", "save_config", "parse_set", "list_r
            "find_recipe"]
 
 
+# Bounds on a recipe: a few KB in practice. An alias bomb ("billion laughs": ten aliases of ten aliases of ...)
+# is a small file whose document, once its aliases are expanded, holds billions of nodes.
+MAX_RECIPE_BYTES = 1 << 20
+MAX_NODES = 100_000  # nodes of the document with every alias expanded
+MAX_DEPTH = 64  # nesting of mappings and sequences
+
+
+class _TooLarge(yaml.YAMLError):
+    """A document past one of the bounds; refused before anything is built from it."""
+
+
 class _Loader(yaml.SafeLoader):
     """YAML with the 1.2 core schema's booleans: only true/false are booleans; on, off, yes and no stay strings
-    (``log.progress_bar: off`` is the word off), and boolean fields still accept those words (see ``_coerce``)."""
+    (``log.progress_bar: off`` is the word off), and boolean fields still accept those words (see ``_coerce``).
+
+    Bounded: each document's node graph is measured with every alias expanded (counted once per node, so the
+    measure itself costs no more than the file) before any Python object is built from it; more than
+    :data:`MAX_NODES` nodes, deeper than :data:`MAX_DEPTH`, or an alias inside itself is refused."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # PyYAML composes recursively: a deeply nested flow list would exhaust Python's stack before any check
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooLarge(f"it nests deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        _measure(node)
+        return node
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -40,8 +72,55 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
+def _measure(root: Any) -> None:
+    """Raise :class:`_TooLarge` when ``root`` expands past the bounds (see :class:`_Loader`)."""
+    sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, depth)
+    busy: set[int] = set()
+
+    def visit(node: Any) -> tuple[int, int]:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise _TooLarge("an alias refers to a node that contains it (a recursive structure)")
+        children: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        busy.add(key)
+        n, depth = 1, 0
+        for child in children:
+            cn, cd = visit(child)
+            n, depth = n + cn, max(depth, cd)
+            if n > MAX_NODES:
+                raise _TooLarge(f"it expands to more than {MAX_NODES} values once its aliases are followed (an "
+                                f"alias bomb?)")
+        busy.discard(key)
+        if depth + 1 > MAX_DEPTH:
+            raise _TooLarge(f"it nests deeper than {MAX_DEPTH} levels")
+        sizes[key] = (n, depth + 1)
+        return sizes[key]
+
+    if root is not None:
+        visit(root)
+
+
 def _load_yaml(text: str) -> Any:
+    if len(text) > MAX_RECIPE_BYTES:
+        raise _TooLarge(f"it is larger than {MAX_RECIPE_BYTES >> 20} MiB")
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _read_text(source: Path | Traversable) -> str:
+    """A recipe's text: a regular file (never a FIFO or device) of at most MAX_RECIPE_BYTES."""
+    if not isinstance(source, Path):
+        return source.read_text(encoding="utf-8")  # a shipped recipe
+    with open_regular(source) as f:
+        data = f.read(MAX_RECIPE_BYTES + 1)
+    if len(data) > MAX_RECIPE_BYTES:
+        raise _TooLarge(f"it is larger than {MAX_RECIPE_BYTES >> 20} MiB")
+    return data.decode("utf-8")
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +174,8 @@ def find_recipe(spec: str | os.PathLike) -> Path | Traversable:
         ConfigError: neither a file nor a shipped recipe; the message lists the shipped ones.
     """
     path = Path(spec)
-    if path.is_file():
-        return path
+    if path.is_file() or (path.exists() and not path.is_dir()):
+        return path  # a FIFO or device too: reading it refuses it by name (_read_text), it is not "not found"
     shipped = _shipped_recipe(str(spec))
     if shipped is None:
         raise ConfigError(f"recipe {str(spec)!r} not found: no such file, and no shipped recipe of that name; "
@@ -127,7 +206,9 @@ def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict
     if key in seen:
         raise ConfigError(f"recipe inheritance loops: {' -> '.join(seen + (key,))}; remove one of the base: lines")
     try:
-        data = _load_yaml(source.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(_read_text(source)) or {}
+    except _TooLarge as e:
+        raise ConfigError(f"{key}: refused: {e}; a recipe is a small mapping of sections") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -154,6 +235,8 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         try:
             value = _load_yaml(raw) if raw.strip() else ""
+        except _TooLarge as e:
+            raise ConfigError(f"--set {key}: refused: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item}: the value is not valid YAML ({getattr(e, 'problem', None) or e})"
                               ) from None

@@ -8,6 +8,7 @@ folder and ends with the same weights.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -22,13 +23,13 @@ from typing import Any
 import torch
 
 from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
-from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
+from pitvit.utils.errors import FolderLockedError, NonFiniteLossError, OutputError, TrainingError
+from pitvit.utils.io import lock_folder, make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
 from pitvit.utils.precision import precision_name
 from pitvit.utils.provenance import provenance
 
-from .builders import Data, Training, build_data, build_model, build_train_step, build_training
+from .builders import Data, Training, build_data, build_model, build_train_step, build_training, head_width
 from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
 from .config import Config, resolve_best_metric
 from .engine import TrainStep, evaluate, train_one_epoch
@@ -108,15 +109,37 @@ class _Run:
     train_step: TrainStep
     best: dict[str, Any]
     bar: bool
+    locked: bool  # the run folder existed and was locked before anything was read from it
     provenance: dict[str, Any] | None = None  # where the run comes from, recorded in config.yaml and checkpoints
     last_row: dict[str, Any] | None = None  # the last finished epoch's metrics, recorded in checkpoints
     metrics: MetricsLog | None = None
     last_good: str = "none (no epoch has finished)"  # names the last checkpoint with finite weights and val loss
 
 
-def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, dict[str, Any] | None]:
+def _lock(run_dir: Path, info: DistInfo, locks: contextlib.ExitStack) -> None:
+    """One run per folder: rank 0 takes the run folder's lock (``utils.io.lock_folder``: the kernel drops it when
+    the process dies) and holds it until ``locks`` closes; every process stops when rank 0 could not."""
+    error: FolderLockedError | None = None
+    if info.is_main:
+        try:
+            locks.enter_context(lock_folder(run_dir, "pitvit train"))
+        except FolderLockedError as e:
+            error = e
+    if info.distributed and all_reduce_sum([1.0 if error else 0.0], info.device)[0] > 0:
+        raise error or FolderLockedError(f"rank 0 found {run_dir} in use by another run")
+    if error is not None:
+        raise error
+
+
+def _prepare(cfg: Config, require_resume: bool, datasets: Any,
+             locks: contextlib.ExitStack) -> tuple[_Run, dict[str, Any] | None]:
     info = init_distributed(cfg.train.device)
     run_dir = run_dir_of(cfg)
+    exists = info.is_main and run_dir.is_dir()  # rank 0's folder decides (other nodes may not share it)
+    if info.distributed:
+        exists = all_reduce_sum([1.0 if exists else 0.0], info.device)[0] > 0
+    if exists:  # before reading its last.pt, which another run may be writing; a new folder waits for _start
+        _lock(run_dir, info, locks)
     setup_logging(info.rank, str(run_dir / "log.txt"), hold=True)  # the folder is made once the run starts
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -125,14 +148,14 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
         torch.use_deterministic_algorithms(True, warn_only=True)
     ckpt = load_resume(cfg, run_dir, require_resume)
     data = build_data(cfg, info, datasets)
-    model = build_model(cfg, cfg.model.num_classes or len(data.classes), info.device, data.input_size)
+    model = build_model(cfg, head_width(cfg, data.classes), info.device, data.input_size)
     steps = len(data.train)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     t = build_training(cfg, model, steps, info)
     best = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None, "epoch": None}
     bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
-    run = _Run(cfg, info, run_dir, data, t, build_train_step(cfg, t, data, info), best, bar,
+    run = _Run(cfg, info, run_dir, data, t, build_train_step(cfg, t, data, info), best, bar, exists,
                provenance=provenance(info.device, info.world_size))
     return run, ckpt
 
@@ -157,11 +180,19 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     return epoch, step, ckpt.get("partial_epoch")
 
 
-def _start(run: _Run, start_epoch: int) -> None:
+def _start(run: _Run, start_epoch: int, locks: contextlib.ExitStack, resumed: bool) -> None:
     """Make the run folder and write its configuration: only now, with every check passed, does the run write
     anything (a run that cannot start leaves no folder, and an existing folder as it was)."""
     if run.info.is_main:
         make_dir(run.run_dir)
+    if not run.locked:  # the folder is new: lock it now
+        _lock(run.run_dir, run.info, locks)
+        last = run.run_dir / "last.pt"
+        if run.info.is_main and not resumed and run.cfg.train.resume and last.exists():
+            raise TrainingError(f"another run wrote {last} while this one was starting (both were started into "
+                                f"{run.run_dir} at once); run the same command again to continue that run, or "
+                                f"choose another folder (--output)")
+    if run.info.is_main:
         remove_stale_temps(run.run_dir)  # checkpoints half-written by a killed run
         save_config(run.cfg, run.run_dir / "config.yaml", provenance=run.provenance)
         start_log_file()
@@ -309,17 +340,19 @@ def fit(cfg: Config, *, require_resume: bool = False, datasets: tuple[Any, Any] 
         CheckpointError: the run folder's ``last.pt`` is damaged or unsafe.
         OutputError: the run folder or a checkpoint cannot be written (the checkpoints on disk are intact).
     """
+    locks = contextlib.ExitStack()
     try:
-        run, ckpt = _prepare(cfg, require_resume, datasets)
+        run, ckpt = _prepare(cfg, require_resume, datasets, locks)
         start_epoch, start_step, partial = _restore(run, ckpt)
         if start_epoch >= run.t.schedule.total_epochs and not start_step:
             log.info("%s already holds all %d epochs; nothing to do (raise train.epochs to continue)",
                      run.run_dir / "last.pt", run.t.schedule.total_epochs)
             return {"epoch": start_epoch, "run_dir": str(run.run_dir), "best": run.best, "stopped": False,
                     "done_before": True}
-        _start(run, start_epoch)
+        _start(run, start_epoch, locks, resumed=ckpt is not None)
         result = _run_epochs(run, start_epoch, start_step, partial)
     finally:
+        locks.close()
         cleanup_distributed()
     return {**result, "run_dir": str(run.run_dir), "best": run.best, "precision": precision_name(run.t.amp_dtype)}
 

@@ -10,9 +10,10 @@ The classes also derive from the built-in type callers caught before they existe
 """
 from __future__ import annotations
 
-__all__ = ["PitvitError", "ConfigError", "MissingPathError", "UnknownOptionError", "DatasetError",
-           "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "OutputError", "EXIT_CODES",
-           "EXIT_INTERRUPTED", "first_line", "preview_list"]
+__all__ = ["PitvitError", "ConfigError", "MissingPathError", "UnknownOptionError", "MissingExtraError", "DatasetError",
+           "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "FolderLockedError",
+           "OutputError", "Interrupted", "EXIT_CODES", "EXIT_INTERRUPTED", "EXIT_BROKEN_PIPE", "first_line",
+           "preview_list"]
 
 
 class PitvitError(Exception):
@@ -34,6 +35,11 @@ class MissingPathError(ConfigError, FileNotFoundError):
 class UnknownOptionError(ConfigError, TypeError):
     """An unknown keyword to a model builder: a ``TypeError`` as Python raises for any call, and a ConfigError
     when it came from a configuration (``model.arch``)."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it
+    (``pip install 'pitvit[plot]'``). Also an ``ImportError``, which callers that can do without it catch."""
 
 
 class DatasetError(PitvitError, RuntimeError):
@@ -66,10 +72,25 @@ class NonFiniteLossError(TrainingError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
+class FolderLockedError(TrainingError):
+    """Another process holds the folder's lock (a run folder in use); the message names its PID."""
+
+
 class OutputError(PitvitError, OSError):
     """A result could not be written (read-only or full file system, a path under a file); nothing was lost."""
 
     exit_code = 6
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal whose default would kill the process at once (SIGTERM, SIGHUP), raised instead while a file is
+    being written, so that the temporary file is removed first (see ``pitvit.utils.io``). A
+    ``KeyboardInterrupt``: whatever cleans up after Ctrl-C cleans up after it. The CLI exits with
+    ``128 + signum``, as a shell reports a process the signal killed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def first_line(e: BaseException) -> str:
@@ -88,15 +109,17 @@ def preview_list(items: list[str], n: int = 5) -> str:
 
 
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # stdout closed early (`| head -1`): 128 + SIGPIPE, as shells report `yes | head -1`'s yes
 
 # The CLI's table, also printed by `pitvit --help`.
 EXIT_CODES: dict[int, str] = {
     0: "success",
     1: "finished, but nothing to report (e.g. predict could read none of its images)",
-    ConfigError.exit_code: "wrong option, config key or value",
+    ConfigError.exit_code: "wrong option, config key or value, or a missing extra (pip install 'pitvit[...]')",
     DatasetError.exit_code: "dataset missing, malformed or unreadable",
     CheckpointError.exit_code: "checkpoint unreadable, damaged, unsafe or not fitting the model",
-    TrainingError.exit_code: "training stopped on an explained condition (non-finite loss, run folder conflict)",
+    TrainingError.exit_code: "training stopped on an explained condition (non-finite loss, run folder in use or conflicting)",
     OutputError.exit_code: "an output could not be written (permissions, full disk, bad path)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); 143 and 129 for SIGTERM and SIGHUP while a file was written",
+    EXIT_BROKEN_PIPE: "standard output closed before the output ended (`pitvit ... | head -1`); nothing else is wrong",
 }

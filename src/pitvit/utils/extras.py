@@ -1,21 +1,40 @@
-"""Optional dependencies: import one, or say in one line which pitvit extra installs it."""
+"""Optional dependencies: importing one, or a one-line error naming the extra that installs it.
+
+pitvit's extras (``pyproject.toml``): ``plot`` (matplotlib: ``pitvit plot``, ``curves.png``), ``onnx`` (onnx and
+onnxruntime: ``export --format onnx``, ``--backend onnxruntime``), ``openvino`` (openvino and nncf:
+``--backend openvino``, ``--precision int8``, ``export --format openvino``), ``parquet`` (pyarrow), ``imagenet``
+(scipy, for the devkit's ``meta.mat``), ``tensorboard`` (``log.tensorboard=true``).
+"""
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from types import ModuleType
 
-from .errors import ConfigError
+from .errors import MissingExtraError
 
 __all__ = ["EXTRAS", "require"]
 
-EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino",
-          "matplotlib": "plot"}  # module -> the extra of pyproject.toml that installs it
+# top-level module -> the extra that installs it
+EXTRAS = {"matplotlib": "plot", "onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "openvino",
+          "pyarrow": "parquet", "scipy": "imagenet", "tensorboard": "tensorboard"}
 
 
-def require(module: str) -> Any:
-    """Import an optional dependency, or raise a one-line :class:`ConfigError` naming the extra to install."""
+def require(module: str, purpose: str | None = None) -> ModuleType:
+    """Import ``module`` (dotted names too), or refuse on one line naming the extra to install.
+
+    Args:
+        module: what to import, e.g. ``"matplotlib.pyplot"``.
+        purpose: what needs it, for the message (``"pitvit plot"``); default: "this".
+
+    Raises:
+        MissingExtraError: the module (or one it needs) is not installed; a ConfigError and an ImportError.
+    """
+    top = module.split(".")[0]
     try:
         return importlib.import_module(module)
-    except ImportError:
-        extra = EXTRAS.get(module, module)
-        raise ConfigError(f"this needs {module}, which is not installed: pip install 'pitvit[{extra}]'") from None
+    except ImportError as e:
+        extra = EXTRAS.get(top)
+        how = f"pip install 'pitvit[{extra}]'" if extra else f"pip install {top}"
+        missing = getattr(e, "name", None) or top
+        raise MissingExtraError(f"{purpose or 'this'} needs {top}, which cannot be imported (no module "
+                                f"{missing!r}): {how}") from None

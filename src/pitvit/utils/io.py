@@ -17,17 +17,134 @@ import errno
 import io
 import os
 import re
+import signal
+import stat
+import threading
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
-from .errors import OutputError
+from .errors import FolderLockedError, Interrupted, OutputError
 
-__all__ = ["atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
+__all__ = ["FolderLock", "lock_folder", "NotRegularFileError", "require_regular", "open_regular", "atomic_write", "write_bytes", "write_text", "write_files", "save_torch", "write_with", "open_output",
            "make_dir", "remove_stale_temps", "temp_name"]
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
 
 
+# ---------------------------------------------------------------------------------------------- reading
+class NotRegularFileError(OSError):
+    """A path that must be a regular file names a FIFO, socket, device or folder (opening one may block for
+    ever, as a FIFO without a writer does, or never end, as ``/dev/zero`` does)."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, in words: ``"a regular file"``, ``"a FIFO (named pipe)"``, ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def require_regular(path: str | os.PathLike) -> os.stat_result:
+    """``os.stat(path)`` (links followed), refusing anything but a regular file; nothing is opened.
+
+    Raises:
+        NotRegularFileError: ``path`` is a FIFO, socket, device or folder (the message says which).
+        OSError: ``path`` cannot be stat'ed (``FileNotFoundError`` when it does not exist).
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFileError(f"{path} is {file_kind(st.st_mode)}, not a regular file")
+    return st
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """Open a regular file for reading in binary mode; a FIFO, socket, device or folder is refused before it
+    is opened (:func:`require_regular`), and again after (``fstat``), so a file swapped in between cannot
+    make the read block.
+
+    Raises:
+        NotRegularFileError: see :func:`require_regular`.
+    """
+    require_regular(path)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{path} is {file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- locking
+class FolderLock:
+    """An exclusive ``flock`` on a folder, held until :meth:`release` or the process ends: the kernel drops it when
+    the process dies, however it dies, so a killed holder never leaves a stale lock behind. The lock is on the
+    folder itself, so taking it writes nothing there (a refused run leaves its folder exactly as it was)."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the last descriptor drops the lock
+            self.fd = -1
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _lock_holder(st: os.stat_result) -> str:
+    """The PID holding a flock on the file ``st`` describes, from Linux's ``/proc/locks``; ``"unknown"`` elsewhere."""
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()  # "1: FLOCK ADVISORY WRITE 4242 08:01:1234 0 EOF" (a "->" marks waiters)
+                if "->" not in parts and len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident:
+                    return parts[4]
+    except OSError:
+        pass
+    return "unknown"
+
+
+def lock_folder(folder: str | os.PathLike, what: str = "run") -> FolderLock:
+    """Take ``folder``'s lock without waiting (an exclusive ``flock`` on the folder itself).
+
+    Raises:
+        FolderLockedError: another process holds it (the message names its PID and the folder).
+        OutputError: the folder cannot be opened or locked.
+    """
+    import fcntl
+
+    path = Path(folder)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise _output_error(path, e, folder=path) from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        st = os.fstat(fd)
+        os.close(fd)
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _output_error(path, e, folder=path) from e
+        raise FolderLockedError(f"another {what} (PID {_lock_holder(st)}) is using {path}; wait for it to end, "
+                                f"stop it, or choose another folder") from None
+    return FolderLock(path, fd)
+
+
+# ---------------------------------------------------------------------------------------------- writing
 def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
@@ -99,28 +216,28 @@ def make_dir(path: str | os.PathLike) -> Path:
 
 
 class _Output(io.IOBase):
-    """A writable file whose ``write`` never raises: the first ``OSError`` is kept in ``error``, later writes
-    are dropped, and the writer carries on to its end (see the module docstring)."""
+    """A writable file whose ``write`` never raises: the first ``OSError`` (or a Ctrl-C, SIGTERM) is kept in
+    ``error``, later writes are dropped, and the writer carries on to its end (see the module docstring)."""
 
     def __init__(self, raw: IO[Any]) -> None:
         super().__init__()
         self.raw = raw
-        self.error: OSError | None = None
+        self.error: OSError | KeyboardInterrupt | None = None
 
     def write(self, data: Any) -> int:
-        if self.error is None:
-            try:
+        try:
+            if self.error is None:
                 self.raw.write(data)
-            except OSError as e:
-                self.error = e
+        except (OSError, KeyboardInterrupt) as e:
+            self.error = e
         return len(data)
 
     def flush(self) -> None:
-        if self.error is None and not self.raw.closed:
-            try:
+        try:
+            if self.error is None and not self.raw.closed:
                 self.raw.flush()
-            except OSError as e:
-                self.error = e
+        except (OSError, KeyboardInterrupt) as e:
+            self.error = e
 
     def writable(self) -> bool:
         return True
@@ -159,16 +276,57 @@ def open_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         os.fsync(raw.fileno())
 
 
+# Signals whose default action ends the process on the spot, leaving a temporary file behind. SIGINT needs
+# nothing: Python turns it into KeyboardInterrupt already.
+_FATAL_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_raise() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`~pitvit.utils.errors.Interrupted` (a
+    ``KeyboardInterrupt``) instead of killing the process, so that every ``finally`` and cleanup runs; the
+    handlers before are restored after. Only signals left at their default are taken (a run that handles SIGTERM
+    itself keeps its handler), only in the main thread, and nested blocks leave the outer one in charge.
+
+    Every file written through this module is written in such a block: a SIGTERM during ``pitvit export``,
+    ``convert``, ``eval --out``, ``predict --out`` or ``plot`` leaves the previous file and no temporary one.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    taken = {s: signal.getsignal(s) for s in _FATAL_SIGNALS if signal.getsignal(s) == signal.SIG_DFL}
+    for s in taken:
+        signal.signal(s, _raise_interrupted)
+    try:
+        yield
+    finally:
+        for s, previous in taken.items():
+            signal.signal(s, previous)
+
+
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[Path]:
-    """Yields the temporary name to write; renames it over ``path`` if the block succeeds. On any failure the
-    temporary file and the folders created for it are removed, and an ``OSError`` becomes an OutputError."""
+    """Yields the temporary name to write; renames it over ``path`` if the block succeeds. On any failure (a
+    signal too, see :func:`signals_raise`) the temporary file and the folders created for it are removed, and an
+    ``OSError`` becomes an OutputError."""
     tmp = temp_name(path)
     created: list[Path] = []
+    with signals_raise():
+        with _cleaned(path, tmp, created):
+            created += _make_parents(path.parent)
+            yield tmp
+            os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _cleaned(path: Path, tmp: Path, created: list[Path]) -> Iterator[None]:
     try:
-        created = _make_parents(path.parent)
-        yield tmp
-        os.replace(tmp, path)
+        yield
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -176,7 +334,6 @@ def _replacing(path: Path) -> Iterator[Path]:
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise _output_error(path, e) from e
         raise
-    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from pitvit.utils.errors import DatasetError
+from pitvit.utils.io import open_regular
 from pitvit.utils.seed import mix_seed
 
 from ..images import SkippedSample, load_image, unreadable
@@ -127,7 +128,7 @@ class EncodedDataset(KeyedDataset):
             if self.read is not None:
                 data = self.read(index)
             else:
-                with open(path, "rb") as f:
+                with open_regular(path) as f:
                     data = f.read()
         except OSError as e:
             return unreadable(path, e, self.strict_images)
