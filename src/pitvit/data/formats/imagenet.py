@@ -21,7 +21,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from pitvit.utils.errors import ConfigError, DatasetError
+from pitvit.utils.errors import DatasetError
+from pitvit.utils.extras import require
 from pitvit.utils.logs import Progress
 
 from .index import SampleIndex, cached_index
@@ -76,17 +77,14 @@ def read_devkit(root: str | os.PathLike) -> tuple[list[str], dict[int, str], lis
     devkit in ``root``.
 
     Raises:
-        ConfigError: scipy is missing (``pip install 'pitvit[imagenet]'``).
+        MissingExtraError: scipy is missing (``pip install 'pitvit[imagenet]'``).
         DatasetError: the devkit is malformed.
     """
     files = _devkit_files(Path(root))
     if files is None:
         return None
     where, meta, gt = files
-    try:
-        from scipy.io import loadmat
-    except ImportError:
-        raise ConfigError("reading ImageNet's devkit (meta.mat) needs scipy: pip install 'pitvit[imagenet]'") from None
+    loadmat = require("scipy.io", "reading ImageNet's devkit (meta.mat)").loadmat
     try:
         synsets = loadmat(io.BytesIO(meta), squeeze_me=True)["synsets"]
         ids = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}

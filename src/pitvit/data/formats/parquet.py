@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pitvit.utils.errors import ConfigError, DatasetError
+from pitvit.utils.errors import DatasetError
+from pitvit.utils.extras import require
 
 from .index import SampleIndex, cached_index
 from .records import RecordDataset
@@ -26,12 +27,9 @@ _LABEL_NAMES = ("label", "cls", "target", "labels", "class")
 
 
 def import_pyarrow() -> Any:
-    try:
-        import pyarrow
-        import pyarrow.parquet  # noqa: F401
-    except ImportError:
-        raise ConfigError("reading or writing Parquet needs pyarrow: pip install 'pitvit[parquet]'") from None
-    return pyarrow
+    """pyarrow with its Parquet module, or the one-line error naming the ``parquet`` extra."""
+    require("pyarrow.parquet", "reading or writing Parquet")
+    return require("pyarrow")
 
 
 def _is_image(t: Any, pa: Any) -> bool:
