@@ -122,6 +122,7 @@ class AugCfg:
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
     mixup_mode: str = "batch"
+    mix_group: int = 256  # images per mixing group of the global batch (or the global batch when smaller)
     smoothing: float = 0.1
     repeated_aug: bool = False
 

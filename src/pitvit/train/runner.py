@@ -67,7 +67,8 @@ def _preprocessing(cfg: Config) -> dict[str, Any]:
             "crop_pct": cfg.data.crop_pct if cfg.data.crop_pct is not None else pc.crop_pct}
 
 
-_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "smoothing", "repeated_aug")
+_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "mix_group", "smoothing",
+             "repeated_aug")
 
 
 def _aug_dict(cfg: Config) -> dict[str, Any]:
@@ -127,7 +128,9 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     if a.mixup > 0 or a.cutmix > 0:
         mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
                               switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
-                              num_classes=len(train_set.classes))
+                              num_classes=len(train_set.classes),
+                              group=D.mix_group_size(a.mix_group, batch_size=cfg.data.batch_size,
+                                                     world_size=info.world_size, accum_steps=cfg.optim.accum_steps))
     pre.pop("in_chans")
     return Data(train, val, mixup, list(train_set.classes), **pre)
 
