@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 def build_loader(cfg):
     """The training loader ``fit`` builds for ``cfg`` on one process, and the number of classes."""
-    from pitvit.train.runner import build_data
+    from pitvit.train.builders import build_data
     from pitvit.utils.distributed import DistInfo
 
     data = build_data(cfg, DistInfo())
@@ -59,7 +59,7 @@ def bare_loop(cfg, steps: int) -> float:
 
 def fit_loop(cfg, steps: int) -> float:
     """Images/s of the training epoch as ``fit`` runs it (its own measurement, evaluation excluded)."""
-    from pitvit.train.config import apply_overrides
+    from pitvit.train.recipes import apply_overrides
     from pitvit.train.runner import fit
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +81,7 @@ def main() -> None:
 
     import logging
 
-    from pitvit.train.config import apply_overrides, load_config
+    from pitvit.train.recipes import apply_overrides, load_config
 
     logging.getLogger("pitvit").setLevel(logging.WARNING)
     cfg = load_config("demo", ["ema.enabled=false", *args.overrides])

@@ -186,7 +186,8 @@ def test_config_by_name_by_file_and_base_by_name(tmp_path, monkeypatch, capsys):
 
 def test_recipe_files_are_the_shipped_ones():
     """Each shipped file, read as plain YAML, is what --config NAME loads (the values the file states win)."""
-    from pitvit.train.config import config_to_dict, load_config
+    from pitvit.train.config import config_to_dict
+    from pitvit.train.recipes import load_config
 
     for path in SHIPPED.glob("*.yaml"):
         raw = yaml.safe_load(path.read_text())

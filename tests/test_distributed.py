@@ -18,8 +18,8 @@ def _free_port() -> int:
 
 def test_one_process_under_a_launcher_is_distributed(monkeypatch):
     from pitvit.models import create_model
-    from pitvit.train.config import load_config
-    from pitvit.train.runner import build_training
+    from pitvit.train.recipes import load_config
+    from pitvit.train.builders import build_training
 
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)

@@ -617,9 +617,9 @@ def test_training_config_selects_the_pipeline(tmp_path):
     """``data.pipeline: gpu`` is the only change a recipe needs; the CPU pipeline stays the default."""
     import shutil
 
-    from pitvit.train.config import load_config
+    from pitvit.train.recipes import load_config
     from pitvit.utils.distributed import DistInfo
-    from pitvit.train.runner import build_data
+    from pitvit.train.builders import build_data
 
     root = make_folder(tmp_path, 4)
     shutil.copytree(root / "train", root / "val")

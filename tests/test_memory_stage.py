@@ -167,8 +167,8 @@ def test_holdout_validates_on_training_images_never_the_test_split(tmp_path, pip
     from test_data import write_fmnist
 
     from pitvit.data.fashion_mnist import read_idx
-    from pitvit.train.config import load_config
-    from pitvit.train.runner import build_data
+    from pitvit.train.recipes import load_config
+    from pitvit.train.builders import build_data
     from pitvit.utils.distributed import DistInfo
 
     write_fmnist(tmp_path, n_train=40, n_test=6)
@@ -192,7 +192,7 @@ def test_demo_recipe_is_deterministic_with_two_threads(tmp_path):
     both threads computing (the demo's train.threads=2) and the memory stage drawing the augmentation."""
     from test_data import write_fmnist
 
-    from pitvit.train.config import load_config
+    from pitvit.train.recipes import load_config
     from pitvit.train.runner import fit
 
     write_fmnist(tmp_path / "fm", n_train=300, n_test=6)

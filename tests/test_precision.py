@@ -219,8 +219,8 @@ def test_eval_keeps_fp32_by_default_and_accepts_auto(tmp_path, probes, capsys):
 @pytest.mark.parametrize("native", [True, False])
 def test_training_accepts_auto(probes, native):
     from pitvit.models import create_model
-    from pitvit.train.config import load_config
-    from pitvit.train.runner import build_training
+    from pitvit.train.recipes import load_config
+    from pitvit.train.builders import build_training
     from pitvit.utils.distributed import DistInfo
 
     probes(native, False)

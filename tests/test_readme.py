@@ -63,7 +63,7 @@ def test_every_command_parses_and_its_config_resolves(argv):
     args = build_parser().parse_args(argv)
     assert callable(args.func)
     if args.command == "train":
-        from pitvit.train.config import list_recipes, load_config
+        from pitvit.train.recipes import list_recipes, load_config
 
         assert args.config in list_recipes(), args.config  # by name: works from an installed pitvit too
         load_config(args.config, list(args.overrides))  # unknown keys or bad values raise

@@ -314,7 +314,7 @@ def test_adamp_steps_match_the_authors_algorithm(nesterov):
 
 def test_recipes_build_adamp_as_deit_did():
     from pitvit.models import create_model
-    from pitvit.train.runner import build_training
+    from pitvit.train.builders import build_training
     from pitvit.utils.distributed import DistInfo
 
     for name in OFFICIAL + ["pit_ti_paddle"]:

@@ -31,7 +31,8 @@ def add_parser(sub, formatter) -> None:
 def run(args) -> int:
     import yaml
 
-    from pitvit.train.config import config_to_dict, load_config, recipe_summaries
+    from pitvit.train.config import config_to_dict
+    from pitvit.train.recipes import load_config, recipe_summaries
 
     if args.list_configs:
         recipes = recipe_summaries()

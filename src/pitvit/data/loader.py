@@ -47,7 +47,7 @@ class KeyedDataset:
 
     Subclasses implement :meth:`load`. An error a user can cause (a :class:`~pitvit.utils.errors.PitvitError`,
     e.g. a strict :class:`~pitvit.utils.errors.CorruptImageError`) raised in a worker process is returned as a
-    :class:`WorkerError` and raised again, unchanged, by the :class:`Loader` in the main process: torch would
+    :class:`WorkerFailure` and raised again, unchanged, by the :class:`Loader` in the main process: torch would
     otherwise replace its one-line message with the worker's traceback.
     """
 
@@ -66,11 +66,12 @@ class KeyedDataset:
         except PitvitError as e:
             if get_worker_info() is None:
                 raise
-            return WorkerError(e)
+            return WorkerFailure(e)
 
 
-class WorkerError:
-    """An expected error raised in a worker process, carried to the main process with the batch."""
+class WorkerFailure:
+    """A record of an expected error raised in a worker process, carried to the main process with the batch (and
+    raised there by the :class:`Loader`)."""
 
     __slots__ = ("error",)
 
@@ -78,18 +79,18 @@ class WorkerError:
         self.error = error
 
     def __reduce__(self):  # plain pickling across processes, despite __slots__
-        return (WorkerError, (self.error,))
+        return (WorkerFailure, (self.error,))
 
 
 class _CollateOrError:
-    """A stage's collate function, except that a batch holding a :class:`WorkerError` becomes that error."""
+    """A stage's collate function, except that a batch holding a :class:`WorkerFailure` becomes that error."""
 
     def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
         self.collate = collate
 
     def __call__(self, items: list[Any]) -> Any:
         for item in items:
-            if isinstance(item, WorkerError):
+            if isinstance(item, WorkerFailure):
                 return item
         return self.collate(items)
 
@@ -332,7 +333,7 @@ class Loader:
 
 def _raise_worker_errors(batches: Iterator[Any]) -> Iterator[Any]:
     for b in batches:
-        if isinstance(b, WorkerError):
+        if isinstance(b, WorkerFailure):
             raise b.error
         yield b
 

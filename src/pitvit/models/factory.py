@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pitvit.utils.errors import CheckpointError, ConfigError
+from pitvit.utils.errors import CheckpointError, ConfigError, UnknownOptionError
 
 from .hub import HUB_PREFIX, is_hub_reference, parse_hub_reference
 from .layouts import describe_state_dict
@@ -20,12 +20,7 @@ __all__ = ["create_model", "model_from_checkpoint", "pretrained_reference"]
 _CFG_FIELDS = tuple(PiTConfig.__dataclass_fields__)
 
 
-class UnknownOptionError(ConfigError, TypeError):
-    """An unknown keyword: a ``TypeError`` as Python raises for any call, and a ConfigError when it came from a
-    configuration (``model.arch``)."""
-
-
-def _config_changes(options: Mapping[str, Any], caller: str) -> dict[str, Any]:
+def _arch_changes(options: Mapping[str, Any], caller: str) -> dict[str, Any]:
     """The :class:`PiTConfig` changes among ``options`` (``None`` means "keep"); the one place where an
     unknown keyword is refused."""
     unknown = sorted(set(options) - set(_CFG_FIELDS))
@@ -104,7 +99,7 @@ def create_model(
         TypeError: an unknown keyword.
         CheckpointError: weights that cannot be read, fetched or fitted.
     """
-    changes = _config_changes(dict(overrides, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
+    changes = _arch_changes(dict(overrides, num_classes=num_classes, img_size=img_size, in_chans=in_chans,
                                    drop_path_rate=drop_path_rate), "create_model")
     cfg = get_model_config(name).replace(**changes)
     if pretrained:
@@ -135,7 +130,7 @@ def model_from_checkpoint(source: Source, *, ema: bool = False, model: str | Non
         **options: any :class:`PiTConfig` field (``num_classes``, ``img_size``, ``drop_path_rate``, ...);
             they override what the checkpoint says (``None`` keeps it).
     """
-    changes = _config_changes(options, "model_from_checkpoint")
+    changes = _arch_changes(options, "model_from_checkpoint")
     weights = read_weights(source, ema=ema)
     stored_cfg = weights.meta.get("model_cfg")
     if stored_cfg and (model is None or model == weights.meta.get("model_name")):

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pitvit.train.config import Config, load_config
+from pitvit.train.config import Config
+from pitvit.train.recipes import load_config
 
 __all__ = ["demo_config", "run_demo"]
 

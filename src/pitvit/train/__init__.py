@@ -4,13 +4,14 @@ record of a run (metrics and curves).
 The recipe is DeiT's (Touvron et al., ICML 2021) as the PiT paper used it (Heo et al., ICCV 2021,
 arXiv 2103.16302); see ``configs/`` for the variants' recipes.
 """
-from pitvit.utils.errors import TrainingError
+from pitvit.utils.errors import NonFiniteLossError, TrainingError
 
-from .config import Config, apply_overrides, config_from_dict, config_to_dict, load_config, save_config
+from .config import Config, config_from_dict, config_to_dict
+from .recipes import apply_overrides, load_config, save_config
 from .curves import plot_runs, read_metrics
 from .distill import ClassificationLoss, DistillationLoss, build_teacher
 from .ema import ModelEma
-from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
+from .engine import TrainStep, evaluate, train_one_epoch
 from .optim import AdamP, build_optimizer, param_groups, scaled_lr
 from .sched import LRSchedule
 

@@ -1,11 +1,14 @@
-"""Training checkpoints: plain data (tensors, numbers, strings, lists, dicts), written atomically by
-:func:`pitvit.utils.io.save_torch`.
+"""Training checkpoints: what one holds (:func:`make_checkpoint`), how it is read (:func:`load_checkpoint`,
+:func:`load_resume`), put back into a run (:func:`restore_training`), and what may change on resume
+(:func:`check_resume`). Checkpoints are plain data (tensors, numbers, strings, lists, dicts), written
+atomically by :func:`pitvit.utils.io.save_torch`.
 
 A checkpoint loads with ``torch.load(path, weights_only=True)``: random-number states are stored as tensors and
 lists, never as numpy objects or custom classes. The layout is the one in ``docs/DESIGN.md``.
 """
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "restore_rng", "load_checkpoint", "run_differences", "order_changes"]
+from pitvit.utils.errors import CheckpointError, TrainingError
+
+from .builders import Data, Training
+from .config import Config, config_to_dict
+
+__all__ = ["make_checkpoint", "load_checkpoint", "load_resume", "restore_training", "check_resume",
+           "capture_rng", "restore_rng", "run_differences", "order_changes", "config_changes"]
+
+log = logging.getLogger("pitvit.train")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -54,7 +65,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             the file).
     """
     from pitvit.models import read_checkpoint
-    from pitvit.utils.errors import CheckpointError
 
     ckpt = read_checkpoint(path)
     if ckpt.get("format") != "pitvit":
@@ -102,3 +112,139 @@ def order_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
     (``EpochBatchSampler.state_dict``): ``["global batch 16 -> 8"]``."""
     return [f"{what} {saved[k]} -> {now[k]}" for k, what in _ORDER_KEYS.items()
             if k in saved and k in now and saved[k] != now[k]]
+
+
+def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, Any]:
+    state: dict[str, Any] = {"epoch": epoch, "step": step, "seed": seed}
+    sampler = getattr(loader, "sampler", None)
+    if sampler is not None and hasattr(sampler, "state_dict"):
+        state["sampler"] = sampler.state_dict()
+    return state
+
+
+def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
+                    partial: dict[str, float] | None = None) -> dict[str, Any]:
+    """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
+    next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
+    from pitvit.models import with_digests
+
+    model = t.model
+    pretrained = model.pretrained_cfg.to_dict()
+    pretrained.update(num_classes=model.num_classes, input_size=[model.cfg.in_chans, data.input_size,
+                                                                 data.input_size],
+                      mean=data.mean, std=data.std, interpolation=data.interpolation, crop_pct=data.crop_pct)
+    ckpt = {
+        "format": "pitvit", "version": 1,
+        "model_name": model.model_name, "model_cfg": model.cfg.to_dict(), "pretrained_cfg": pretrained,
+        "class_names": list(data.classes),
+        "state_dict": model.state_dict(),
+        "epoch": epoch, "step_in_epoch": step,
+        "config": config_to_dict(cfg),
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.schedule.state_dict(),
+        "rng": capture_rng(),
+        "sampler": _sampler_state(data.train, epoch, step, cfg.train.seed),
+        "best_metric": dict(best),
+    }
+    if t.ema is not None:
+        ckpt["ema_state_dict"] = t.ema.state_dict()
+        ckpt["ema_updates"] = t.ema.updates
+    if t.scaler is not None:
+        ckpt["scaler"] = t.scaler.state_dict()
+    if partial is not None:
+        ckpt["partial_epoch"] = dict(partial)
+    return with_digests(ckpt)
+
+
+def restore_training(ckpt: dict[str, Any], t: Training) -> None:
+    """Put a checkpoint's weights, optimizer, schedule, EMA, scaler and random states into the run's objects."""
+    t.model.load_state_dict(ckpt["state_dict"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.schedule.load_state_dict(ckpt["scheduler"])
+    if t.ema is not None:
+        if "ema_state_dict" in ckpt:
+            t.ema.load_state_dict(ckpt["ema_state_dict"])
+            t.ema.updates = int(ckpt.get("ema_updates", 0))
+        else:
+            log.warning("the checkpoint has no EMA weights; the EMA restarts from the current weights")
+            t.ema.load_state_dict(ckpt["state_dict"])
+    if t.scaler is not None and "scaler" in ckpt:
+        t.scaler.load_state_dict(ckpt["scaler"])
+    restore_rng(ckpt["rng"])
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``["optim.lr: 0.001 -> 0.002"]``: the settings that differ, except where the run lives and how fast it reads."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b and f"{prefix}{k}" not in ("train.output", "train.resume", "data.path", "data.num_workers"):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | None:
+    """The checkpoint to continue from: ``run_dir/last.pt`` unless ``train.resume`` is false (and ``require``,
+    the ``--resume`` flag, is not set).
+
+    Raises:
+        TrainingError: ``require`` and there is no ``last.pt``.
+        CheckpointError: ``last.pt`` is damaged, truncated or unsafe (the message says how to go on).
+    """
+    last = run_dir / "last.pt"
+    if not last.exists():
+        if require:
+            raise TrainingError(f"--resume: {last} does not exist; run without --resume to start a new run there")
+        return None
+    if not cfg.train.resume and not require:
+        log.warning("%s exists but train.resume is false: starting over", last)
+        return None
+    try:
+        return load_checkpoint(last)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; it is the checkpoint this run would continue from: start over in {run_dir} "
+                              f"with --set train.resume=false (it is then replaced), or train in another folder "
+                              f"(--output)") from None
+
+
+def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, data: Data) -> None:
+    """Refuse another run's checkpoint, a finished run asked to go on with other settings, and a mid-epoch
+    resume that would not see the rest of the batches it stopped between; warn about any other change.
+
+    Raises:
+        TrainingError: the checkpoint in ``run_dir`` cannot be continued with ``cfg`` (the message says how).
+    """
+    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
+    last = run_dir / "last.pt"
+    elsewhere = (f"to train this one, choose another --output, or start over in {run_dir} with "
+                 f"--set train.resume=false (its checkpoints are then replaced)")
+    other = run_differences(ckpt, t.model, data.classes, data.input_size)
+    if other:
+        config_file = run_dir / "config.yaml"
+        how = (f"run `pitvit train --config {config_file}`" if config_file.is_file() else
+               "rerun it with the settings it ran with")
+        raise TrainingError(f"{last} belongs to another run ({'; '.join(other)}): to continue that run, {how}; "
+                            f"{elsewhere}")
+    changes = config_changes(ckpt.get("config", {}), config_to_dict(cfg))
+    settings = [c for c in changes if not c.startswith("train.epochs:")]
+    if settings and epoch >= t.schedule.total_epochs and not step:
+        raise TrainingError(f"{last} holds a run that finished its {epoch} epochs with other settings "
+                            f"({'; '.join(settings)}): to continue it, raise train.epochs; {elsewhere}")
+    saved = (ckpt.get("sampler") or {}).get("sampler") or {}
+    sampler = getattr(data.train, "sampler", None)
+    order = order_changes(saved, sampler.state_dict()) if hasattr(sampler, "state_dict") else []
+    old_accum = ckpt.get("config", {}).get("optim", {}).get("accum_steps", cfg.optim.accum_steps)
+    if old_accum != cfg.optim.accum_steps:
+        order.append(f"optim.accum_steps {old_accum} -> {cfg.optim.accum_steps}")
+    if order and step:
+        raise TrainingError(
+            f"{last} stopped in the middle of epoch {epoch + 1}, after batch {step}, and its remaining batches "
+            f"only exist for the settings it ran with ({'; '.join(order)}): resume with those (global batch = "
+            f"data.batch_size x processes); {elsewhere}")
+    if order:
+        log.warning("the batches change at this epoch boundary (%s): the learning rate follows the new global "
+                    "batch, and the run no longer matches an uninterrupted one", "; ".join(order))
+    if changes:
+        log.warning("resuming with a changed configuration: %s", "; ".join(changes))

@@ -30,7 +30,7 @@ from torch import nn
 
 from pitvit.models.pit import keyed_drop_path
 from pitvit.utils.distributed import is_distributed
-from pitvit.utils.errors import TrainingError
+from pitvit.utils.errors import NonFiniteLossError
 from pitvit.utils.keyed import hash_keys
 from pitvit.utils.logs import Progress
 from pitvit.utils.seed import mix_seed
@@ -38,7 +38,7 @@ from pitvit.utils.seed import mix_seed
 from .ema import ModelEma
 from .sched import LRSchedule
 
-__all__ = ["TrainStep", "train_one_epoch", "evaluate", "NonFiniteLossError", "step_key"]
+__all__ = ["TrainStep", "train_one_epoch", "evaluate", "step_key"]
 
 _MIX, _DROP_PATH = 1, 2  # what a step key is for
 
@@ -46,14 +46,6 @@ _MIX, _DROP_PATH = 1, 2  # what a step key is for
 def step_key(seed: int, epoch: int, optimizer_step: int) -> int:
     """The key of every keyed draw of one optimizer step."""
     return mix_seed(seed, epoch, optimizer_step)
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
-
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}")
-        self.epoch, self.step, self.value = epoch, step, value
 
 
 @dataclass

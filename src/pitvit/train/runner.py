@@ -1,7 +1,8 @@
-"""``fit(cfg)``: a training run composed from builders, on one process or many (torchrun).
+"""``fit(cfg)``: a training run conducted on one process or many (torchrun).
 
-Each builder turns one section of the configuration into objects; :func:`fit` wires them together and runs
-epochs with the engine. Every epoch ends with ``last.pt`` written atomically (and ``best.pt`` when the named
+:func:`fit` reads top to bottom and hands each concern to its module: the objects come from
+:mod:`.builders`, what a checkpoint holds and what may change on resume from :mod:`.checkpoint`, the batches
+from :mod:`.engine`, the record of the run from :mod:`.metrics`. Every epoch ends with ``last.pt`` written atomically (and ``best.pt`` when the named
 metric improves), so a run killed at any moment resumes from its folder and ends with the same weights.
 """
 from __future__ import annotations
@@ -13,336 +14,32 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from pitvit.utils.device import amp_dtype
 from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
-from pitvit.utils.errors import CheckpointError, ConfigError, MissingPathError, OutputError, TrainingError
+from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
 from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
 
-from .checkpoint import capture_rng, load_checkpoint, order_changes, restore_rng, run_differences
-from .config import Config, config_to_dict, resolve_best_metric, save_config
-from .distill import ClassificationLoss, DistillationLoss, build_teacher
-from .ema import ModelEma
-from .engine import NonFiniteLossError, TrainStep, evaluate, train_one_epoch
+from .builders import Data, Training, build_data, build_model, build_train_step, build_training
+from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
+from .config import Config, resolve_best_metric
+from .engine import TrainStep, evaluate, train_one_epoch
 from .metrics import MetricsLog
-from .optim import build_optimizer, scaled_lr
-from .sched import LRSchedule
+from .recipes import save_config
 
-__all__ = ["fit", "TrainingError", "Data", "Training", "build_data", "build_model", "build_training",
-           "run_dir_of"]
+__all__ = ["fit", "run_dir_of"]
 
 log = logging.getLogger("pitvit.train")
 
 
-# ---------------------------------------------------------------------------- data
-@dataclass
-class Data:
-    train: Any
-    val: Any
-    mixup: Any
-    classes: list[str]
-    input_size: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str
-    crop_pct: float
-
-
-def _preprocessing(cfg: Config) -> dict[str, Any]:
-    """Input size and normalization: the configuration's, else the variant's ``pretrained_cfg``."""
-    from pitvit.models import get_pretrained_cfg
-
-    pc = get_pretrained_cfg(cfg.model.name)
-    return {"in_chans": pc.input_size[0],
-            "input_size": cfg.data.input_size or cfg.model.img_size or pc.input_size[-1],
-            "mean": list(cfg.data.mean or pc.mean), "std": list(cfg.data.std or pc.std),
-            "interpolation": cfg.data.interpolation or pc.interpolation,
-            "crop_pct": cfg.data.crop_pct if cfg.data.crop_pct is not None else pc.crop_pct}
-
-
-_MIX_KEYS = ("mixup", "cutmix", "mixup_prob", "mixup_switch_prob", "mixup_mode", "mix_group", "smoothing",
-             "repeated_aug")
-
-
-def _aug_dict(cfg: Config) -> dict[str, Any]:
-    """The data layer's augmentation settings: the preset plus the fields the config sets."""
-    return {k: v for k, v in asdict(cfg.aug).items() if k not in _MIX_KEYS and v is not None}
-
-
-def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:
-    """The training and validation datasets of ``data.path`` (``data.holdout``: both from the training split)."""
-    from pitvit import data as D
-
-    if not cfg.data.path and cfg.data.kind != "fashion_mnist":
-        raise ConfigError("no dataset: pass --data DIR (or set data.path)")
-    common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
-    staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
-    tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
-    tf_val = None if staged else D.build_transform(False, **common)
-    root, strict, kind = cfg.data.path or None, not cfg.data.skip_corrupt, cfg.data.kind
-    train_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_train, strict_images=strict)
-    if not cfg.data.holdout:
-        return train_set, D.build_dataset(root, cfg.data.val_split, kind=kind, transform=tf_val,
-                                          strict_images=strict)
-    held_set = D.build_dataset(root, cfg.data.train_split, kind=kind, transform=tf_val, strict_images=strict)
-    keep, held = D.holdout_indices(len(train_set), cfg.data.holdout)
-    return D.Subset(train_set, keep), D.Subset(held_set, held)
-
-
-def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = None) -> Data:
-    """Datasets, loaders and mixing from the ``data`` and ``aug`` sections.
-
-    Args:
-        datasets: ``(train, val)`` datasets to use instead of reading ``data.path`` (their items must already
-            be tensors; ``val`` may be ``None``).
-    """
-    from pitvit import data as D
-
-    pre = _preprocessing(cfg)
-    train_set, val_set = _read_datasets(cfg, pre) if datasets is None else datasets
-    common_loader = dict(seed=cfg.train.seed, num_workers=cfg.data.num_workers, rank=info.rank,
-                         world_size=info.world_size)
-    if cfg.data.pipeline == "gpu":  # same batches and loader contract, decoded and augmented on info.device
-        from pitvit.data.gpu import GpuStage
-
-        common_loader["stage"] = GpuStage(info.device, aug=_aug_dict(cfg), **{
-            k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")})
-    elif cfg.data.pipeline == "memory":  # batches gathered from one uint8 tensor, augmented in the main process
-        common_loader["stage"] = D.MemoryStage(aug=_aug_dict(cfg),
-                                               **{k: pre[k] for k in ("input_size", "mean", "std")})
-    train = D.build_loader(train_set, batch_size=cfg.data.batch_size, train=True, drop_last=True,
-                           repeated_aug=cfg.aug.repeated_aug, **common_loader)
-    val = None
-    if val_set is not None:
-        val = D.build_loader(val_set, batch_size=cfg.data.eval_batch_size or cfg.data.batch_size, train=False,
-                             drop_last=False, **common_loader)
-    a = cfg.aug
-    mixup = None
-    if a.mixup > 0 or a.cutmix > 0:
-        mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
-                              switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
-                              num_classes=len(train_set.classes),
-                              group=D.mix_group_size(a.mix_group, batch_size=cfg.data.batch_size,
-                                                     world_size=info.world_size, accum_steps=cfg.optim.accum_steps))
-    pre.pop("in_chans")
-    return Data(train, val, mixup, list(train_set.classes), **pre)
-
-
-# ---------------------------------------------------------------------------- model and training objects
-def build_model(cfg: Config, num_classes: int, device: torch.device, input_size: int | None = None) -> nn.Module:
-    """The student from the ``model`` section, optionally starting from weights, in distilled-training mode
-    when distilling; ``input_size`` (the data's) is checked against its patches."""
-    from pitvit.models import create_model, token_grid
-
-    m = cfg.model
-    try:
-        model = create_model(m.name, num_classes=num_classes, img_size=m.img_size, drop_path_rate=m.drop_path,
-                             drop_rate=m.drop, weights=m.weights or None, **m.arch)
-    except ConfigError as e:
-        if not m.arch or isinstance(e, MissingPathError):
-            raise
-        raise ConfigError(f"model.arch {m.arch}: {e}") from e
-    if m.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if input_size is not None and min(token_grid(input_size, model.cfg.patch_size, model.cfg.stride)) < 1:
-        raise ConfigError(f"data.input_size {input_size} is smaller than {m.name}'s {model.cfg.patch_size} px "
-                          f"patches")
-    if cfg.distill.mode != "none":
-        if not model.cfg.distilled:
-            raise ConfigError(f"distill.mode={cfg.distill.mode} needs a distilled model (a *_distilled variant, or "
-                              f"model.arch={{distilled: true}}); {m.name} has no distillation token")
-        model.set_distilled_training(True)
-    return model.to(device)
-
-
-@dataclass
-class Training:
-    """The objects the engine needs, built once per run."""
-
-    model: nn.Module  # unwrapped: what is saved and what the EMA follows
-    train_model: nn.Module  # possibly DDP-wrapped and compiled: what is stepped
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    scaler: Any
-    ema: ModelEma | None
-    loss_fn: nn.Module
-    amp_dtype: torch.dtype | None
-    global_batch: int
-    steps_per_epoch: int
-
-
-def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: DistInfo) -> Training:
-    """Optimizer (with the scaled lr), schedule, precision, EMA, loss (with the teacher) and wrapping."""
-    dtype = amp_dtype(cfg.train.amp, info.device)
-    o = cfg.optim
-    global_batch = cfg.data.batch_size * info.world_size * o.accum_steps
-    lr = scaled_lr(o.lr, global_batch, o.lr_base_batch)
-    optimizer = build_optimizer(model, o.name, lr, o.weight_decay, tuple(o.betas), o.eps, o.exclude_wd,
-                                wd_ratio=o.wd_ratio, nesterov=o.nesterov, delta=o.delta)
-    opt_steps = max(steps_per_epoch // o.accum_steps, 1)
-    schedule = LRSchedule.from_config(cfg.sched, optimizer, lr, cfg.train.epochs, opt_steps)
-    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
-    ema = ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.enabled else None
-    base = ClassificationLoss(smoothing=cfg.aug.smoothing)
-    loss_fn: nn.Module = base
-    if cfg.distill.mode != "none":
-        teacher = build_teacher(cfg.distill.teacher, model.num_classes, cfg.distill.teacher_weights, info.device)
-        loss_fn = DistillationLoss(base, teacher, cfg.distill.mode, cfg.distill.alpha, cfg.distill.tau, dtype)
-    train_model: nn.Module = model
-    if info.distributed:
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if cfg.train.compile:
-        train_model = torch.compile(train_model)
-    return Training(model, train_model, optimizer, schedule, scaler, ema, loss_fn, dtype, global_batch,
-                    steps_per_epoch)
-
-
-def _train_step(cfg: Config, t: Training, data: Data, info: DistInfo) -> TrainStep:
-    return TrainStep(t.train_model, t.optimizer, t.loss_fn, info.device, amp_dtype=t.amp_dtype, scaler=t.scaler,
-                     mixup=data.mixup, accum_steps=cfg.optim.accum_steps, clip_grad=cfg.optim.clip_grad,
-                     ema=t.ema, ema_model=t.model)
-
-
-# ---------------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------------- the run folder
 def run_dir_of(cfg: Config) -> Path:
     return Path(cfg.train.output or os.path.join("runs", cfg.name or cfg.model.name))
-
-
-def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, Any]:
-    state: dict[str, Any] = {"epoch": epoch, "step": step, "seed": seed}
-    sampler = getattr(loader, "sampler", None)
-    if sampler is not None and hasattr(sampler, "state_dict"):
-        state["sampler"] = sampler.state_dict()
-    return state
-
-
-def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
-                    partial: dict[str, float] | None = None) -> dict[str, Any]:
-    """The plain-data checkpoint (``docs/DESIGN.md``): ``epoch`` epochs are done, plus ``step`` batches of the
-    next one. It carries the SHA-256 of its weights (``with_digests``), checked whenever it is read."""
-    from pitvit.models import with_digests
-
-    model = t.model
-    pretrained = model.pretrained_cfg.to_dict()
-    pretrained.update(num_classes=model.num_classes, input_size=[model.cfg.in_chans, data.input_size,
-                                                                 data.input_size],
-                      mean=data.mean, std=data.std, interpolation=data.interpolation, crop_pct=data.crop_pct)
-    ckpt = {
-        "format": "pitvit", "version": 1,
-        "model_name": model.model_name, "model_cfg": model.cfg.to_dict(), "pretrained_cfg": pretrained,
-        "class_names": list(data.classes),
-        "state_dict": model.state_dict(),
-        "epoch": epoch, "step_in_epoch": step,
-        "config": config_to_dict(cfg),
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.schedule.state_dict(),
-        "rng": capture_rng(),
-        "sampler": _sampler_state(data.train, epoch, step, cfg.train.seed),
-        "best_metric": dict(best),
-    }
-    if t.ema is not None:
-        ckpt["ema_state_dict"] = t.ema.state_dict()
-        ckpt["ema_updates"] = t.ema.updates
-    if t.scaler is not None:
-        ckpt["scaler"] = t.scaler.state_dict()
-    if partial is not None:
-        ckpt["partial_epoch"] = dict(partial)
-    return with_digests(ckpt)
-
-
-def restore(ckpt: dict[str, Any], t: Training) -> None:
-    t.model.load_state_dict(ckpt["state_dict"])
-    t.optimizer.load_state_dict(ckpt["optimizer"])
-    t.schedule.load_state_dict(ckpt["scheduler"])
-    if t.ema is not None:
-        if "ema_state_dict" in ckpt:
-            t.ema.load_state_dict(ckpt["ema_state_dict"])
-            t.ema.updates = int(ckpt.get("ema_updates", 0))
-        else:
-            log.warning("the checkpoint has no EMA weights; the EMA restarts from the current weights")
-            t.ema.load_state_dict(ckpt["state_dict"])
-    if t.scaler is not None and "scaler" in ckpt:
-        t.scaler.load_state_dict(ckpt["scaler"])
-    restore_rng(ckpt["rng"])
-
-
-def _config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _config_changes(a, b, f"{prefix}{k}.")
-        elif a != b and f"{prefix}{k}" not in ("train.output", "train.resume", "data.path", "data.num_workers"):
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
-def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | None:
-    """The checkpoint to continue from: ``run_dir/last.pt`` unless ``train.resume`` is false (and ``require``,
-    the ``--resume`` flag, is not set).
-
-    Raises:
-        TrainingError: ``require`` and there is no ``last.pt``.
-        CheckpointError: ``last.pt`` is damaged, truncated or unsafe (the message says how to go on).
-    """
-    last = run_dir / "last.pt"
-    if not last.exists():
-        if require:
-            raise TrainingError(f"--resume: {last} does not exist; run without --resume to start a new run there")
-        return None
-    if not cfg.train.resume and not require:
-        log.warning("%s exists but train.resume is false: starting over", last)
-        return None
-    try:
-        return load_checkpoint(last)
-    except CheckpointError as e:
-        raise CheckpointError(f"{e}; it is the checkpoint this run would continue from: start over in {run_dir} "
-                              f"with --set train.resume=false (it is then replaced), or train in another folder "
-                              f"(--output)") from None
-
-
-def _check_resume(run: _Run, ckpt: dict[str, Any], epoch: int, step: int) -> None:
-    """Refuse another run's checkpoint, a finished run asked to go on with other settings, and a mid-epoch
-    resume that would not see the rest of the batches it stopped between; warn about any other change."""
-    last, cfg = run.run_dir / "last.pt", run.cfg
-    elsewhere = (f"to train this one, choose another --output, or start over in {run.run_dir} with "
-                 f"--set train.resume=false (its checkpoints are then replaced)")
-    other = run_differences(ckpt, run.t.model, run.data.classes, run.data.input_size)
-    if other:
-        config_file = run.run_dir / "config.yaml"
-        how = (f"run `pitvit train --config {config_file}`" if config_file.is_file() else
-               "rerun it with the settings it ran with")
-        raise TrainingError(f"{last} belongs to another run ({'; '.join(other)}): to continue that run, {how}; "
-                            f"{elsewhere}")
-    changes = _config_changes(ckpt.get("config", {}), config_to_dict(cfg))
-    settings = [c for c in changes if not c.startswith("train.epochs:")]
-    if settings and epoch >= run.t.schedule.total_epochs and not step:
-        raise TrainingError(f"{last} holds a run that finished its {epoch} epochs with other settings "
-                            f"({'; '.join(settings)}): to continue it, raise train.epochs; {elsewhere}")
-    saved = (ckpt.get("sampler") or {}).get("sampler") or {}
-    sampler = getattr(run.data.train, "sampler", None)
-    order = order_changes(saved, sampler.state_dict()) if hasattr(sampler, "state_dict") else []
-    old_accum = ckpt.get("config", {}).get("optim", {}).get("accum_steps", cfg.optim.accum_steps)
-    if old_accum != cfg.optim.accum_steps:
-        order.append(f"optim.accum_steps {old_accum} -> {cfg.optim.accum_steps}")
-    if order and step:
-        raise TrainingError(
-            f"{last} stopped in the middle of epoch {epoch + 1}, after batch {step}, and its remaining batches "
-            f"only exist for the settings it ran with ({'; '.join(order)}): resume with those (global batch = "
-            f"data.batch_size x processes); {elsewhere}")
-    if order:
-        log.warning("the batches change at this epoch boundary (%s): the learning rate follows the new global "
-                    "batch, and the run no longer matches an uninterrupted one", "; ".join(order))
-    if changes:
-        log.warning("resuming with a changed configuration: %s", "; ".join(changes))
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -430,7 +127,7 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any) -> tuple[_Run, di
     t = build_training(cfg, model, steps, info)
     best = {"name": resolve_best_metric(cfg, has_val=data.val is not None), "value": None, "epoch": None}
     bar = cfg.log.progress_bar == "on" or (cfg.log.progress_bar == "auto" and os.isatty(2))
-    return _Run(cfg, info, run_dir, data, t, _train_step(cfg, t, data, info), best, bar), ckpt
+    return _Run(cfg, info, run_dir, data, t, build_train_step(cfg, t, data, info), best, bar), ckpt
 
 
 def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str, float] | None]:
@@ -438,8 +135,8 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     if ckpt is None:
         return 0, 0, None
     epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-    _check_resume(run, ckpt, epoch, step)
-    restore(ckpt, run.t)
+    check_resume(ckpt, run.cfg, run.run_dir, run.t, run.data)
+    restore_training(ckpt, run.t)
     if _finite_weights(run.t):
         run.good = f"{run.run_dir / 'last.pt'} (epoch {epoch}" + (f", batch {step})" if step else ")")
     saved = ckpt.get("best_metric") or {}

@@ -10,8 +10,9 @@ The classes also derive from the built-in type callers caught before they existe
 """
 from __future__ import annotations
 
-__all__ = ["PitvitError", "ConfigError", "MissingPathError", "DatasetError", "CorruptImageError", "CheckpointError",
-           "TrainingError", "OutputError", "EXIT_CODES", "EXIT_INTERRUPTED"]
+__all__ = ["PitvitError", "ConfigError", "MissingPathError", "UnknownOptionError", "DatasetError",
+           "CorruptImageError", "CheckpointError", "TrainingError", "NonFiniteLossError", "OutputError", "EXIT_CODES",
+           "EXIT_INTERRUPTED"]
 
 
 class PitvitError(Exception):
@@ -28,6 +29,11 @@ class ConfigError(PitvitError, ValueError):
 
 class MissingPathError(ConfigError, FileNotFoundError):
     """A path argument (weights, a checkpoint) names nothing; a ``FileNotFoundError`` too."""
+
+
+class UnknownOptionError(ConfigError, TypeError):
+    """An unknown keyword to a model builder: a ``TypeError`` as Python raises for any call, and a ConfigError
+    when it came from a configuration (``model.arch``)."""
 
 
 class DatasetError(PitvitError, RuntimeError):
@@ -50,6 +56,14 @@ class TrainingError(PitvitError, RuntimeError):
     """A run stopped on a condition it explained (a non-finite loss, a run folder that holds another run, ...)."""
 
     exit_code = 5
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; ``epoch`` and ``step`` say where (0-based)."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"non-finite loss ({value}) at epoch {epoch + 1}, step {step + 1}")
+        self.epoch, self.step, self.value = epoch, step, value
 
 
 class OutputError(PitvitError, OSError):
