@@ -174,3 +174,72 @@ def test_accumulation_steps_are_the_whole_batch_with_every_draw():
         torch.testing.assert_close(results[1][k], v, rtol=1e-5, atol=1e-6)
         moved = max(moved, (v - init[k]).abs().max().item()) if v.shape == init[k].shape else moved
     assert moved > 1e-3
+
+
+# ---------------------------------------------------------------------------- SLURM's environment
+@pytest.mark.parametrize("hostlist, hosts", [
+    ("gpu01", ["gpu01"]),
+    ("gpu[01-04,07]", ["gpu01", "gpu02", "gpu03", "gpu04", "gpu07"]),
+    ("gpu[9-11]", ["gpu9", "gpu10", "gpu11"]),
+    ("cpu[001,003-004],gpu2", ["cpu001", "cpu003", "cpu004", "gpu2"]),
+    ("node[1-2]-ib", ["node1-ib", "node2-ib"]),
+    ("r[1-2]n[01-02]", ["r1n01", "r1n02", "r2n01", "r2n02"]),
+    ("a-1,b_2.c", ["a-1", "b_2.c"]),
+    ("gpu[08-10],login", ["gpu08", "gpu09", "gpu10", "login"]),
+])
+def test_slurm_hostlists_expand_as_scontrol_does(hostlist, hosts):
+    """Hand-expanded lists (SLURM's hostlist syntax: ranges keep their zero padding, several bracket groups form a
+    product); and ``scontrol show hostnames`` itself agrees where SLURM is installed."""
+    import shutil
+    import subprocess
+
+    from pitvit.utils.distributed import expand_hostlist
+
+    assert expand_hostlist(hostlist) == hosts
+    if shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True)
+        if out.returncode == 0:
+            assert out.stdout.split() == hosts
+
+
+def test_srun_variables_become_torchruns_and_torchrun_wins(monkeypatch):
+    from pitvit.utils import distributed as D
+
+    monkeypatch.setattr(D.shutil, "which", lambda name: None)  # the parser, not scontrol
+    srun = {"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "5", "SLURM_JOB_ID": "123456",
+            "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_STEP_ID": "0"}
+    assert D.launcher_env(srun) == {"RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "5", "MASTER_ADDR": "gpu07",
+                                    "MASTER_PORT": str(15000 + 123456 % 50000)}
+    assert D.launcher_env({**srun, "MASTER_PORT": "29555"})["MASTER_PORT"] == "29555"
+    assert D.launcher_env({**srun, "SLURM_STEP_NUM_TASKS": "8"})["WORLD_SIZE"] == "8"  # the step's tasks
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "LOCAL_RANK": "1"}
+    assert D.launcher_env({**srun, **torchrun}) == {}  # srun ... torchrun: torchrun's variables stand
+    batch_script = {k: v for k, v in srun.items() if k != "SLURM_STEP_ID"} | {"SLURM_PROCID": "0"}
+    assert D.launcher_env(batch_script) == {}  # the batch script itself (as SLURM sets it), not an srun task
+
+
+def test_sync_batchnorm_with_several_processes():
+    """The demo's convolutional stem has BatchNorm: with 2 GPU processes it becomes torch's SyncBatchNorm (same
+    state-dict keys); on CPU processes it stays (torch has no CPU SyncBatchNorm) and the log says why; one
+    process or a model without BatchNorm is left alone."""
+    import logging
+
+    from pitvit.train.builders import sync_batchnorm
+    from pitvit.utils.distributed import DistInfo
+
+    model = create_model("pit_nano", stem_channels=8)
+    keys = list(model.state_dict())
+    assert not sync_batchnorm(model, DistInfo(world_size=1, device=torch.device("cuda", 0)))
+    assert not sync_batchnorm(create_model("pit_test"), DistInfo(world_size=2, device=torch.device("cuda", 0)))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("pitvit").addHandler(handler)
+    try:
+        assert not sync_batchnorm(model, DistInfo(world_size=2, device=torch.device("cpu")))
+    finally:
+        logging.getLogger("pitvit").removeHandler(handler)
+    assert any("SyncBatchNorm needs GPUs" in r.getMessage() for r in records)
+    assert sync_batchnorm(model, DistInfo(world_size=2, device=torch.device("cuda", 0)))
+    kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    assert kinds == {torch.nn.SyncBatchNorm} and list(model.state_dict()) == keys

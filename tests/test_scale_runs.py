@@ -105,7 +105,7 @@ def test_elastic_resume_mid_epoch(one, tmp_path, before, after):
     _stop_in_epoch_2(proc, run)
     err = _run(_train(data, run, 16 // after, after))
     log = (run / "log.txt").read_text()
-    assert f"{before} -> {after} processes" in log, log[-2000:]
+    assert f"elastic resume: processes {before} -> {after}" in log, log[-2000:]
     assert_same_run(ref, run)
 
 

@@ -145,6 +145,7 @@ class TrainCfg:
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>
     resume: bool = True  # continue from output/last.pt when it exists
+    requeue: bool = False  # under SLURM: after a SIGUSR1/SIGTERM stop, `scontrol requeue $SLURM_JOB_ID`
     eval_every: int = 1
     best_metric: str = ""  # picks best.pt (BEST_METRICS); "": ema_top1 with EMA, else val_top1
     max_steps_per_epoch: int = 0  # 0: the whole loader (a smaller value is for smoke tests)

@@ -5,7 +5,8 @@
 A launcher's environment (``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR`` set) starts the process group even for a
 single process, so ``torchrun --nproc_per_node=1`` runs the same code path (DDP, all-reduces) as N processes.
 
-Under ``srun`` (one task per GPU, no torchrun) the same variables are derived from SLURM's: ``SLURM_PROCID``,
+Under ``srun`` (one task per GPU, no torchrun; a task is recognized by its ``SLURM_STEP_ID``, which the batch
+script itself does not have) the same variables are derived from SLURM's: ``SLURM_PROCID``,
 ``SLURM_NTASKS`` (the step's ``SLURM_STEP_NUM_TASKS`` when set), ``SLURM_LOCALID``, the first host of
 ``SLURM_JOB_NODELIST`` as the address (``scontrol show hostnames`` expands it when available, else
 :func:`expand_hostlist`) and a port derived from ``SLURM_JOB_ID`` unless ``MASTER_PORT`` is set. torchrun's
@@ -26,7 +27,7 @@ import torch.distributed as dist
 from .device import resolve_device
 
 __all__ = ["DistInfo", "init_distributed", "launched_by_launcher", "cleanup_distributed", "all_reduce_sum", "barrier",
-           "is_distributed", "launcher_env", "expand_hostlist", "slurm_port"]
+           "is_distributed", "launcher_env", "expand_hostlist", "slurm_port", "requeue_slurm_job"]
 
 _TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 
@@ -58,7 +59,8 @@ def launched_by_launcher() -> bool:
 
 
 def _is_srun_task(env: Mapping[str, str]) -> bool:
-    return all(k in env for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NODELIST"))
+    # A batch script has SLURM_PROCID=0 and the job's SLURM_NTASKS too, but no step: only srun's tasks do.
+    return all(k in env for k in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_JOB_NODELIST", "SLURM_STEP_ID"))
 
 
 def expand_hostlist(hostlist: str) -> list[str]:
@@ -94,6 +96,28 @@ def _first_host(hostlist: str) -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return expand_hostlist(hostlist)[0]
+
+
+def requeue_slurm_job() -> bool:
+    """``scontrol requeue $SLURM_JOB_ID``: SLURM puts the job back in the queue and reruns its batch script.
+    Returns whether it was accepted; a missing job id or ``scontrol`` is logged, not raised (the checkpoint the
+    job stopped with is on disk either way)."""
+    import logging
+
+    log = logging.getLogger("pitvit")
+    job = os.environ.get("SLURM_JOB_ID")
+    scontrol = shutil.which("scontrol")
+    if not job or not scontrol:
+        log.warning("train.requeue: %s; resubmit the job to continue",
+                    "not a SLURM job (no SLURM_JOB_ID)" if not job else "scontrol not found")
+        return False
+    done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        log.warning("scontrol requeue %s failed: %s; resubmit the job to continue", job,
+                    (done.stderr or done.stdout).strip())
+        return False
+    log.info("requeued SLURM job %s: it reruns its batch script and resumes from the checkpoint", job)
+    return True
 
 
 def slurm_port(job_id: str | int) -> int:
