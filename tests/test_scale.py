@@ -198,7 +198,7 @@ def test_slurm_hostlists_expand_as_scontrol_does(hostlist, hosts):
     assert expand_hostlist(hostlist) == hosts
     if shutil.which("scontrol"):
         out = subprocess.run(["scontrol", "show", "hostnames", hostlist], capture_output=True, text=True)
-        if out.returncode == 0:
+        if out.returncode == 0 and out.stdout.split():  # configured, and a form this SLURM accepts
             assert out.stdout.split() == hosts
 
 
