@@ -243,3 +243,17 @@ def test_sync_batchnorm_with_several_processes():
     assert sync_batchnorm(model, DistInfo(world_size=2, device=torch.device("cuda", 0)))
     kinds = {type(m) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
     assert kinds == {torch.nn.SyncBatchNorm} and list(model.state_dict()) == keys
+
+
+def test_keyed_erasing_noise_is_standard_normal_per_sample():
+    """The GPU pipeline's keyed erasing noise: Kolmogorov-Smirnov against scipy's standard normal, and a row
+    depends on its sample's key only (not on the rows beside it)."""
+    from scipy import stats
+
+    from pitvit.data.gpu.ops import keyed_normal
+
+    keys = torch.arange(40, dtype=torch.int64) * 7919
+    z = keyed_normal(keys, 5000, salt=0, device=torch.device("cpu"))
+    assert stats.kstest(z.flatten().numpy(), "norm").pvalue > 1e-3
+    torch.testing.assert_close(keyed_normal(keys[13:14], 5000, 0, torch.device("cpu")), z[13:14], rtol=0, atol=0)
+    assert not torch.equal(keyed_normal(keys[:1], 5000, 1, torch.device("cpu")), z[:1])  # another box, other noise
