@@ -94,18 +94,22 @@ def _stop_in_epoch_2(proc: subprocess.Popen, run: Path, signal_pid: int | None =
     assert ckpt["step_in_epoch"] > 0, "not stopped mid-epoch"
 
 
-@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
-def test_elastic_resume_mid_epoch(one, tmp_path, before, after):
-    """Stopped by SIGTERM in epoch 2 with ``before`` processes, resumed with ``after`` (same global batch 16):
-    the uninterrupted 1-process run's weights, and the log says what changed."""
+@pytest.mark.parametrize("before, after, accum", [(2, 1, 1), (1, 2, 1), (2, 1, 2)],
+                         ids=["2-to-1", "1-to-2", "2-to-1-accumulating"])
+def test_elastic_resume_mid_epoch(one, tmp_path, before, after, accum):
+    """Stopped by SIGTERM in epoch 2 with ``before`` processes, resumed with ``after`` (same global batch 16,
+    also as 1 process of 8 with 2 accumulation steps): the uninterrupted 1-process run's weights, and the log
+    says what changed."""
     data, ref = one
     run = tmp_path / "elastic"
     proc = subprocess.Popen(_train(data, run, 16 // before, before), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     _stop_in_epoch_2(proc, run)
-    err = _run(_train(data, run, 16 // after, after))
+    _run(_train(data, run, 16 // after // accum, after, extra=(f"optim.accum_steps={accum}",)))
     log = (run / "log.txt").read_text()
     assert f"elastic resume: processes {before} -> {after}" in log, log[-2000:]
+    if accum > 1:
+        assert f"accumulation steps 1 -> {accum}" in log
     assert_same_run(ref, run)
 
 

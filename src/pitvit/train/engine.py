@@ -194,8 +194,9 @@ def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: 
     Args:
         step: the model, optimizer and everything else a batch goes through.
         loader: yields ``(images, labels)``.
-        epoch: 0-based epoch index: seeds the per-step randomness (with ``seed``, the step and the process
-            rank), and positions a per-step ``schedule``.
+        epoch: 0-based epoch index: keys the step's draws (with ``seed``, the optimizer step and each sample's
+            place in the global batch: the loader's ``batch_size``, this rank and the accumulation micro-batch),
+            and positions a per-step ``schedule``.
         seed: the run's seed.
         schedule: an :class:`~pitvit.train.sched.LRSchedule` set at every optimizer step if it is ``per_step``
             (an epoch-wise schedule is the caller's to set), or ``None``.
