@@ -31,8 +31,9 @@ LIMIT = 1e-4
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
-def _train(data: Path, out: Path, batch: int, procs: int = 1, extra: tuple[str, ...] = ()) -> list[str]:
-    launch = [sys.executable] if procs == 1 else [*TORCHRUN, f"--nproc_per_node={procs}"]
+def _train(data: Path, out: Path, batch: int, procs: int = 1, extra: tuple[str, ...] = (),
+           torchrun: bool = False) -> list[str]:
+    launch = [sys.executable] if procs == 1 and not torchrun else [*TORCHRUN, f"--nproc_per_node={procs}"]
     sets = [x for s in (*RECIPE, f"data.batch_size={batch}", *extra) for x in ("--set", s)]
     return [*launch, "-m", "pitvit", "train", "--data", str(data), "--output", str(out), *sets]
 
@@ -71,11 +72,12 @@ def one(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "one"
 
 
-@pytest.mark.parametrize("procs", [2, 4])
+@pytest.mark.parametrize("procs", [1, 2, 4])
 def test_processes_give_the_one_process_run(one, tmp_path, procs):
-    """2 x 8 and 4 x 4 under torchrun against 1 x 16: the same run (measured: README, "Multi-process")."""
+    """1 x 16, 2 x 8 and 4 x 4 under torchrun (the DDP path, even for one process) against 1 x 16 without a
+    launcher: the same run (measured: README, "Many processes, elastic resume, SLURM")."""
     data, ref = one
-    _run(_train(data, tmp_path / f"{procs}x{16 // procs}", 16 // procs, procs))
+    _run(_train(data, tmp_path / f"{procs}x{16 // procs}", 16 // procs, procs, torchrun=True))
     assert_same_run(ref, tmp_path / f"{procs}x{16 // procs}")
 
 
