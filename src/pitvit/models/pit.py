@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pitvit.utils.errors import ConfigError
-from pitvit.utils.keyed import uniform_from_keys
+from pitvit.utils.keyed import hash_keys, uniform_from_keys
 
 __all__ = ["PiTConfig", "PiT", "Attention", "DropPath", "keyed_drop_path", "resize_pos_embed", "token_grid", "POOL_TYPES"]
 
@@ -176,35 +176,31 @@ class DropPath(nn.Module):
     """Stochastic depth per sample (Huang et al. 2016), scaled by ``1 / keep`` so the expectation is unchanged
     (timm's ``DropPath``).
 
-    By default each sample's keep/drop is a Bernoulli draw from torch's generator. With per-sample ``keys``
-    set (:func:`keyed_drop_path`), it is a function of the key and of this module's ``salt`` (its block and
-    branch): the same sample at the same step keeps or drops the same blocks on any device and in any batch
-    split, which makes N processes draw what one process draws.
+    By default each sample's keep/drop is a Bernoulli draw from torch's generator. Inside
+    :func:`keyed_drop_path` it compares a uniform ``draws[i]`` that is a function of sample ``i``'s key and of
+    this module's ``salt`` (its block and branch): the same sample at the same step keeps or drops the same blocks
+    on any device and in any batch split, which makes N processes draw what one process draws.
     """
 
-    keys: Optional[torch.Tensor]
+    draws: Optional[torch.Tensor]
 
     def __init__(self, rate: float, salt: int = 0) -> None:
         super().__init__()
         self.rate = rate
         self.salt = salt
-        self.keys = None
+        self.draws = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
         shape = [x.shape[0]] + [1] * (x.dim() - 1)
-        keys = self.keys
-        if keys is None:
+        draws = self.draws
+        if draws is None:
             mask = x.new_empty(shape).bernoulli_(keep)
         else:
-            mask = self._keyed_mask(keys, keep).to(x.dtype).view(shape)
+            mask = (draws < keep).to(x.dtype).view(shape)
         return x * mask.div_(keep)
-
-    @torch.jit.unused
-    def _keyed_mask(self, keys: torch.Tensor, keep: float) -> torch.Tensor:
-        return uniform_from_keys(keys, self.salt) < keep
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.4f}"
@@ -216,16 +212,21 @@ def keyed_drop_path(model: nn.Module, keys: Optional[torch.Tensor]) -> Iterator[
     batches, on the model's device) for the duration of the block; ``None`` leaves the ordinary random draws.
 
     The caller decides what a key encodes (training keys it by seed, step and the sample's place in the global
-    batch); the mask of sample ``i`` in a block is a hash of ``keys[i]`` and the block's place in the model.
+    batch); the mask of sample ``i`` in a block is a hash of ``keys[i]`` and the block's place in the model. The
+    uniforms of every block are drawn here at once (two hash passes over ``blocks x batch``), not per block.
     """
     mods = [m for m in model.modules() if isinstance(m, DropPath)]
-    for m in mods:
-        m.keys = keys
+    if keys is not None and mods:
+        salts = torch.tensor([m.salt for m in mods], dtype=torch.int64, device=keys.device)
+        folded = hash_keys(keys, 0x5EED)  # 32 bits, so that a 16-bit salt fits beside them
+        draws = uniform_from_keys((folded[None, :] << 16) | salts[:, None], 0xD809)
+        for m, row in zip(mods, draws):
+            m.draws = row
     try:
         yield
     finally:
         for m in mods:
-            m.keys = None
+            m.draws = None
 
 
 class Attention(nn.Module):
