@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test test-slow bench clean
+.PHONY: setup data slurm demo test test-slow bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,13 +24,22 @@ data:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
 	fi
 
+# A single-node SLURM for the slow suite's scheduler test (Debian's slurm-wlm and munge; the test starts the
+# daemons itself, and skips, saying why, where they cannot be installed).
+slurm:
+	@if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq slurm-wlm munge \
+	    || echo "slurm-wlm and munge could not be installed: the real-SLURM test will be skipped"; \
+	fi
+
 demo: setup data
 	$(BIN)/pitvit demo
 
 test: setup data
 	$(BIN)/python -m pytest -q
 
-test-slow: setup data
+test-slow: setup data slurm
 	$(BIN)/python -m pytest -q -m slow
 
 bench: setup

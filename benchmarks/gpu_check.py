@@ -1,11 +1,14 @@
 """Every GPU figure of the project from one command, written as one JSON file and one Markdown table.
 
 On a machine with CUDA (sized for one H200 and 16 CPU cores; it needs only torch, torchvision and timm, with the
-project on ``PYTHONPATH=src``) it runs in at most ``--budget-s`` seconds (default 480), in five sections:
+project on ``PYTHONPATH=src``) it runs in at most ``--budget-s`` seconds (default 480), in six sections:
 
 - ``parity``: logits on CUDA against the CPU for every registered variant, fp32 with TF32 off (max |difference|).
 - ``amp_steps``: training steps of pit_ti under bf16 autocast, and under fp16 autocast with a GradScaler, through
   the trainer's own step: finite losses and weights, and a loss that falls on a fixed batch.
+- ``keyed_draws``: the keyed random draws (drop path per sample and block, mixup/cutmix per group) against the
+  plain ones on a pit_ti training step at batch 256 (``benchmarks/bench_keyed.py``, alternating, same run; target
+  keyed / plain <= 1.02), and the keyed drop-path bits on the device equal to the CPU's.
 - ``train_epoch``: ``pitvit train`` for one epoch on a small folder of JPEGs with ``data.pipeline=gpu`` and
   ``train.amp=auto``, then the same command with ``train.epochs=2``, which must resume from ``last.pt``; both
   again under ``torchrun --nproc_per_node=1`` (the NCCL process group and DDP).
@@ -60,11 +63,13 @@ if str(HERE) not in sys.path:
 import torch  # noqa: E402
 
 import bench_datapipe  # noqa: E402
+import bench_keyed  # noqa: E402
 from pitvit.utils.io import write_text  # noqa: E402
 
 SRC = Path(pitvit.__file__).resolve().parents[1]  # what subprocesses need on PYTHONPATH
-SECTION_NAMES = ("parity", "amp_steps", "train_epoch", "pipelines", "vs_timm")
-BUDGETS = {"parity": 40, "amp_steps": 25, "train_epoch": 90, "pipelines": 150, "vs_timm": 155}  # seconds
+SECTION_NAMES = ("parity", "amp_steps", "keyed_draws", "train_epoch", "pipelines", "vs_timm")
+BUDGETS = {"parity": 40, "amp_steps": 25, "keyed_draws": 20, "train_epoch": 90, "pipelines": 150,
+           "vs_timm": 155}  # seconds
 MIN_SECTION_S = 5.0  # a section that would start with less than this is recorded as skipped
 
 # Sizes of the full run (one H200, 16 cores) and of the reduced one (a CPU, inside the test suite).
@@ -73,13 +78,14 @@ FULL = dict(parity_models=None, parity_batch=4, amp_model="pit_ti", amp_batch=64
             train_shapes=bench_datapipe.SHAPES, pipe_model="pit_ti", pipe_images=2048, pipe_batch=256,
             pipe_steps=30, pipe_warmup=5, pipe_shapes=bench_datapipe.SHAPES, timm_models=("pit_ti", "pit_s", "pit_b"),
             timm_batch=256, timm_img=None, timm_rounds=5, timm_iters=5, timm_warmup=3, timm_amp="bf16",
-            source_size=512)
+            source_size=512, keyed_model="pit_ti", keyed_batch=256, keyed_steps=10, keyed_rounds=3)
 REDUCED = dict(parity_models=("pit_test", "pit_nano", "pit_ti_distilled"), parity_batch=2, amp_model="pit_test",
                amp_batch=8, amp_steps=4, train_model="pit_test", train_images=32, val_images=8, train_batch=8,
                train_workers=0, train_shapes=[((64, 48), 1), ((48, 64), 1)], pipe_model="pit_test", pipe_images=16,
                pipe_batch=4, pipe_steps=2, pipe_warmup=1, pipe_shapes=[((64, 48), 1), ((48, 64), 1)],
                timm_models=("pit_ti",), timm_batch=2, timm_img=32, timm_rounds=3, timm_iters=1, timm_warmup=1,
-               timm_amp="fp32", source_size=96)
+               timm_amp="fp32", source_size=96, keyed_model="pit_test", keyed_batch=16, keyed_steps=2,
+               keyed_rounds=1)
 TARGETS = {"model_only": 10_000.0, "gpu_pipeline": 8_000.0, "gpu_vs_model_only": 0.8}  # one H200 (issue 12)
 
 
@@ -224,6 +230,23 @@ def amp_steps(ctx: Ctx, sec: Section) -> None:
         ctx.save()
         del model, step
         _free(dev)
+
+
+# ---------------------------------------------------------------------------- keyed_draws
+def keyed_draws(ctx: Ctx, sec: Section) -> None:
+    """Keyed against plain random draws in one training step (bench_keyed), and the device's keyed bits."""
+    from pitvit.utils.keyed import hash_keys
+
+    z = ctx.size
+    keys = torch.arange(1 << 20, dtype=torch.int64)
+    same = bool(torch.equal(hash_keys(keys.to(ctx.device), 2**61 + 12345).cpu(), hash_keys(keys, 2**61 + 12345)))
+    sec.check(f"keyed bits on {ctx.device.type} = CPU bits", same, "equal (drop path masks alike)", same)
+    r = bench_keyed.keyed_vs_plain(z["keyed_model"], z["keyed_batch"], z["keyed_steps"], z["keyed_rounds"],
+                                   str(ctx.device))
+    sec.results.append({"row": "keyed vs plain draws", **r, "bits_equal_cpu": same})
+    sec.check(f"keyed / plain step time, {r['model']} batch {r['batch']}", round(r["ratio"], 3), "<= 1.02",
+              r["ratio"] <= 1.02 if ctx.judged() else None)
+    ctx.save()
 
 
 # ---------------------------------------------------------------------------- train_epoch
@@ -454,6 +477,11 @@ def _section_rows(name: str, results: list[dict[str, Any]]) -> list[str]:
         return _table(["precision", "model", "batch", "first loss", "last loss", "autocast", "scale", "ok"],
                       [[r["precision"], r["model"], r["batch"], r["losses"][0], r["losses"][-1], r["autocast_dtype"],
                         r["scale"], r["ok"]] for r in results])
+    if name == "keyed_draws":
+        return _table(["model", "batch", "device", "steps", "plain s/step", "keyed s/step", "keyed / plain",
+                       "bits = CPU"],
+                      [[r["model"], r["batch"], r["device"], r["steps"], r["plain_s"], r["keyed_s"], r["ratio"],
+                        r["bits_equal_cpu"]] for r in results])
     if name == "train_epoch":
         return _table(["launcher", "train.epochs", "exit", "s", "checkpoint epoch", "resumed", "train img/s",
                        "val top-1", "ok"],
@@ -512,7 +540,7 @@ def markdown(data: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- main
 SECTIONS: dict[str, Callable[[Ctx, Section], None]] = {
-    "parity": parity, "amp_steps": amp_steps, "train_epoch": train_epoch, "pipelines": pipelines, "vs_timm": vs_timm}
+    "parity": parity, "amp_steps": amp_steps, "keyed_draws": keyed_draws, "train_epoch": train_epoch, "pipelines": pipelines, "vs_timm": vs_timm}
 
 
 def _meta(args: argparse.Namespace, device: torch.device, reduced: bool, compile: bool) -> dict[str, Any]:

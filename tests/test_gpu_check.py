@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
-SECTIONS = ["parity", "amp_steps", "train_epoch", "pipelines", "vs_timm"]
+SECTIONS = ["parity", "amp_steps", "keyed_draws", "train_epoch", "pipelines", "vs_timm"]
 
 
 def _gpu_check(tmp_path: Path, *args: str, timeout: float) -> tuple[dict, str, str]:
@@ -51,6 +51,8 @@ def _check_reduced_run(data: dict, md: str, stdout: str, compiled: bool, budget:
     amp = sections["amp_steps"]["results"]
     assert [(r["precision"], r["autocast_dtype"]) for r in amp] == [("bf16", "bfloat16"), ("fp16", "float16")]
     assert amp[1]["scale"] > 0 and all(len(r["losses"]) == 4 for r in amp)
+    keyed = sections["keyed_draws"]["results"]
+    assert len(keyed) == 1 and keyed[0]["bits_equal_cpu"] and keyed[0]["plain_s"] > 0 and keyed[0]["keyed_s"] > 0
     runs = [(r["launcher"], r["epochs"], r["ckpt_epoch"], r["resumed"]) for r in sections["train_epoch"]["results"]]
     assert runs == [("pitvit", 1, 1, False), ("pitvit", 2, 2, True), ("torchrun", 1, 1, False),
                     ("torchrun", 2, 2, True)]
@@ -116,21 +118,23 @@ def test_sections_are_independent_and_share_the_budget(gpu_check, tmp_path, monk
         seen[sec.name] = sec.left()
         clock[0] = sec.deadline + gpu_check.BUDGETS["vs_timm"] - 2
 
-    gpu_check.SECTIONS.update(parity=fine, amp_steps=broken, train_epoch=fine, pipelines=greedy, vs_timm=fine)
-    assert gpu_check.BUDGETS == {"parity": 40, "amp_steps": 25, "train_epoch": 90, "pipelines": 150, "vs_timm": 155}
+    gpu_check.SECTIONS.update(parity=fine, amp_steps=broken, keyed_draws=fine, train_epoch=fine, pipelines=greedy,
+                              vs_timm=fine)
+    assert gpu_check.BUDGETS == {"parity": 40, "amp_steps": 25, "keyed_draws": 20, "train_epoch": 90,
+                                 "pipelines": 150, "vs_timm": 155}
     ctx = gpu_check.Ctx(torch.device("cpu"), True, False, gpu_check.REDUCED, tmp_path, tmp_path / "out",
                         {"date": "d", "device_name": "cpu", "mode": "reduced", "torch": "t", "torchvision": "v",
                          "timm": "m", "cuda": None, "cpus": 2, "cpu": "c", "auto_precision": "fp32", "budget_s": 480,
                          "command": "c", "elapsed_s": 0.0})
     gpu_check.run_sections(ctx, list(gpu_check.SECTION_NAMES), budget_s=480)
     status = {n: s.status for n, s in ctx.sections.items()}
-    assert status == {"parity": "ok", "amp_steps": "failed", "train_epoch": "ok", "pipelines": "ok",
-                      "vs_timm": "skipped"}
+    assert status == {"parity": "ok", "amp_steps": "failed", "keyed_draws": "ok", "train_epoch": "ok",
+                      "pipelines": "ok", "vs_timm": "skipped"}
     assert "kaput" in ctx.sections["amp_steps"].error
-    # parity: 480 s less the 25 + 90 + 150 + 155 s the later sections keep (its 40 s and the 20 s no section
-    # claims); train_epoch: its 90 s plus the 50 s parity left and the failed section's 25 s; pipelines: its
-    # 150 s plus the 155 s train_epoch left
-    assert seen == {"parity": 60, "train_epoch": 90 + 50 + 25, "pipelines": 150 + 155}
+    # parity: 480 s less the 25 + 20 + 90 + 150 + 155 s the later sections keep (its own 40 s: the budgets add up
+    # to 480); keyed_draws: its 20 s plus the 30 s parity left and the failed section's 25 s; train_epoch: its 90 s
+    # plus the 65 s keyed_draws left; pipelines: its 150 s plus the 145 s train_epoch left
+    assert seen == {"parity": 40, "keyed_draws": 20 + 30 + 25, "train_epoch": 90 + 65, "pipelines": 150 + 145}
     data = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert data["sections"]["vs_timm"]["status"] == "skipped"
     assert data["sections"]["vs_timm"]["skipped"] == ["no time left"]

@@ -490,10 +490,15 @@ def test_cuda_device_matches_the_cpu_device(tmp_path):
         compare_batches(cpu, [(x.cpu(), y.cpu()) for x, y in cuda], name)
 
 
-def test_two_ranks_concatenate_to_one_process(tmp_path):
+@pytest.mark.parametrize("re_mode", ["pixel", "rand"])
+def test_two_ranks_concatenate_to_one_process(tmp_path, re_mode):
+    """Random erasing on every image, its noise included: the noise is keyed per sample (seed, epoch, index,
+    repeat), so two ranks of 2 produce exactly one process's batch of 4."""
     root = make_folder(tmp_path, 8)
-    aug = {"preset": "official", "re_prob": 0.0}
+    aug = {"preset": "official", "re_prob": 1.0, "re_mode": re_mode}
     one = list(gpu_loader(root, train=True, batch_size=4, aug=aug))
+    noisy = list(gpu_loader(root, train=True, batch_size=4, aug={**aug, "re_mode": "const"}))
+    assert not torch.equal(one[0][0], noisy[0][0])  # the noise is there
     r0 = list(gpu_loader(root, train=True, batch_size=2, aug=aug, rank=0, world_size=2))
     r1 = list(gpu_loader(root, train=True, batch_size=2, aug=aug, rank=1, world_size=2))
     for (a, la), (b, lb), (c, lc) in zip(one, r0, r1):

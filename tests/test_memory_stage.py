@@ -36,8 +36,9 @@ def _reference(img: np.ndarray, mean=MEAN, std=STD) -> torch.Tensor:
     return T.Normalize(mean, std)(T.ToTensor()(np.array(img)))
 
 
-def _batches(ds, stage, train=True, epoch=0, start_step=0, batch_size=8):
-    loader = build_loader(ds, batch_size=batch_size, train=train, seed=3, stage=stage, num_workers=0)
+def _batches(ds, stage, train=True, epoch=0, start_step=0, batch_size=8, rank=0, world_size=1):
+    loader = build_loader(ds, batch_size=batch_size, train=train, seed=3, stage=stage, num_workers=0, rank=rank,
+                          world_size=world_size)
     loader.set_epoch(epoch, start_step)
     return list(loader)
 
@@ -103,6 +104,19 @@ def test_batches_depend_on_seed_epoch_step_only():
         assert torch.equal(a, b) and torch.equal(la, lb)
     other_epoch = _batches(ds, stage, epoch=3)
     assert not torch.equal(full[0][0], other_epoch[0][0])
+
+
+def test_batches_do_not_depend_on_the_number_of_processes():
+    """Two ranks of batch 4 get, between them, exactly the augmented batch one process of batch 8 gets: each
+    sample's crop and flip are keyed by (seed, epoch, index), never by the rank (the sampler's sharding: rank r
+    takes the r-th block of each global batch)."""
+    ds = Images(n=64)
+    stage = MemoryStage(input_size=8, mean=MEAN, std=STD, aug="small")
+    one = _batches(ds, stage, epoch=1)
+    ranks = [_batches(ds, stage, epoch=1, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    for step, (x, y) in enumerate(one):
+        torch.testing.assert_close(x, torch.cat([ranks[0][step][0], ranks[1][step][0]]), rtol=0, atol=0)
+        assert torch.equal(y, torch.cat([ranks[0][step][1], ranks[1][step][1]]))
 
 
 @pytest.mark.parametrize("aug, words", [

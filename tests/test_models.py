@@ -155,7 +155,7 @@ def test_attention_is_sdpa_and_matches_the_formula(monkeypatch):
 
 def test_official_stochastic_depth_rule():
     model = create_model("pit_ti", drop_path_rate=0.1)
-    rates = [getattr(b.drop_path, "rate", 0.0) for s in model.transformers for b in s.blocks]
+    rates = [getattr(b.drop_path1, "rate", 0.0) for s in model.transformers for b in s.blocks]
     assert rates == pytest.approx([0.1 * i / 12 for i in range(12)])  # never the full rate
 
 

@@ -14,12 +14,12 @@ from .fashion_mnist import FASHION_MNIST_CLASSES, read_idx
 from .images import IMAGE_EXTENSIONS, SkippedSample, is_image_file, load_image
 from .loader import CpuStage, KeyedDataset, Loader, SeededDataset, Stage, build_loader, collate_skipping
 from .memory import MemoryStage
-from .mixup import build_mixup
+from .mixup import build_mixup, mix_group_size
 from .sampler import EpochBatchSampler
 from .transforms import AUG_PRESETS, AUG_SETTINGS, build_transform, fill_color, resolve_aug, size_hw
 
 __all__ = [
-    "build_dataset", "build_transform", "build_loader", "build_mixup",
+    "build_dataset", "build_transform", "build_loader", "build_mixup", "mix_group_size",
     "ImageFolderDataset", "ListDataset", "FashionMNIST", "Subset", "holdout_indices", "MemoryStage", "FASHION_MNIST_CLASSES", "read_idx", "detect_kind",
     "IMAGE_EXTENSIONS", "is_image_file", "load_image", "SkippedSample", "DatasetError", "CorruptImageError",
     "Loader", "Stage", "CpuStage", "KeyedDataset", "SeededDataset", "EpochBatchSampler", "collate_skipping",

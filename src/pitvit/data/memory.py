@@ -3,8 +3,9 @@
 For small data sets that fit in memory (Fashion-MNIST: 60,000 x 28 x 28 bytes), per-image PIL transforms in
 loader workers cost a core that the model could use. :class:`MemoryStage` instead gathers a batch's images from
 the tensor and applies the small-image augmentation (pad by ``padding``, random crop back, horizontal flip with
-probability ``hflip``) as one indexing operation, then normalizes. Each batch draws from a generator seeded from
-(seed, rank, epoch, step), so batches depend neither on the number of workers nor on where a run resumed.
+probability ``hflip``) as one indexing operation, then normalizes. Each sample's offsets and flip are keyed draws
+from (seed, epoch, index, repeat) (:mod:`pitvit.utils.keyed`), like every other stage's per-sample augmentation,
+so batches depend neither on the number of processes or workers nor on where a run resumed.
 
 Evaluation batches are the images as they are, normalized: the same values as the CPU stage's evaluation
 transform for images already at the input size.
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pitvit.utils.errors import ConfigError
+from pitvit.utils.keyed import hash_keys, uniform_from_keys
 from pitvit.utils.seed import mix_seed
 
 from .loader import KeyedDataset, StageBatch
@@ -90,7 +92,7 @@ class MemoryStage:
 
 
 class _Keys(KeyedDataset):
-    """What the sampler indexes: a sample key stays the image's index (the batch is gathered later)."""
+    """What the sampler indexes: a sample stays its (index, repeat) (the batch is gathered later)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
@@ -98,8 +100,8 @@ class _Keys(KeyedDataset):
     def __len__(self) -> int:
         return self.n
 
-    def load(self, index: int, epoch: int, repeat: int) -> int:
-        return index
+    def load(self, index: int, epoch: int, repeat: int) -> tuple[int, int]:
+        return index, repeat
 
 
 class _BoundMemoryStage:
@@ -113,27 +115,27 @@ class _BoundMemoryStage:
         self.dataset = _Keys(len(labels))
         self.seed, self.rank, self.train = int(seed), int(rank), train
 
-    def collate(self, items: list[int]) -> torch.Tensor:
-        return torch.as_tensor(items, dtype=torch.long)
+    def collate(self, items: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.as_tensor(items, dtype=torch.long).view(-1, 2)
 
     def run(self, batches: Iterator[torch.Tensor], epoch: int, step0: int) -> Iterator[StageBatch]:
-        for i, index in enumerate(batches):
+        for keys in batches:
+            index = keys[:, 0]
             x = self.images.index_select(0, index)
             if self.train:
-                g = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, epoch, step0 + i))
-                x = self.augment(x, g)
+                x = self.augment(x, hash_keys(keys[:, 0] << 16 | keys[:, 1], mix_seed(self.seed, epoch)))
             yield StageBatch(self.normalize(x), self.labels.index_select(0, index), [], [])
 
-    def augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Pad by ``padding`` (zeros), crop a random window of the input size, flip with probability ``hflip``:
-        one gather for the batch."""
+    def augment(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """Pad by ``padding`` (zeros), crop a random window of the input size, flip with probability ``hflip``,
+        each drawn from the sample's key: one gather for the batch."""
         n, _, h, w = x.shape
         p, hflip = self.stage.padding, self.stage.hflip
         if p == 0 and hflip == 0:
             return x
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
-        flip = torch.rand(n, generator=g) < hflip
+        dy = (uniform_from_keys(keys, 0) * (2 * p + 1)).long()
+        dx = (uniform_from_keys(keys, 1) * (2 * p + 1)).long()
+        flip = uniform_from_keys(keys, 2) < hflip
         cols = torch.arange(w)
         cols = dx[:, None] + torch.where(flip[:, None], cols.flip(0)[None], cols[None])  # (n, w)
         rows = dy[:, None] + torch.arange(h)[None]  # (n, h)

@@ -20,14 +20,14 @@ from .hub import HUB_PREFIX, is_hub_reference
 from .layouts import LAYOUTS, convert_state_dict, inspect_state_dict
 from .loading import (LoadResult, Weights, describe_differences, load_weights, read_weights,
                       state_dict_differences)
-from .pit import Attention, PiT, PiTConfig, resize_pos_embed, token_grid
+from .pit import Attention, DropPath, PiT, PiTConfig, keyed_drop_path, resize_pos_embed, token_grid
 from .registry import (PretrainedCfg, get_model_config, get_pretrained_cfg, is_model, list_models, register_model,
                        resolve_preprocessing)
 from .serialization import (DIGEST_KEY, DIGESTS_KEY, SAVE_FORMATS, read_checkpoint, read_state_dict, save_pretrained,
                             save_weights, state_dict_digest, with_digests)
 from .timm_adapter import register_with_timm
 
-__all__ = ["PiT", "PiTConfig", "Attention", "PretrainedCfg", "create_model", "list_models", "get_model_config",
+__all__ = ["PiT", "PiTConfig", "Attention", "DropPath", "keyed_drop_path", "PretrainedCfg", "create_model", "list_models", "get_model_config",
            "get_pretrained_cfg", "resolve_preprocessing", "is_model", "register_model", "resize_pos_embed",
            "token_grid", "pretrained_reference", "HUB_PREFIX", "is_hub_reference", "CheckpointError", "Weights",
            "LoadResult", "LAYOUTS", "SAVE_FORMATS", "convert_state_dict", "inspect_state_dict", "read_weights",

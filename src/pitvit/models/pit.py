@@ -14,7 +14,9 @@ distilled-training switch, and timm's model protocol (``torch.jit.script`` and `
 # No ``from __future__ import annotations`` here: TorchScript and torch.fx read the forward methods'
 # annotations as objects, hence typing's Optional/Tuple/List rather than ``X | None``.
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +24,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pitvit.utils.errors import ConfigError
+from pitvit.utils.keyed import hash_keys, uniform_from_keys
 
-__all__ = ["PiTConfig", "PiT", "Attention", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES",
+__all__ = ["PiTConfig", "PiT", "Attention", "DropPath", "keyed_drop_path", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES",
            "STEM_KEY", "PATCH_KEY"]
 
 # The state-dict keys of the first convolutions: the optional stem's (stem_channels > 0), then the patch one
@@ -180,22 +183,60 @@ def _factory(device: Any, dtype: Any) -> Dict[str, Any]:
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample (Huang et al. 2016), scaled so the expectation is unchanged."""
+    """Stochastic depth per sample (Huang et al. 2016), scaled by ``1 / keep`` so the expectation is unchanged
+    (timm's ``DropPath``).
 
-    def __init__(self, rate: float) -> None:
+    By default each sample's keep/drop is a Bernoulli draw from torch's generator. Inside
+    :func:`keyed_drop_path` it compares a uniform ``draws[i]`` that is a function of sample ``i``'s key and of
+    this module's ``salt`` (its block and branch): the same sample at the same step keeps or drops the same blocks
+    on any device and in any batch split, which makes N processes draw what one process draws.
+    """
+
+    draws: Optional[torch.Tensor]
+
+    def __init__(self, rate: float, salt: int = 0) -> None:
         super().__init__()
         self.rate = rate
+        self.salt = salt
+        self.draws = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
         shape = [x.shape[0]] + [1] * (x.dim() - 1)
-        mask = x.new_empty(shape).bernoulli_(keep)
+        draws = self.draws
+        if draws is None:
+            mask = x.new_empty(shape).bernoulli_(keep)
+        else:
+            mask = (draws < keep).to(x.dtype).view(shape)
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.4f}"
+
+
+@contextlib.contextmanager
+def keyed_drop_path(model: nn.Module, keys: Optional[torch.Tensor]) -> Iterator[None]:
+    """Key every :class:`DropPath` of ``model`` by ``keys`` (one non-negative int64 per sample of the next
+    batches, on the model's device) for the duration of the block; ``None`` leaves the ordinary random draws.
+
+    The caller decides what a key encodes (training keys it by seed, step and the sample's place in the global
+    batch); the mask of sample ``i`` in a block is a hash of ``keys[i]`` and the block's place in the model. The
+    uniforms of every block are drawn here at once (two hash passes over ``blocks x batch``), not per block.
+    """
+    mods = [m for m in model.modules() if isinstance(m, DropPath)]
+    if keys is not None and mods:
+        salts = torch.tensor([m.salt for m in mods], dtype=torch.int64, device=keys.device)
+        folded = hash_keys(keys, 0x5EED)  # 32 bits, so that a 16-bit salt fits beside them
+        draws = uniform_from_keys((folded[None, :] << 16) | salts[:, None], 0xD809)
+        for m, row in zip(mods, draws):
+            m.draws = row
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.draws = None
 
 
 class Attention(nn.Module):
@@ -243,29 +284,32 @@ class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, drop: float, attn_drop: float,
-                 drop_path: float, device: Any = None, dtype: Any = None) -> None:
+                 drop_path: float, salt: int = 0, device: Any = None, dtype: Any = None) -> None:
         super().__init__()
         dd = _factory(device, dtype)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
         self.attn = Attention(dim, heads, attn_drop, drop, **dd)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, **dd)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        # one module per branch, each with its own salt, so the two draws of a block differ when keyed
+        self.drop_path1 = DropPath(drop_path, 2 * salt) if drop_path > 0 else nn.Identity()
+        self.drop_path2 = DropPath(drop_path, 2 * salt + 1) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
 class Stage(nn.Module):
     """Transformer blocks over ``[class tokens; flattened map]``; returns the map (NCHW) and the tokens."""
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float, drop: float,
-                 attn_drop: float, drop_path: List[float], device: Any = None, dtype: Any = None) -> None:
+                 attn_drop: float, drop_path: List[float], first_block: int = 0, device: Any = None,
+                 dtype: Any = None) -> None:
         super().__init__()
         dd = _factory(device, dtype)
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio, drop, attn_drop, drop_path[i], **dd) for i in range(depth))
+            Block(dim, heads, mlp_ratio, drop, attn_drop, drop_path[i], first_block + i, **dd) for i in range(depth))
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, cls_tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +417,7 @@ class PiT(nn.Module):
         start = 0
         for s, (d, h) in enumerate(zip(cfg.depth, cfg.heads)):
             self.transformers.append(Stage(widths[s], d, h, cfg.mlp_ratio, cfg.drop_rate, cfg.attn_drop_rate,
-                                           rates[start:start + d], **dd))
+                                           rates[start:start + d], start, **dd))
             start += d
             if s < len(cfg.depth) - 1:
                 self.pools.append(Pool(widths[s], widths[s + 1], **dd))

@@ -7,6 +7,7 @@ composes them.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from .ema import ModelEma
 from .engine import TrainStep
 from .optim import build_optimizer, scaled_lr
 from .sched import LRSchedule
+
+log = logging.getLogger("pitvit.train")
 
 __all__ = ["Data", "Training", "build_data", "head_width", "build_model", "build_training", "build_train_step"]
 
@@ -113,7 +116,9 @@ def build_data(cfg: Config, info: DistInfo, datasets: tuple[Any, Any] | None = N
     if a.mixup > 0 or a.cutmix > 0:
         mixup = D.build_mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
                               switch_prob=a.mixup_switch_prob, mode=a.mixup_mode, label_smoothing=a.smoothing,
-                              num_classes=head_width(cfg, train_set.classes))  # soft targets as wide as the head
+                              num_classes=head_width(cfg, train_set.classes),  # soft targets as wide as the head
+                              group=D.mix_group_size(a.mix_group, batch_size=cfg.data.batch_size,
+                                                     world_size=info.world_size, accum_steps=cfg.optim.accum_steps))
     pre.pop("in_chans")
     return Data(train, val, mixup, list(train_set.classes), **pre)
 
@@ -174,8 +179,27 @@ class Training:
     steps_per_epoch: int
 
 
+def sync_batchnorm(model: nn.Module, info: DistInfo) -> bool:
+    """With several processes, BatchNorm layers (the demo's convolutional stem has them) normalize with the
+    statistics of the global batch (SyncBatchNorm, in place), so N processes compute what one process does.
+    torch implements SyncBatchNorm for GPUs only: on CPU processes they keep per-process statistics, and the
+    log says so. Returns whether the layers were converted."""
+    if info.world_size <= 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    if info.device.type != "cuda":
+        log.warning("BatchNorm layers use each process's own batch statistics: SyncBatchNorm needs GPUs (torch "
+                    "has no CPU implementation), so %d CPU processes do not match one process exactly",
+                    info.world_size)
+        return False
+    for name, child in list(model.named_children()):
+        setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    log.info("BatchNorm -> SyncBatchNorm: statistics over the global batch of all %d processes", info.world_size)
+    return True
+
+
 def build_training(cfg: Config, model: nn.Module, steps_per_epoch: int, info: DistInfo) -> Training:
     """Optimizer (with the scaled lr), schedule, precision, EMA, loss (with the teacher) and wrapping."""
+    sync_batchnorm(model, info)
     dtype = amp_dtype(cfg.train.amp, info.device)
     o = cfg.optim
     global_batch = cfg.data.batch_size * info.world_size * o.accum_steps

@@ -111,7 +111,28 @@ def _sampler_state(loader: Any, epoch: int, step: int, seed: int) -> dict[str, A
     sampler = getattr(loader, "sampler", None)
     if sampler is not None and hasattr(sampler, "state_dict"):
         state["sampler"] = sampler.state_dict()
+        state["processes"] = int(getattr(sampler, "world_size", 1))
+        state["batch_size"] = int(getattr(sampler, "batch_size", 0))
     return state
+
+
+def _scale_changes(ckpt: dict[str, Any], cfg: Config, data: Data) -> tuple[list[str], int, int]:
+    """What changed in how the global batch is split (processes, per-process batch, accumulation, workers), and
+    the global batches (images per optimizer step) before and now."""
+    old_cfg = ckpt.get("config", {})
+    state = ckpt.get("sampler") or {}
+    sampler = getattr(data.train, "sampler", None)
+    old_batch = state.get("batch_size") or old_cfg.get("data", {}).get("batch_size", cfg.data.batch_size)
+    old_accum = old_cfg.get("optim", {}).get("accum_steps", cfg.optim.accum_steps)
+    old_loader_batch = (state.get("sampler") or {}).get("global_batch_size", old_batch)
+    old_procs = state.get("processes", max(old_loader_batch // max(old_batch, 1), 1))
+    procs = int(getattr(sampler, "world_size", 1))
+    old_workers = old_cfg.get("data", {}).get("num_workers", cfg.data.num_workers)
+    pairs = [("processes", old_procs, procs), ("per-process batch", old_batch, cfg.data.batch_size),
+             ("accumulation steps", old_accum, cfg.optim.accum_steps),
+             ("loader workers", old_workers, cfg.data.num_workers)]
+    changes = [f"{what} {a} -> {b}" for what, a, b in pairs if a != b]
+    return changes, old_loader_batch * old_accum, procs * cfg.data.batch_size * cfg.optim.accum_steps
 
 
 def make_checkpoint(cfg: Config, t: Training, data: Data, *, epoch: int, step: int, best: dict[str, Any],
@@ -211,9 +232,13 @@ def load_resume(cfg: Config, run_dir: Path, require: bool) -> dict[str, Any] | N
                               f"(--output)") from None
 
 
-def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, data: Data) -> None:
+def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, data: Data) -> int:
     """Refuse another run's checkpoint, a finished run asked to go on with other settings, and a mid-epoch
     resume that would not see the rest of the batches it stopped between; warn about any other change.
+
+    Elastic resume: the same global batch (images per optimizer step) split another way (processes, per-process
+    batch, accumulation steps, loader workers) continues the same sample sequence, mid-epoch too; the keyed
+    draws make it the same run. Returns the loader batch to resume the epoch at, in this run's batches.
 
     Raises:
         TrainingError: the checkpoint in ``run_dir`` cannot be continued with ``cfg`` (the message says how).
@@ -229,17 +254,26 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, 
                "rerun it with the settings it ran with")
         raise TrainingError(f"{last} belongs to another run ({'; '.join(other)}): to continue that run, {how}; "
                             f"{elsewhere}")
+    scale, old_global, new_global = _scale_changes(ckpt, cfg, data)
+    split_keys = ("data.batch_size:", "optim.accum_steps:", "data.num_workers:")
     changes = config_changes(ckpt.get("config", {}), config_to_dict(cfg))
+    if old_global == new_global:  # a new split of the same global batch is no change of settings
+        changes = [c for c in changes if not c.startswith(split_keys)]
     settings = [c for c in changes if not c.startswith("train.epochs:")]
     if settings and epoch >= t.schedule.total_epochs and not step:
         raise TrainingError(f"{last} holds a run that finished its {epoch} epochs with other settings "
                             f"({'; '.join(settings)}): to continue it, raise train.epochs; {elsewhere}")
     saved = (ckpt.get("sampler") or {}).get("sampler") or {}
     sampler = getattr(data.train, "sampler", None)
-    order = order_changes(saved, sampler.state_dict()) if hasattr(sampler, "state_dict") else []
-    old_accum = ckpt.get("config", {}).get("optim", {}).get("accum_steps", cfg.optim.accum_steps)
-    if old_accum != cfg.optim.accum_steps:
-        order.append(f"optim.accum_steps {old_accum} -> {cfg.optim.accum_steps}")
+    now = sampler.state_dict() if hasattr(sampler, "state_dict") else {}
+    order = [c for c in order_changes(saved, now) if not c.startswith("global batch ")]
+    if old_global != new_global:
+        order.append(f"global batch {old_global} -> {new_global}")
+    old_loader_batch = saved.get("global_batch_size", now.get("global_batch_size", 0))
+    new_loader_batch = now.get("global_batch_size", old_loader_batch)
+    if not order and step and new_loader_batch and (step * old_loader_batch) % new_loader_batch:
+        order.append(f"batch {step} of {old_loader_batch} images is not a whole number of batches of "
+                     f"{new_loader_batch}")
     if order and step:
         raise TrainingError(
             f"{last} stopped in the middle of epoch {epoch + 1}, after batch {step}, and its remaining batches "
@@ -250,3 +284,9 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, 
                     "batch, and the run no longer matches an uninterrupted one", "; ".join(order))
     if changes:
         log.warning("resuming with a changed configuration: %s", "; ".join(changes))
+    if scale and not order:
+        log.info("elastic resume: %s; the same global batch of %d and the same sample sequence, so the run goes on "
+                 "as it would have", "; ".join(scale), new_global)
+    if step and new_loader_batch and old_loader_batch != new_loader_batch:
+        return step * old_loader_batch // new_loader_batch
+    return step

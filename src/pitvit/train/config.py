@@ -222,6 +222,7 @@ class AugCfg:
     mixup_prob: float = _f(1.0, PROB)
     mixup_switch_prob: float = _f(0.5, PROB)
     mixup_mode: str = _f("batch", OneOf(_data_names("mixup", "_MODES")))
+    mix_group: int = _f(256, AT_LEAST_1)  # images per mixing group of the global batch (or the global batch when smaller)
     smoothing: float = _f(0.1, FRACTION)
     repeated_aug: bool = False
 
@@ -276,6 +277,7 @@ class TrainCfg:
     compile: bool = False
     output: str = ""  # the run folder; "" -> runs/<config name>
     resume: bool = True  # continue from output/last.pt when it exists
+    requeue: bool = False  # under SLURM: after a SIGUSR1/SIGTERM stop, `scontrol requeue $SLURM_JOB_ID`
     eval_every: int = _f(1, AT_LEAST_1)
     # picks best.pt; "": ema_top1 with EMA, else val_top1 (resolve_best_metric checks it against the run)
     best_metric: str = _f("", OneOf(("",) + BEST_METRICS))

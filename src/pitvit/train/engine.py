@@ -6,8 +6,12 @@ Nothing here reads a configuration: ``fit`` builds the objects and passes them i
 :func:`train_one_epoch` is the loop around it (seeding, skipping a resumed epoch's done batches, progress, the
 non-finite-loss check).
 
-Per-step randomness (mixup, cutmix, drop path) is seeded from ``(seed, epoch, step, rank)`` through
-:func:`pitvit.utils.seed.mix_seed`, so a run that is interrupted and resumed replays the same steps exactly.
+The recipe's per-step randomness is keyed, not drawn: mixup/cutmix parameters per mixing group and drop path
+per sample and block are functions of ``(seed, epoch, optimizer step)`` and of the sample's place in the GLOBAL
+batch (``first + i``: micro-batch ``m`` of rank ``r`` starts at ``(m * world + r) * batch``). N processes, or
+one process with N accumulation steps, therefore draw what one process with the whole batch draws, and a
+resumed run replays the same steps exactly. Anything else random in a step draws from generators seeded from
+``(seed, epoch, step, rank)`` through :func:`pitvit.utils.seed.mix_seed`.
 """
 from __future__ import annotations
 
@@ -24,8 +28,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pitvit.models.pit import keyed_drop_path
 from pitvit.utils.distributed import is_distributed
 from pitvit.utils.errors import NonFiniteLossError
+from pitvit.utils.keyed import hash_keys
 from pitvit.utils.logs import Progress
 from pitvit.utils.precision import autocast
 from pitvit.utils.seed import mix_seed
@@ -33,7 +39,14 @@ from pitvit.utils.seed import mix_seed
 from .ema import ModelEma
 from .sched import LRSchedule
 
-__all__ = ["TrainStep", "train_one_epoch", "evaluate"]
+__all__ = ["TrainStep", "train_one_epoch", "evaluate", "step_key"]
+
+_MIX, _DROP_PATH = 1, 2  # what a step key is for
+
+
+def step_key(seed: int, epoch: int, optimizer_step: int) -> int:
+    """The key of every keyed draw of one optimizer step."""
+    return mix_seed(seed, epoch, optimizer_step)
 
 
 @dataclass
@@ -71,16 +84,30 @@ class TrainStep:
     ema: ModelEma | None = None
     ema_model: nn.Module | None = None
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, boundary: bool = True, key: int | None = None,
+                 first: int = 0) -> torch.Tensor:
         """Forward and backward one batch; at a ``boundary`` also the optimizer step. Returns the loss (fp32,
-        detached, on the device: reading it would wait for the device)."""
+        detached, on the device: reading it would wait for the device).
+
+        With a ``key`` (:func:`step_key`), mixing and drop path are keyed draws: ``images[i]`` is sample
+        ``first + i`` of the global batch (``mixup`` must then have a ``group`` size that divides ``first``);
+        without, they draw from the global generators.
+        """
         images = images.to(self.device, non_blocking=True)
         labels = labels.to(self.device, non_blocking=True)
         targets = labels
         if self.mixup is not None:
-            images, targets = self.mixup(images, labels)
+            if key is not None and getattr(self.mixup, "group", None) is not None:
+                group = self.mixup.group or len(images)
+                images, targets = self.mixup(images, labels, key=mix_seed(key, _MIX), first_group=first // group)
+            else:
+                images, targets = self.mixup(images, labels)
+        keys = None
+        if key is not None:
+            positions = torch.arange(first, first + len(images), device=images.device)
+            keys = hash_keys(positions, mix_seed(key, _DROP_PATH))
         no_sync = not boundary and hasattr(self.model, "no_sync")
-        with self.model.no_sync() if no_sync else contextlib.nullcontext():
+        with self.model.no_sync() if no_sync else contextlib.nullcontext(), keyed_drop_path(self.model, keys):
             with autocast(self.device, self.amp_dtype):
                 loss = self.loss_fn(self.model(images), targets, images)
             scaled = loss / self.accum_steps
@@ -167,8 +194,9 @@ def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: 
     Args:
         step: the model, optimizer and everything else a batch goes through.
         loader: yields ``(images, labels)``.
-        epoch: 0-based epoch index: seeds the per-step randomness (with ``seed``, the step and the process
-            rank), and positions a per-step ``schedule``.
+        epoch: 0-based epoch index: keys the step's draws (with ``seed``, the optimizer step and each sample's
+            place in the global batch: the loader's ``batch_size``, this rank and the accumulation micro-batch),
+            and positions a per-step ``schedule``.
         seed: the run's seed.
         schedule: an :class:`~pitvit.train.sched.LRSchedule` set at every optimizer step if it is ``per_step``
             (an epoch-wise schedule is the caller's to set), or ``None``.
@@ -195,6 +223,7 @@ def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: 
     progress = progress or Progress(total, enabled=False)
     losses = _LossCheck(epoch, start_step, partial, step.device)
     lr, images, i, stopped = step.optimizer.param_groups[0]["lr"], 0, start_step - 1, False
+    batch = getattr(loader, "batch_size", None)
     t0 = time.perf_counter()
     _seed_step(seed, epoch, -1, rank)  # anything the loader draws from the global generators
     batches = _skip(loader, start_step)
@@ -205,7 +234,9 @@ def train_one_epoch(step: TrainStep, loader: Iterable, *, epoch: int = 0, seed: 
         if schedule is not None and schedule.per_step and i % step.accum_steps == 0:
             lr = schedule.set(epoch, i // step.accum_steps)
         boundary = (i + 1) % step.accum_steps == 0 or i + 1 == total
-        losses.add(step(x, y, boundary))
+        micro = i % step.accum_steps
+        first = (micro * world + rank) * (batch or x.shape[0])
+        losses.add(step(x, y, boundary, key=step_key(seed, epoch, i // step.accum_steps), first=first))
         images += x.shape[0]
         partial["images"] += x.shape[0]
         line_due = progress.due(i + 1) or i + 1 == total

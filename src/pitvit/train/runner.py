@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from pitvit.utils.distributed import DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from pitvit.utils.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
+                                      requeue_slurm_job)
 from pitvit.utils.errors import FolderLockedError, NonFiniteLossError, OutputError, TrainingError
 from pitvit.utils.io import lock_folder, make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
@@ -48,22 +49,26 @@ def run_dir_of(cfg: Config) -> Path:
 
 # ---------------------------------------------------------------------------- the loop
 class _StopFlag:
-    """Set by SIGTERM; agreed on by every process before anyone stops."""
+    """Set by SIGTERM (preemption) or SIGUSR1 (a scheduler's warning, ``#SBATCH --signal=USR1@120``); every
+    process agrees on it by an all-reduce, so all of them stop after the same optimizer step."""
+
+    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
 
     def __init__(self, info: DistInfo) -> None:
         self.info, self.flag, self.calls = info, False, 0
-        self.previous = None
+        self.previous: dict[int, Any] = {}
+        self.name = "a signal"
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def uninstall(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.flag = True
+        self.flag, self.name = True, signal.Signals(signum).name
 
     def __call__(self) -> bool:
         if not self.info.distributed:
@@ -164,8 +169,8 @@ def _restore(run: _Run, ckpt: dict[str, Any] | None) -> tuple[int, int, dict[str
     """Load the checkpoint into the run; returns where to go on: epoch, batch and the epoch's running sums."""
     if ckpt is None:
         return 0, 0, None
-    epoch, step = int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0))
-    check_resume(ckpt, run.cfg, run.run_dir, run.t, run.data)
+    epoch = int(ckpt["epoch"])
+    step = check_resume(ckpt, run.cfg, run.run_dir, run.t, run.data)  # in this run's batches
     restore_training(ckpt, run.t)
     if _finite_weights(run.t):
         run.last_good = f"{run.run_dir / 'last.pt'} (epoch {epoch}" + (f", batch {step})" if step else ")")
@@ -311,8 +316,12 @@ def _run_epochs(run: _Run, start_epoch: int, start_step: int, partial: dict[str,
             if stats["stopped"]:
                 _require_finite_weights(run, epoch)
                 _save(run, epoch=epoch, step=stats["next_step"], partial=stats["partial"])
-                log.info("stopped by SIGTERM at epoch %d, batch %d: saved %s; run the same command to resume",
-                         epoch + 1, stats["next_step"], run.run_dir / "last.pt")
+                log.info("stopped by %s at epoch %d, batch %d: saved %s; run the same command to resume",
+                         stop.name if stop.flag else "another process's signal", epoch + 1, stats["next_step"],
+                         run.run_dir / "last.pt")
+                barrier()  # the checkpoint is complete before anyone asks for a requeue
+                if cfg.train.requeue and info.is_main:
+                    requeue_slurm_job()
                 return {**row, "stopped": True}
             row = _end_epoch(run, epoch, total, stats, t0)
     finally:

@@ -15,14 +15,17 @@ Pillow's (the tests measure it on real photos).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from pitvit.utils.keyed import hash_keys, uniform_from_keys
+
 __all__ = ["to_device", "AxisPlan", "axis_weights", "vertical_first", "resample", "affine", "autocontrast",
            "equalize", "invert", "posterize", "solarize", "solarize_add", "color", "contrast", "brightness",
-           "sharpness", "OP_FUNCTIONS", "normalize", "erase"]
+           "sharpness", "OP_FUNCTIONS", "normalize", "erase", "keyed_normal"]
 
 FILTER_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 
@@ -390,10 +393,28 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return x
 
 
+def keyed_normal(keys: torch.Tensor, count: int, salt: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``(len(keys), count)`` standard normal values, row ``i`` a function of ``keys[i]`` and ``salt`` only
+    (Box-Muller over two keyed uniforms, :mod:`pitvit.utils.keyed`): a sample's noise is the same whatever batch,
+    process or device it lands in."""
+    rows = hash_keys(keys.to(device), salt)  # 32 bits per sample
+    out = torch.empty(len(keys), count, device=device, dtype=dtype)
+    step = max(1, (1 << 22) // max(count, 1))  # bounded temporaries: 4M keys at a time
+    cols = torch.arange(count, device=device, dtype=torch.int64)
+    for i in range(0, len(keys), step):
+        k = (rows[i:i + step, None] << 31) | cols[None]
+        u1, u2 = uniform_from_keys(k, 0), uniform_from_keys(k, 1)
+        out[i:i + step] = (torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)).to(dtype)
+    return out
+
+
 def erase(x: torch.Tensor, boxes: torch.Tensor, mode: str = "pixel",
-          generator: torch.Generator | None = None) -> torch.Tensor:
+          generator: torch.Generator | None = None, keys: torch.Tensor | None = None) -> torch.Tensor:
     """Fill boxes ``(n, k, 4)`` ``[top, left, h, w]`` (``h = 0``: none) of the normalized batch, in place:
-    per-pixel normal noise (``pixel``), one normal colour per box and channel (``rand``) or zeros (``const``)."""
+    per-pixel normal noise (``pixel``), one normal colour per box and channel (``rand``) or zeros (``const``).
+    The noise comes from each sample's ``keys`` entry (one int64 per sample) when given, else from
+    ``generator``."""
     n, c, h, w = x.shape
     dev = x.device
     boxes = boxes.cpu()  # the selection is decided on the host: no device synchronization
@@ -407,14 +428,15 @@ def erase(x: torch.Tensor, boxes: torch.Tensor, mode: str = "pixel",
         bd = to_device(b[sel], dev, torch.float32)
         t, l, bh, bw = (bd[:, i].view(-1, 1, 1) for i in range(4))
         m = ((r >= t) & (r < t + bh) & (col >= l) & (col < l + bw))[:, None]
-        sel = to_device(sel, dev)
-        xs = x.index_select(0, sel)
+        xs = x.index_select(0, to_device(sel, dev))
         if mode == "pixel":
-            fill = torch.randn(xs.shape, device=dev, dtype=x.dtype, generator=generator)
+            fill = (keyed_normal(keys[sel], c * h * w, k, dev, x.dtype).view(xs.shape) if keys is not None else
+                    torch.randn(xs.shape, device=dev, dtype=x.dtype, generator=generator))
         elif mode == "rand":
-            fill = torch.randn(len(sel), c, 1, 1, device=dev, dtype=x.dtype, generator=generator).expand_as(xs)
+            fill = (keyed_normal(keys[sel], c, k, dev, x.dtype) if keys is not None else
+                    torch.randn(len(sel), c, device=dev, dtype=x.dtype, generator=generator))
+            fill = fill.view(len(sel), c, 1, 1).expand_as(xs)
         else:
             fill = torch.zeros_like(xs)
-        x.index_copy_(0, sel, torch.where(m, fill, xs))
+        x.index_copy_(0, to_device(sel, dev), torch.where(m, fill, xs))
     return x
-

@@ -142,7 +142,8 @@ class DevicePipeline:
         if self.spec is None:
             x = self._eval(images)
         else:
-            x = self._train(images, batch.params[keep], generator)
+            keys = batch.keys[keep] if getattr(batch, "keys", None) is not None else None
+            x = self._train(images, batch.params[keep], generator, keys)
         return x, labels, reasons, skipped
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -162,8 +163,8 @@ class DevicePipeline:
         return ops.normalize(x, self.mean, self.std)
 
     # ------------------------------------------------------------------------------------------ training
-    def _train(self, images: list[torch.Tensor], params: torch.Tensor, generator: torch.Generator | None
-               ) -> torch.Tensor:
+    def _train(self, images: list[torch.Tensor], params: torch.Tensor, generator: torch.Generator | None,
+               keys: torch.Tensor | None = None) -> torch.Tensor:
         s, cols = self.spec, self.spec.layout
         p = params.tolist()
         views = []
@@ -180,7 +181,8 @@ class DevicePipeline:
             x = self._rand_augment(x, params)
         x = ops.normalize(x, self.mean, self.std)
         if cols.boxes:
-            ops.erase(x, params[:, cols.erase].reshape(n, cols.boxes, 4), s.re_mode, generator)
+            # the noise keyed per sample when the batch carries keys (any batch split gives the same images)
+            ops.erase(x, params[:, cols.erase].reshape(n, cols.boxes, 4), s.re_mode, generator, keys)
         return x
 
     def _rand_augment(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

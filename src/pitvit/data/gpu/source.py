@@ -147,7 +147,8 @@ class EncodedDataset(KeyedDataset):
         if self.spec is not None:
             if self._drawer is None:
                 self._drawer = ParamDrawer(self.spec)
-            item["params"] = self._drawer(mix_seed(self.seed, epoch, index, repeat), h, w)
+            item["key"] = mix_seed(self.seed, epoch, index, repeat)
+            item["params"] = self._drawer(item["key"], h, w)
         return item
 
     def __repr__(self) -> str:
@@ -156,13 +157,14 @@ class EncodedDataset(KeyedDataset):
 
 class EncodedBatch:
     """What a worker sends per batch: the items' bytes or fallback pixels, their sizes, labels, parameters,
-    and the :class:`SkippedSample` records of the files that could not be read."""
+    sample keys (training: ``mix_seed(seed, epoch, index, repeat)``, which key the erasing noise), and the
+    :class:`SkippedSample` records of the files that could not be read."""
 
-    __slots__ = ("data", "kinds", "hw", "labels", "params", "paths", "skipped")
+    __slots__ = ("data", "kinds", "hw", "labels", "params", "paths", "skipped", "keys")
 
-    def __init__(self, data, kinds, hw, labels, params, paths, skipped) -> None:
+    def __init__(self, data, kinds, hw, labels, params, paths, skipped, keys=None) -> None:
         self.data, self.kinds, self.hw, self.labels = data, kinds, hw, labels
-        self.params, self.paths, self.skipped = params, paths, skipped
+        self.params, self.paths, self.skipped, self.keys = params, paths, skipped, keys
 
     def __len__(self) -> int:
         return len(self.data)
@@ -176,13 +178,13 @@ class EncodedBatch:
         sizes = [int(self.data[i].numel()) for i in enc]
         data = [None if k == "device" else d for d, k in zip(self.data, self.kinds)]
         return (_unpack_batch, (blob, sizes, data, self.kinds, self.hw, self.labels, self.params, self.paths,
-                                self.skipped))
+                                self.skipped, self.keys))
 
 
-def _unpack_batch(blob, sizes, data, kinds, hw, labels, params, paths, skipped) -> EncodedBatch:
+def _unpack_batch(blob, sizes, data, kinds, hw, labels, params, paths, skipped, keys=None) -> EncodedBatch:
     parts = iter(torch.split(blob, sizes)) if sizes else iter(())
     data = [next(parts) if k == "device" else d for d, k in zip(data, kinds)]
-    return EncodedBatch(data, kinds, hw, labels, params, paths, skipped)
+    return EncodedBatch(data, kinds, hw, labels, params, paths, skipped, keys)
 
 
 def collate_encoded(items: list[Any]) -> EncodedBatch:
@@ -194,4 +196,5 @@ def collate_encoded(items: list[Any]) -> EncodedBatch:
     return EncodedBatch(
         data=[b["data"] for b in good], kinds=[b["kind"] for b in good], hw=[b["hw"] for b in good],
         labels=torch.tensor([b["label"] for b in good], dtype=torch.int64), params=params,
-        paths=[b["path"] for b in good], skipped=skipped)
+        paths=[b["path"] for b in good], skipped=skipped,
+        keys=torch.tensor([b["key"] for b in good], dtype=torch.int64) if good and "key" in good[0] else None)

@@ -128,7 +128,7 @@ class _BoundGpuStage:
     def _process(self, batch: Any, epoch: int, step: int) -> tuple[StageBatch, Any]:
         gen = None
         if self.train:
-            # erasing noise: one stream per (seed, epoch, step, rank), so a resumed run replays it
+            # erasing noise is keyed per sample (the batch's keys); this stream serves batches without keys
             gen = torch.Generator(self.device).manual_seed(mix_seed(self.seed, epoch, step, self.rank))
         images, labels, reasons, skipped = self.pipeline(batch, gen)
         event = None
