@@ -399,4 +399,4 @@ def test_the_aug_section_names_the_data_layers_settings():
     fields = {f.name for f in dataclasses.fields(AugCfg)}
     assert set(AUG_SETTINGS) | {"preset"} <= fields
     assert fields - set(AUG_SETTINGS) - {"preset"} == {"mixup", "cutmix", "mixup_prob", "mixup_switch_prob",
-                                                       "mixup_mode", "smoothing", "repeated_aug"}
+                                                       "mixup_mode", "mix_group", "smoothing", "repeated_aug"}
