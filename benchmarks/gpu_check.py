@@ -86,7 +86,7 @@ REDUCED = dict(parity_models=("pit_test", "pit_nano", "pit_ti_distilled"), parit
                timm_models=("pit_ti",), timm_batch=2, timm_img=32, timm_rounds=3, timm_iters=1, timm_warmup=1,
                timm_amp="fp32", source_size=96, keyed_model="pit_test", keyed_batch=16, keyed_steps=2,
                keyed_rounds=1)
-TARGETS = {"model_only": 10_000.0, "gpu_pipeline": 8_000.0, "gpu_vs_model_only": 0.8}  # one H200 (issue 12)
+TARGETS = {"model_only": 10_000.0, "gpu_pipeline": 8_000.0, "gpu_vs_model_only": 0.8}  # one H200: the project's targets
 
 
 def say(msg: str) -> None:

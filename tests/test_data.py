@@ -490,7 +490,7 @@ def test_posterize_to_zero_bits_gives_black_not_an_error():
     assert op(img).getpixel((0, 0)) == (192, 64, 0)
 
 
-# ---------------------------------------------------------------------------- faults (issue 11)
+# ---------------------------------------------------------------------------- faults
 @pytest.mark.parametrize("persistent", [False, True], ids=["fresh-workers", "persistent-workers"])
 def test_mid_epoch_resume_is_exact_with_any_number_of_workers(persistent):
     """Reference: the uninterrupted epoch read in the main process. Resuming at step k (what a run restarted after

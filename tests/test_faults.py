@@ -1,4 +1,4 @@
-"""Faults and bad input (issue 11), met through the command line as a user meets them.
+"""Faults and bad input, met through the command line as a user meets them.
 
 For every bad input: the exit code of pitvit's error table (``pitvit --help``: 2 option or value, 3 dataset,
 4 checkpoint, 5 training, 6 output), one line that names the problem and what to do, and every input and

@@ -102,8 +102,8 @@ def test_compiled_training_runs(tmp_path):
 
 @pytest.mark.slow
 def test_demo_reaches_its_floor_and_prints_what_eval_reports(tmp_path):
-    """The README's first command. Its floor is issue 12's: >= 91% Fashion-MNIST test top-1 on any x86 CPU (92%
-    or more on the machine the README's figure comes from). The printed figure is what `pitvit eval` reports for
+    """The README's first command. Its floor: >= 91% Fashion-MNIST test top-1 on any x86 CPU (README gives the
+    figure measured and the machine). The printed figure is what `pitvit eval` reports for
     the checkpoint the demo names, and selection never saw the test split. The time is printed, not asserted
     (a shared machine makes it noisy); README gives the measured one."""
     if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists():
