@@ -185,15 +185,20 @@ def check_onnx(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: bool = 
     _, ort = _onnx_modules()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    return _max_diff(model, lambda x: session.run(None, {name: x})[0], "ONNX", dynamic_hw, batch)
+
+
+def _max_diff(model: nn.Module, run: Any, what: str, dynamic_hw: bool, batch: int | None) -> float:
+    """Largest absolute difference between ``run`` (numpy in, numpy out) and ``model`` over a few input shapes."""
     model = model.eval()
     diff = 0.0
     for i, (b, hw) in enumerate(_check_sizes(model, dynamic_hw)):
         x = _example(model, batch or b, hw, seed=i + 1).float().cpu()
         with torch.no_grad():
             ref = model.float().cpu()(x)
-        got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        got = torch.from_numpy(run(x.numpy()))
         if got.shape != ref.shape:
-            raise RuntimeError(f"ONNX output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input "
+            raise RuntimeError(f"{what} output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)} for input "
                                f"{tuple(x.shape)}")
         diff = max(diff, (got - ref).abs().max().item())
     return diff
@@ -244,17 +249,7 @@ def check_openvino(model: nn.Module, path: str | os.PathLike, *, dynamic_hw: boo
     """Largest absolute difference between OpenVINO (fp32, told so) on ``path`` and ``model``."""
     ov = require("openvino")
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    model = model.eval()
-    diff = 0.0
-    for i, (b, hw) in enumerate(_check_sizes(model, dynamic_hw)):
-        x = _example(model, batch or b, hw, seed=i + 1).float().cpu()
-        with torch.no_grad():
-            ref = model.float().cpu()(x)
-        got = torch.from_numpy(compiled(x.numpy())[0])
-        if got.shape != ref.shape:
-            raise RuntimeError(f"OpenVINO output shape {tuple(got.shape)} != PyTorch {tuple(ref.shape)}")
-        diff = max(diff, (got - ref).abs().max().item())
-    return diff
+    return _max_diff(model, lambda x: compiled(x)[0], "OpenVINO", dynamic_hw, batch)
 
 
 def _export_openvino(model: nn.Module, out: Path, dynamic_hw: bool, batch: int | None, atol: float) -> float:
