@@ -13,8 +13,6 @@ import logging
 import math
 import os
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +22,8 @@ import torch
 
 from pitvit.utils.distributed import (DistInfo, all_reduce_sum, barrier, cleanup_distributed, init_distributed,
                                       requeue_slurm_job)
-from pitvit.utils.errors import FolderLockedError, NonFiniteLossError, OutputError, TrainingError
-from pitvit.utils.io import lock_folder, make_dir, remove_stale_temps, save_torch, write_with
+from pitvit.utils.errors import NonFiniteLossError, OutputError, TrainingError
+from pitvit.utils.io import make_dir, remove_stale_temps, save_torch, write_with
 from pitvit.utils.logs import Progress, setup_logging, start_log_file
 from pitvit.utils.precision import precision_name
 from pitvit.utils.provenance import provenance
@@ -34,6 +32,7 @@ from .builders import Data, Training, build_data, build_model, build_train_step,
 from .checkpoint import check_resume, load_resume, make_checkpoint, restore_training
 from .config import Config, resolve_best_metric
 from .engine import TrainStep, evaluate, train_one_epoch
+from .guards import StopFlag, lock_run_folder
 from .metrics import MetricsLog
 from .recipes import save_config
 
@@ -48,37 +47,6 @@ def run_dir_of(cfg: Config) -> Path:
 
 
 # ---------------------------------------------------------------------------- the loop
-class _StopFlag:
-    """Set by SIGTERM (preemption) or SIGUSR1 (a scheduler's warning, ``#SBATCH --signal=USR1@120``); every
-    process agrees on it by an all-reduce, so all of them stop after the same optimizer step."""
-
-    SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
-
-    def __init__(self, info: DistInfo) -> None:
-        self.info, self.flag, self.calls = info, False, 0
-        self.previous: dict[int, Any] = {}
-        self.name = "a signal"
-
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def uninstall(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.flag, self.name = True, signal.Signals(signum).name
-
-    def __call__(self) -> bool:
-        if not self.info.distributed:
-            return self.flag
-        self.calls += 1
-        if self.calls % 10:  # agreeing costs an all-reduce: do it every 10 optimizer steps
-            return False
-        return all_reduce_sum([1.0 if self.flag else 0.0], self.info.device)[0] > 0
-
-
 def _set_epoch(loader: Any, epoch: int) -> None:
     if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
@@ -121,21 +89,6 @@ class _Run:
     last_good: str = "none (no epoch has finished)"  # names the last checkpoint with finite weights and val loss
 
 
-def _lock(run_dir: Path, info: DistInfo, locks: contextlib.ExitStack) -> None:
-    """One run per folder: rank 0 takes the run folder's lock (``utils.io.lock_folder``: the kernel drops it when
-    the process dies) and holds it until ``locks`` closes; every process stops when rank 0 could not."""
-    error: FolderLockedError | None = None
-    if info.is_main:
-        try:
-            locks.enter_context(lock_folder(run_dir, "pitvit train"))
-        except FolderLockedError as e:
-            error = e
-    if info.distributed and all_reduce_sum([1.0 if error else 0.0], info.device)[0] > 0:
-        raise error or FolderLockedError(f"rank 0 found {run_dir} in use by another run")
-    if error is not None:
-        raise error
-
-
 def _prepare(cfg: Config, require_resume: bool, datasets: Any,
              locks: contextlib.ExitStack) -> tuple[_Run, dict[str, Any] | None]:
     info = init_distributed(cfg.train.device)
@@ -144,7 +97,7 @@ def _prepare(cfg: Config, require_resume: bool, datasets: Any,
     if info.distributed:
         exists = all_reduce_sum([1.0 if exists else 0.0], info.device)[0] > 0
     if exists:  # before reading its last.pt, which another run may be writing; a new folder waits for _start
-        _lock(run_dir, info, locks)
+        lock_run_folder(run_dir, info, locks)
     setup_logging(info.rank, str(run_dir / "log.txt"), hold=True)  # the folder is made once the run starts
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -191,7 +144,7 @@ def _start(run: _Run, start_epoch: int, locks: contextlib.ExitStack, resumed: bo
     if run.info.is_main:
         make_dir(run.run_dir)
     if not run.locked:  # the folder is new: lock it now
-        _lock(run.run_dir, run.info, locks)
+        lock_run_folder(run.run_dir, run.info, locks)
         last = run.run_dir / "last.pt"
         if run.info.is_main and not resumed and run.cfg.train.resume and last.exists():
             raise TrainingError(f"another run wrote {last} while this one was starting (both were started into "
@@ -237,7 +190,7 @@ def _save(run: _Run, *, epoch: int, step: int, is_best: bool = False,
 
 
 def _train_epoch(run: _Run, epoch: int, *, start_step: int, partial: dict[str, float] | None,
-                 stop: _StopFlag) -> dict[str, Any]:
+                 stop: StopFlag) -> dict[str, Any]:
     """One epoch through the engine; a non-finite loss becomes a :class:`TrainingError` that says what is kept."""
     cfg, t = run.cfg, run.t
     _set_epoch(run.data.train, epoch)
@@ -305,7 +258,7 @@ def _run_epochs(run: _Run, start_epoch: int, start_step: int, partial: dict[str,
     log.info("%s: %s, %d classes, %d processes, global batch %d, lr %.3e, %d epochs, %d steps/epoch -> %s",
              cfg.name or cfg.model.name, cfg.model.name, t.model.num_classes, info.world_size, t.global_batch,
              t.schedule.base_lr, total, t.steps_per_epoch, run.run_dir)
-    stop = _StopFlag(info)
+    stop = StopFlag(info)
     stop.install()
     row: dict[str, Any] = {}
     try:
