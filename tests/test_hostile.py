@@ -429,6 +429,7 @@ def test_an_unreachable_hub_fails_after_one_try(ws, tmp_path, etag_timeout):
     ("plot", "empty"),  # matplotlib's font cache and config folder
     pytest.param("export", "empty", marks=pytest.mark.slow),  # onnxruntime's telemetry device id
     pytest.param("export", "unset", marks=pytest.mark.slow),
+    pytest.param("export-openvino", "empty", marks=pytest.mark.slow),  # openvino's and nncf's telemetry (~/intel)
 ])
 def test_nothing_is_written_under_home(ws, tmp_path, command, home):
     env = _env()
@@ -446,8 +447,12 @@ def test_nothing_is_written_under_home(ws, tmp_path, command, home):
         (run / "metrics.jsonl").write_text('{"epoch": 1, "lr": 0.001, "train_loss": 2.0, "val_loss": 1.9, '
                                            '"val_top1": 10.0}\n')
         args = ["plot", str(run), "--out", str(tmp_path / "c.png")]
-    else:
+    elif command == "export":
         args = ["export", "--weights", str(ws / "w.safetensors"), "--out", str(tmp_path / "m.onnx")]
+    else:
+        pytest.importorskip("openvino", reason="openvino not installed (the openvino extra)")
+        args = ["export", "--weights", str(ws / "w.safetensors"), "--format", "openvino", "--out",
+                str(tmp_path / "m.xml")]
     done = _pitvit(args, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "MPLCONFIGDIR" not in done.stderr

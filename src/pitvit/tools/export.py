@@ -158,13 +158,8 @@ def opset_range(onnx: Any) -> tuple[int, int]:
 
 
 def _onnx_modules() -> tuple[Any, Any]:
-    """onnx and onnxruntime, or the one-line error naming the ``onnx`` extra.
-
-    onnxruntime's telemetry writes a device id under ``~/.cache`` (``$XDG_CACHE_HOME``) when it is imported,
-    which fails with a read-only or unset HOME and writes where the user did not ask; it is turned off
-    (``ORT_DISABLE_TELEMETRY``) unless the user set that variable.
-    """
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    """onnx and onnxruntime (their telemetry off, see ``utils.extras``), or the one-line error naming the ``onnx``
+    extra."""
     return require("onnx", "exporting to ONNX"), require("onnxruntime", "checking an ONNX export")
 
 
