@@ -11,7 +11,6 @@ standing in for an unreachable Hub.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -31,7 +30,9 @@ from pitvit import create_model, save_weights
 from pitvit.cli import main as cli
 from pitvit.data import load_image
 from pitvit.utils.errors import Interrupted
-from pitvit.utils.io import lock_folder, write_text, write_with
+from pitvit.utils.io import lock_folder, write_with
+
+from test_faults import _hashes, _temps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,18 +43,6 @@ TRAIN = ["model.name=pit_test", "data.batch_size=4", "data.num_workers=0", "trai
 
 def _sets(*items: str) -> list[str]:
     return [x for s in (*TRAIN, *items) for x in ("--set", s)]
-
-
-def _hashes(*paths: Path) -> dict[str, str]:
-    out = {}
-    for p in paths:
-        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
-        out.update({str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
-    return out
-
-
-def _temps(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
 
 
 def _line(err: str, command: str) -> str:
