@@ -41,7 +41,8 @@ def run(args) -> int:
 
     r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
                        allow_nonfinite=args.allow_nonfinite, batch_size=args.batch_size, workers=args.workers,
-                       device=args.device, amp=args.precision, compile=args.compile, backend=args.backend, threads=args.threads, cache_dir=args.cache_dir,
+                       device=args.device, amp=args.precision, compile=args.compile, backend=args.backend,
+                       threads=args.threads, cache_dir=args.cache_dir,
                        calibration=args.calibration)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

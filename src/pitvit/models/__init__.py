@@ -27,7 +27,8 @@ from .serialization import (DIGEST_KEY, DIGESTS_KEY, SAVE_FORMATS, read_checkpoi
                             save_weights, state_dict_digest, with_digests)
 from .timm_adapter import register_with_timm
 
-__all__ = ["PiT", "PiTConfig", "Attention", "DropPath", "keyed_drop_path", "PretrainedCfg", "create_model", "list_models", "get_model_config",
+__all__ = ["PiT", "PiTConfig", "Attention", "DropPath", "keyed_drop_path", "PretrainedCfg", "create_model",
+           "list_models", "get_model_config",
            "get_pretrained_cfg", "resolve_preprocessing", "is_model", "register_model", "resize_pos_embed",
            "token_grid", "pretrained_reference", "HUB_PREFIX", "is_hub_reference", "CheckpointError", "Weights",
            "LoadResult", "LAYOUTS", "SAVE_FORMATS", "convert_state_dict", "inspect_state_dict", "read_weights",

@@ -26,7 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.keyed import hash_keys, uniform_from_keys
 
-__all__ = ["PiTConfig", "PiT", "Attention", "DropPath", "keyed_drop_path", "resize_pos_embed", "token_grid", "grid_img_size", "POOL_TYPES",
+__all__ = ["PiTConfig", "PiT", "Attention", "DropPath", "keyed_drop_path", "resize_pos_embed", "token_grid",
+           "grid_img_size", "POOL_TYPES",
            "STEM_KEY", "PATCH_KEY"]
 
 # The state-dict keys of the first convolutions: the optional stem's (stem_channels > 0), then the patch one

@@ -199,7 +199,8 @@ def predict(model_name: str | None, weights: str | os.PathLike | None, inputs: S
             cache_dir: str | os.PathLike | None = None, calibration: str | os.PathLike | None = None,
             allow_nonfinite: bool = False) -> tuple[list[Prediction], list[tuple[str, str]]]:
     """Classify files and folders of images (folders searched recursively); the options as for
-    :func:`predict_files`, ``ema`` and ``allow_nonfinite`` as for :func:`load_model`; int8 calibrates on ``calibration``, or on the training data a run checkpoint names.
+    :func:`predict_files`, ``ema`` and ``allow_nonfinite`` as for :func:`load_model`; int8 calibrates on
+    ``calibration``, or on the training data a run checkpoint names.
 
     Returns:
         The predictions for the images that could be read, in input order, and ``(path, reason)`` for the

@@ -222,7 +222,8 @@ class AugCfg:
     mixup_prob: float = _f(1.0, PROB)
     mixup_switch_prob: float = _f(0.5, PROB)
     mixup_mode: str = _f("batch", OneOf(_data_names("mixup", "_MODES")))
-    mix_group: int = _f(256, AT_LEAST_1)  # images per mixing group of the global batch (or the global batch when smaller)
+    # images per mixing group of the global batch (or the global batch when smaller)
+    mix_group: int = _f(256, AT_LEAST_1)
     smoothing: float = _f(0.1, FRACTION)
     repeated_aug: bool = False
 
