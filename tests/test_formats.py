@@ -251,6 +251,49 @@ def test_parquet_columns_detected_given_or_missing(tmp_path):
         build_dataset(tmp_path / "neg", "train")
 
 
+def test_parquet_rows_located_to_the_byte_read_what_pyarrow_reads(layouts, tmp_path):
+    """Files of one-row groups (what pack writes) are indexed down to each image's bytes and read with one
+    pread; the reference is pyarrow reading the same cells. Files laid out otherwise (groups of several rows,
+    compressed pages, no dictionary page) are read through pyarrow. A file rewritten in place under the same size
+    and time is caught by the length check and the row skipped, never decoded from the wrong bytes."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    packed = build_dataset(layouts / "parquet", "train")
+    assert packed.index.meta["direct"] == [True] * len(packed.index.files)
+    for f in packed.index.files:
+        cells = pq.read_table(f, columns=["image"]).column(0).to_pylist()
+        rows = [i for i in range(len(packed)) if packed.index.files[packed.index.file[i]] == f]
+        assert [packed.read_bytes(i) for i in rows] == cells
+    src = pq.read_table(packed.index.files[0])
+    for name, opts in (("groups", dict(row_group_size=2)), ("snappy", dict(row_group_size=1, compression="snappy")),
+                       ("plain", dict(row_group_size=1, use_dictionary=False))):
+        (tmp_path / name / "train").mkdir(parents=True)
+        pq.write_table(src, tmp_path / name / "train" / "p.parquet", **opts)
+        ds = build_dataset(tmp_path / name, "train")
+        assert ds.index.meta["direct"] == [False], name
+        assert [ds.read_bytes(i) for i in range(len(ds))] == src.column("image").to_pylist(), name
+    (tmp_path / "moved" / "train").mkdir(parents=True)
+    path = tmp_path / "moved" / "train" / "p.parquet"
+    pq.write_table(src, path, row_group_size=1, compression="none")
+    ds = build_dataset(tmp_path / "moved", "train", transform=lambda im: 0)
+    assert ds.index.meta["direct"] == [True] and ds[1] == (0, src.column("label")[1].as_py())
+    st, at = os.stat(path), int(ds.index.offset[1]) - 4
+    with open(path, "r+b") as fh:  # the length before row 1's image, changed; size and mtime kept
+        fh.seek(at)
+        fh.write(b"\xff\xff\xff\x7f")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    ds = build_dataset(tmp_path / "moved", "train", transform=lambda im: 0)
+    assert ds.index.meta["direct"] == [True]  # the cached index: the file looks unchanged
+    skipped = ds[1]
+    assert isinstance(skipped, SkippedSample) and "not where the file's index says" in skipped.reason
+    assert ds[0] == (0, src.column("label")[0].as_py())
+    with pytest.raises((OSError, pa.ArrowException)):  # pyarrow agrees the file is damaged there
+        pq.read_table(path).column("image").to_pylist()
+
+
 def test_missing_pyarrow_names_the_extra(layouts, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)

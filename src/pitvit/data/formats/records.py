@@ -68,11 +68,12 @@ class RecordDataset:
             self._handles, self._pid = {}, os.getpid()
         h = self._handles.get(f)
         if h is None:
-            h = self._handles[f] = self.open(self.index.files[f])
+            h = self._handles[f] = self.open(f)
         return h
 
-    def open(self, path: str) -> Any:
-        return os.open(path, os.O_RDONLY)
+    def open(self, f: int) -> Any:
+        """A handle on file ``f`` of the index (here a file descriptor, for ``os.pread``)."""
+        return os.open(self.index.files[f], os.O_RDONLY)
 
     def read_bytes(self, i: int) -> bytes:
         """The sample's encoded bytes (a tar member's content). Raises ``OSError`` when they cannot be read."""
