@@ -429,3 +429,18 @@ def test_resolve_preprocessing_agrees_with_timms_resolve_data_config():
                                                                      "crop_pct": 0.5})
     assert resolve_preprocessing(model)["crop_pct"] == 0.5 and resolve_preprocessing("pit_test")["crop_pct"] == 1.0
     assert resolve_preprocessing(model, input_size=48)["input_size"] == (3, 48, 48)
+
+
+def test_fp32_peak_is_cores_lanes_fma_and_clock(monkeypatch):
+    """Hand-computed: 2 cores x 16 AVX-512 lanes x 2 FLOP (one FMA per cycle) x 2.6 GHz = 166.4 GFLOP/s; AVX2 has
+    8 lanes; a clock read from /proc/cpuinfo (the one the OS last saw) is said to be one boost can exceed."""
+    from pitvit.utils import cpus
+
+    monkeypatch.setattr(cpus, "_max_ghz", lambda: (2.6, "/proc/cpuinfo cpu MHz"))
+    peak = cpus.fp32_peak(2, {"avx512f", "avx2", "fma"})
+    assert peak.flops == pytest.approx(166.4e9) and "exceed 100%" in peak.how
+    assert cpus.fp32_peak(2, {"avx2", "fma"}).flops == pytest.approx(83.2e9)
+    assert cpus.fp32_peak(2, {"sse2"}) is None
+    monkeypatch.setattr(cpus, "_max_ghz", lambda: (3.7, "cpufreq cpuinfo_max_freq"))
+    peak = cpus.fp32_peak(1, {"avx512f"})
+    assert peak.flops == pytest.approx(118.4e9) and "exceed" not in peak.how

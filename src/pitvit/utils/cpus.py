@@ -95,4 +95,6 @@ def fp32_peak(cores: int, flags: set[str]) -> Fp32Peak | None:
         return None
     flops = cores * lanes * 2 * ghz * 1e9
     how = (f"{cores} cores x {lanes} fp32 lanes ({isa} FMA, one per cycle) x 2 FLOP x {ghz:.2f} GHz ({source})")
+    if source.startswith("/proc"):  # the clock the OS last saw, often the base clock of a virtual machine
+        how += "; cores that boost above that clock exceed 100% of this peak"
     return Fp32Peak(flops, cores, lanes, ghz, how)
