@@ -442,6 +442,23 @@ def test_evaluation_batches_equal_the_cpu_pipeline(tmp_path):
     assert [len(b[1]) for b in gl] == [4, 2]
 
 
+def test_a_subset_reads_its_own_samples(tmp_path):
+    """``data.holdout`` gives the loaders a Subset: the GPU stage must read the subset's images, not the first ones
+    of the whole split. Reference: the CPU pipeline over the same Subset (which indexes through it)."""
+    from pitvit.data.datasets import Subset
+
+    root = make_folder(tmp_path, 8)
+    pick = [5, 2, 7]
+    cpu_ds = Subset(build_dataset(root, "train", transform=build_transform(False, **COMMON)), pick)
+    cpu = list(build_loader(cpu_ds, batch_size=4, train=False, seed=3, num_workers=0))
+    stage = GpuStage("cpu", **COMMON)
+    gpu = list(build_loader(Subset(build_dataset(root, "train"), pick), batch_size=4, train=False, seed=3,
+                            stage=stage, num_workers=0))
+    compare_batches(cpu, gpu, "evaluation batch of a Subset vs CPU pipeline")
+    full = build_dataset(root, "train")
+    assert Subset(full, pick).samples == [full.samples[i] for i in pick]
+
+
 # ---------------------------------------------------------------------------- the loader contract
 def test_loader_contract_resume_and_prefetch(tmp_path):
     root = make_folder(tmp_path, 8)

@@ -362,9 +362,13 @@ def build_dataset(root: str | os.PathLike | None, split: str, *, kind: str = "au
 class Subset:
     """The samples ``indices`` of ``dataset``, in that order.
 
-    ``targets`` (and ``images``, for a dataset held in memory) are those of the subset; ``classes`` and any
-    other attribute (``transform``...) are the dataset's.
+    ``targets``, ``samples``, ``images`` (for a dataset held in memory) and the per-sample methods
+    ``read_bytes(i)`` and ``sample_name(i)`` (datasets held in other files) are those of the subset, so a
+    consumer that reads samples by index (the GPU pipeline) reads the subset's; ``classes`` and any other
+    attribute (``transform``...) are the dataset's.
     """
+
+    _PER_SAMPLE = ("read_bytes", "sample_name")  # methods taking a sample index
 
     def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
         self.dataset = dataset
@@ -379,12 +383,21 @@ class Subset:
     def __getattr__(self, name: str) -> Any:
         if name in ("dataset", "indices"):  # not yet set (unpickling): avoid recursing
             raise AttributeError(name)
-        return getattr(self.dataset, name)
+        value = getattr(self.dataset, name)
+        if name in self._PER_SAMPLE:
+            indices = self.indices
+            return lambda index: value(indices[index])
+        return value
 
     @property
     def targets(self) -> list[int]:
         targets = self.dataset.targets
         return [targets[i] for i in self.indices]
+
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        samples = self.dataset.samples
+        return [samples[i] for i in self.indices]
 
     @property
     def images(self) -> Any:
