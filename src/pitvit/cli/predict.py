@@ -14,7 +14,7 @@ def add_parser(sub, formatter) -> None:
                     "1000-way head. Unreadable images are reported on stderr and skipped; the exit status is 1\n"
                     "only when no image could be read.")
     p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
-                   help="image files and/or folders of images (or --data instead)")
+                   help="image files and/or folders of images (or --data instead)%(default).0s")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="classify a dataset instead: ROOT/SPLIT/CLASS/*.jpg, ROOT/SPLIT_list.txt, ImageNet's original "
                         "archives, WebDataset shards (ROOT/SPLIT/*.tar or a brace pattern with {split}), Parquet "
