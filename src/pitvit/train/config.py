@@ -449,8 +449,8 @@ def renamed_keys(data: Any, *, warn: bool = True, where: str = "") -> Any:
         values[new_key] = value
         data = {**data, section: values}
         if warn:
-            log.warning("%s%s is now called %s: read as %s=%r (rename it there)", f"{where}: " if where else "", old,
-                        new, new, value)
+            log.warning("%s%s is now called %s: read as %s=%r%s", f"{where}: " if where else "", old, new, new, value,
+                        " (rename it there)" if where else "")
     return data
 
 
