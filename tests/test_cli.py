@@ -52,6 +52,9 @@ ERROR_CASES = [
     (["eval", "--model", "pit_test", "--weights", "{d}/none.pth"], 2, ["none.pth"]),
     (["eval", "--device", "tpu"], 2, ["--device", "tpu"]),
     (["predict", "{d}/afile", "--weights", "{d}/none.pth"], 2, ["none.pth"]),
+    (["predict", "{d}/afile", "--data", "{d}/empty", "--model", "pit_test"], 2, ["image files", "--data", "not both"]),
+    (["predict", "--model", "pit_test"], 2, ["nothing to classify", "--data DIR"]),
+    (["predict", "{d}/afile", "--split", "test", "--model", "pit_test"], 2, ["--split", "give --data"]),
     (["export", "--model", "pit_test", "--format", "pt2", "--out", "{d}/m.onnx"], 2, ["m.onnx", ".pt2"]),
     (["benchmark", "--model", "pit_test", "--compare", "timm"], 2, ["pit_test", "timm"]),
     (["benchmark", "--model", "pit_test", "--amp", "fp16", "--device", "cpu"], 2, ["fp16", "bf16"]),
@@ -60,6 +63,8 @@ ERROR_CASES = [
     (["models", "pit_nope*"], 2, ["pit_nope*", "pit_ti"]),
     # DatasetError, 3
     (["eval", "--model", "pit_test", "--data", "{d}/nodata", "--workers", "0"], 3, ["nodata"]),
+    (["predict", "--data", "{d}/nodata", "--model", "pit_test"], 3, ["nodata"]),
+    (["predict", "--data", "{d}/empty", "--data-format", "wds", "--model", "pit_test"], 3, ["no wds files"]),
     (["train", "--config", "demo", "--data", "{d}/nodata", "--output", "{d}/run_nodata"], 3, ["nodata"]),
     # CheckpointError, 4
     (["eval", "--weights", "{d}/junk.pth", "--data", "{d}/empty"], 4, ["junk.pth", "not a checkpoint"]),
@@ -84,6 +89,19 @@ def test_user_errors_are_one_line_with_their_code(bad_inputs, capsys, argv, code
     assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
     for w in words:
         assert w.replace("{d}", str(bad_inputs)) in lines[-1], (w, lines[-1])
+
+
+def test_data_format_option_and_its_older_name():
+    """--data-format names what --data (pack: SRC) holds; eval and pack still take --kind, its older name."""
+    from pitvit.cli import build_parser
+
+    parse = build_parser().parse_args
+    for argv in (["eval"], ["pack", "src", "out"]):
+        assert parse(argv).data_format == "auto"
+        for option in ("--data-format", "--kind"):
+            assert parse(argv + [option, "wds"]).data_format == "wds"
+    assert parse(["predict", "--data", "d", "--data-format", "parquet"]).data_format == "parquet"
+    assert parse(["predict", "x.jpg"]).data_format is None  # default: auto, and only with --data
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -86,6 +86,88 @@ def test_one_epoch_from_each_format_gives_the_folder_runs_weights(layouts, tmp_p
     assert not all(torch.equal(other[k], ref[k]) for k in ref)
 
 
+def test_predict_over_each_format_gives_the_folders_top_k(layouts):
+    """predict over ImageNet's archives, the shards and the Parquet files gives, sample for sample, exactly the
+    top-k (indices and probabilities, bit for bit) and the labels of predict over the image folder they were packed
+    from, each sample named by its dataset; the folder's own run gives what predict over its image files as loose
+    files gives (the file path, which reads no dataset), and torchvision's ImageFolder's labels. Every sample's
+    top-k differs from every other's, so a sample out of order would fail the comparison."""
+    from torchvision.datasets import ImageFolder
+
+    from pitvit.models import create_model
+    from pitvit.tools.predict import predict_dataset, predict_files
+
+    torch.manual_seed(0)
+    model = create_model("pit_test")
+    common = dict(topk=3, batch_size=4, amp="fp32")
+    for split in ("train", "val"):
+        ref = ImageFolder(str(layouts / "folder" / split))
+        folder, errors = predict_dataset(model, build_dataset(layouts / "folder", split), **common)
+        assert not errors and [p.path for p in folder] == [path for path, _ in ref.samples]
+        assert [p.label for p in folder] == [(t, CLASSES[t]) for _, t in ref.samples]
+        assert len({tuple(p.top) for p in folder}) == len(folder) == len(ref.samples)
+        files, _ = predict_files(model, [path for path, _ in ref.samples], **common)
+        assert [p.top for p in files] == [p.top for p in folder] and {p.label for p in files} == {None}
+        for fmt in FORMATS:
+            ds = build_dataset(layouts / fmt, split)
+            got, errors = predict_dataset(model, ds, **common)
+            assert not errors and [p.path for p in got] == [ds.sample_name(i) for i in range(len(ds))]
+            assert [(p.top, p.label) for p in got] == [(p.top, p.label) for p in folder], (fmt, split)
+
+
+def test_predict_cli_data_json_csv_table_backends_and_unreadable_members(layouts, tmp_path, capsys):
+    """`pitvit predict --data` over Parquet files and shards: each sample's name, true label and top-k (the
+    reference: predict_dataset over the image folder, in fp32) in JSON, CSV and the table; onnxruntime gives the
+    same top-1; a member that does not decode is reported on stderr and skipped."""
+    import csv
+    import json
+
+    import numpy as np
+
+    from pitvit.cli import main as cli
+    from pitvit.models import create_model, save_pretrained
+    from pitvit.tools.evaluate import load_model
+    from pitvit.tools.predict import predict_dataset
+
+    torch.manual_seed(0)
+    save_pretrained(create_model("pit_test"), tmp_path / "m")
+    ref, _ = predict_dataset(load_model(None, tmp_path / "m"), build_dataset(layouts / "folder", "val"), topk=2,
+                             batch_size=4, amp="fp32")
+    parquet = build_dataset(layouts / "parquet", "val")
+    args = ["predict", "--data", str(layouts / "parquet"), "--weights", str(tmp_path / "m"), "--topk", "2",
+            "--batch-size", "4"]
+    assert cli(args + ["--precision", "fp32", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in rows] == [parquet.sample_name(i) for i in range(len(parquet))]
+    assert rows[0]["path"].endswith(".parquet:row 0")
+    assert [r["label"] for r in rows] == [{"index": p.label[0], "name": p.label[1]} for p in ref]
+    assert [[(q["index"], q["name"], q["prob"]) for q in r["predictions"]] for r in rows] == [p.top for p in ref]
+    assert cli(args + ["--backend", "onnxruntime", "--cache-dir", "none", "--format", "json"]) == 0
+    onnx = json.loads(capsys.readouterr().out)
+    assert [r["predictions"][0]["index"] for r in onnx] == [p.top[0][0] for p in ref]
+    assert [r["predictions"][0]["prob"] for r in onnx] == pytest.approx([p.top[0][2] for p in ref], abs=1e-5)
+
+    shards = ["predict", "--data", str(layouts / "wds"), "--data-format", "wds", "--split", "val", "--weights",
+              str(tmp_path / "m"), "--topk", "2", "--precision", "fp32"]
+    assert cli(shards + ["--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(table) == 2 * len(ref) and table[0]["path"].endswith(".tar:00000000.jpeg")
+    assert [(int(r["label_index"]), r["label_name"]) for r in table[::2]] == [p.label for p in ref]
+    assert [int(r["index"]) for r in table] == [i for p in ref for i, _, _ in p.top]
+    assert cli(shards) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f".tar:00000000.jpeg  (label: {ref[0].label[1]} ({ref[0].label[0]}))")
+    assert lines[1].strip() == f"{100 * ref[0].top[0][2]:6.2f}%  {ref[0].top[0][1]} ({ref[0].top[0][0]})".strip()
+
+    rng = np.random.default_rng(0)
+    _shard(tmp_path / "d" / "val" / "a.tar", [("k0.jpg", jpeg(rng, 0)), ("k0.cls", b"0"),
+                                              ("k1.jpg", b"not a jpeg"), ("k1.cls", b"1")])
+    assert cli(["predict", "--data", str(tmp_path / "d"), "--model", "pit_test", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert [r["path"] for r in json.loads(captured.out)] == [f"{tmp_path / 'd' / 'val' / 'a.tar'}:k0.jpg"]
+    assert f"cannot read {tmp_path / 'd' / 'val' / 'a.tar'}:k1.jpg: " in captured.err
+
+
 def test_shard_order_reads_a_window_of_shards_at_a_time():
     sizes = [3, 4, 2, 5, 3]
     starts = [0, 3, 7, 9, 14]

@@ -117,7 +117,7 @@ def ws(tmp_path_factory) -> Path:
     ("model.img_size=2", ["model.img_size=2", ">= 4 (the patch of pit_test)"]),
     ("ema.decay=1", ["ema.decay=1.0", "[0, 1)"]),
     ("optim.lr=.nan", ["optim.lr=nan", ">= 0"]),
-    ("data.kind=tfrecord", ["data.kind='tfrecord'", "one of auto, imagefolder"]),
+    ("data.format=tfrecord", ["data.format='tfrecord'", "one of auto, imagefolder"]),
 ])
 def test_every_value_is_checked_against_its_range_before_anything_is_written(ws, tmp_path, capsys, setting, words):
     run = tmp_path / "run"

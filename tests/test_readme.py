@@ -121,9 +121,10 @@ CHEAP = ("predict", "info", "convert", "plot", "models")  # seconds on a CPU wit
 
 
 def _inputs(argv: list[str]) -> list[str]:
-    """The files a command reads: its positional arguments (convert: the first) and --weights."""
+    """The files a command reads: its positional arguments (convert: the first), predict's --data and --weights."""
     args = build_parser().parse_args(argv)
-    found = {"predict": lambda: args.inputs, "info": lambda: [args.file], "convert": lambda: [args.src],
+    found = {"predict": lambda: args.inputs + ([args.data] if args.data else []), "info": lambda: [args.file],
+             "convert": lambda: [args.src],
              "plot": lambda: args.run_dirs}.get(argv[0], list)()
     return [str(p) for p in found] + ([args.weights] if getattr(args, "weights", None) else [])
 

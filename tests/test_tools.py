@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,33 @@ def test_predict_cli_formats_and_exit_status(tmp_path, image_dir, capsys):
 
     assert cli(["predict", str(image_dir / "zz_text.png"), "--model", "pit_test"]) == 1
     assert "zz_text.png" in capsys.readouterr().err
+
+
+def test_predict_data_of_an_image_folder_is_predict_of_its_files_plus_labels(tmp_path, image_dir, imagenet_photos,
+                                                                            capsys):
+    """`predict --data ROOT` over an image folder gives what `predict ROOT/val` (its files as loose images) gives:
+    the same paths and top-k, the same unreadable files reported on stderr and skipped; and adds each image's
+    true label, its class folder (torchvision's ImageFolder: sorted folder names)."""
+    from torchvision.datasets import ImageFolder
+
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    shutil.copytree(image_dir, tmp_path / "data" / "val" / "b_photos")
+    (tmp_path / "data" / "val" / "a_one").mkdir()
+    (tmp_path / "data" / "val" / "a_one" / "x.jpg").write_bytes(imagenet_photos[5].read_bytes())
+    common = ["--model", "pit_test", "--topk", "3", "--format", "json", "--precision", "fp32"]
+    assert cli(["predict", str(tmp_path / "data" / "val")] + common) == 0
+    files = capsys.readouterr()
+    assert cli(["predict", "--data", str(tmp_path / "data")] + common) == 0
+    data = capsys.readouterr()
+    by_file, by_data = json.loads(files.out), json.loads(data.out)
+    assert [r["path"] for r in by_data] == [r["path"] for r in by_file] and len(by_data) == 4
+    assert [r["predictions"] for r in by_data] == [r["predictions"] for r in by_file]
+    assert all("label" not in r for r in by_file)
+    ref = dict(ImageFolder(str(tmp_path / "data" / "val")).samples)
+    assert [(r["label"]["index"], r["label"]["name"]) for r in by_data] == [
+        (ref[r["path"]], ["a_one", "b_photos"][ref[r["path"]]]) for r in by_data]
+    for name in ("zz_truncated.jpg", "zz_text.png"):
+        assert name in files.err and name in data.err
 
 
 # ---------------------------------------------------------------------------- benchmark

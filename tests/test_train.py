@@ -82,6 +82,41 @@ def test_config_types_overrides_and_unknown_keys(tmp_path):
     assert config_to_dict(apply_overrides(load_config(None), yaml.safe_load(text))) == config_to_dict(cfg)
 
 
+def test_config_data_kind_is_read_as_data_format_with_one_warning(tmp_path, caplog):
+    """The key's old name, in a checkpoint-style dict (every key of a run's config, data.kind for data.format), a
+    recipe and --set: read as the new one with one warning line naming it; giving both is an error unless they
+    agree; each layer is renamed before the layers merge, so a later layer's new key wins over an earlier old one."""
+    from pitvit.train.config import config_from_dict
+
+    old = config_to_dict(load_config(None, ["data.format=wds", "data.path=/data/shards", "train.epochs=7"]))
+    old["data"] = {("kind" if k == "format" else k): v for k, v in old["data"].items()}
+    assert "format" not in old["data"] and old["data"]["kind"] == "wds"
+    with caplog.at_level(logging.WARNING, logger="pitvit.train"):
+        cfg = config_from_dict(old)
+    assert (cfg.data.format, cfg.data.path, cfg.train.epochs) == ("wds", "/data/shards", 7)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "data.kind is now called data.format" in warned[0] and "\n" not in warned[0]
+    assert old["data"]["kind"] == "wds" and "format" not in old["data"]  # the caller's dict is left as it was
+    assert config_from_dict({"data": {"kind": "list", "format": "list"}}).data.format == "list"  # agreeing
+    with pytest.raises(ValueError, match=r"^data.kind='wds' and data.format='parquet' disagree: data.kind is the "
+                                         r"older name of data.format; give data.format only$"):
+        config_from_dict({"data": {"kind": "wds", "format": "parquet"}})
+    (tmp_path / "old.yaml").write_text("data: {kind: wds, batch_size: 8}\n")
+    (tmp_path / "child.yaml").write_text("base: old.yaml\ndata: {format: parquet}\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pitvit.train"):
+        assert load_config(tmp_path / "old.yaml").data.format == "wds"
+    assert "old.yaml: data.kind is now called data.format" in caplog.text
+    assert load_config(tmp_path / "child.yaml").data.format == "parquet"
+    assert load_config(tmp_path / "old.yaml", ["data.format=list"]).data.format == "list"
+    assert load_config(None, ["data.kind=imagenet"]).data.format == "imagenet"
+    assert apply_overrides(load_config(None), ["data.kind=fashion_mnist"]).data.format == "fashion_mnist"
+    with pytest.raises(ValueError, match="data.kind='wds' and data.format='list' disagree"):
+        load_config(None, ["data.kind=wds", "data.format=list"])
+    with pytest.raises(ValueError, match=r"data.format='tfrecord' is not allowed: it must be one of auto, "):
+        load_config(None, ["data.kind=tfrecord"])  # the old name's value is checked as the new key's
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_recipes_load(path):
     text = path.read_text()
@@ -541,6 +576,26 @@ def test_resume_flags_and_the_changed_config_warning(tmp_path):
     log = (run / "log.txt").read_text()
     assert "resuming with a changed configuration: optim.lr: 0.002 -> 0.001; train.epochs: 1 -> 2\n" in log
     assert [r["epoch"] for r in _rows(run)] == [1, 2]
+
+
+def test_a_checkpoint_with_the_old_data_kind_config_resumes_as_unchanged(tmp_path):
+    """A last.pt written before data.kind was renamed data.format (its config edited back to the old key) is
+    continued without a 'changed configuration' (the check compares it renamed); a real change is still named."""
+    from pitvit.train.runner import fit
+    from pitvit.utils.io import save_torch
+
+    run = tmp_path / "run"
+    data = (ToySet(32), None)
+    fit(_fit_cfg(tmp_path, "train.epochs=1", "data.format=imagefolder"), datasets=data)
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    ckpt["config"]["data"] = {("kind" if k == "format" else k): v for k, v in ckpt["config"]["data"].items()}
+    save_torch(ckpt, run / "last.pt")
+    fit(_fit_cfg(tmp_path, "train.epochs=2", "data.format=imagefolder"), datasets=data)
+    log = (run / "log.txt").read_text()
+    assert "resuming with a changed configuration: train.epochs: 1 -> 2\n" in log and "data.kind" not in log
+    assert [r["epoch"] for r in _rows(run)] == [1, 2]
+    fit(_fit_cfg(tmp_path, "train.epochs=3", "data.format=list"), datasets=data)  # the check can fail
+    assert "data.format: 'imagefolder' -> 'list'; train.epochs: 2 -> 3\n" in (run / "log.txt").read_text()
 
 
 def test_fit_with_adamp_steps_like_timm(tmp_path):

@@ -43,5 +43,5 @@ def run(args) -> int:
     print(f"  curves       {r['curves'] or '(matplotlib missing: not drawn)'}")
     print(f"  metrics      {r['metrics']}")
     data = f" --data {args.data}" if args.data else ""
-    print(f"  evaluate it  pitvit eval --weights {r['checkpoint']} --kind fashion_mnist --split test{data}")
+    print(f"  evaluate it  pitvit eval --weights {r['checkpoint']} --data-format fashion_mnist --split test{data}")
     return 0

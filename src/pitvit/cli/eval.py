@@ -18,8 +18,9 @@ def add_parser(sub, formatter) -> None:
                         "(ROOT/SPLIT/*.parquet) or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--kind", default="auto", choices=DATASET_KINDS,
-                   help="dataset layout (auto: detected; see `pitvit pack --help` for the layouts)")
+    p.add_argument("--data-format", "--kind", dest="data_format", default="auto", choices=DATASET_KINDS,
+                   metavar="FORMAT", help="what --data holds: " + ", ".join(DATASET_KINDS) + " (auto: detected; "
+                   "see `pitvit pack --help` for the layouts). --kind is the older name")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,
@@ -39,7 +40,7 @@ def run(args) -> int:
     from pitvit.tools.evaluate import evaluate_model
     from pitvit.utils.io import write_text
 
-    r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.kind, ema=args.ema,
+    r = evaluate_model(args.model, args.weights, args.data, split=args.split, kind=args.data_format, ema=args.ema,
                        allow_nonfinite=args.allow_nonfinite, batch_size=args.batch_size, workers=args.workers,
                        device=args.device, amp=args.precision, compile=args.compile, backend=args.backend,
                        threads=args.threads, cache_dir=args.cache_dir,

@@ -36,14 +36,16 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard")
     p.add_argument("--row-group-size", type=int, default=1, metavar="N",
                    help="parquet: rows per row group (a random read reads a whole group)")
-    p.add_argument("--kind", default="auto", choices=DATASET_KINDS, help="SRC's layout (auto: detected)")
+    p.add_argument("--data-format", "--kind", dest="data_format", default="auto", choices=DATASET_KINDS,
+                   metavar="FORMAT", help="what SRC holds: " + ", ".join(DATASET_KINDS) + " (auto: detected). "
+                   "--kind is the older name")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pitvit.tools.pack import pack
 
-    r = pack(args.src, args.out, fmt=args.format, shard_size=args.shard_size, kind=args.kind,
+    r = pack(args.src, args.out, fmt=args.format, shard_size=args.shard_size, kind=args.data_format,
              row_group_size=args.row_group_size)
     for split, s in r["splits"].items():
         print(f"{split}: {s['samples']} samples in {s['shards']} {args.format} shard(s), "

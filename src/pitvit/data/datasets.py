@@ -50,6 +50,10 @@ class _ImageFileDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_name(self, index: int) -> str:
+        """The sample's image file."""
+        return self.samples[index][0]
+
     def __getitem__(self, index: int) -> tuple[Any, int] | SkippedSample:
         path, target = self.samples[index]
         img = load_image(path, self.strict_images)
@@ -379,6 +383,9 @@ class Subset:
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[self.indices[index]]
+
+    def sample_name(self, index: int) -> str:
+        return self.dataset.sample_name(self.indices[index])
 
     def __getattr__(self, name: str) -> Any:
         if name in ("dataset", "indices"):  # not yet set (unpickling): avoid recursing

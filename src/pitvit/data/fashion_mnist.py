@@ -128,6 +128,10 @@ class FashionMNIST:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def sample_name(self, index: int) -> str:
+        """``SPLIT[index]``: the image's place in its split (``test[0]`` is the first test image)."""
+        return f"{self.split}[{index}]"
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img = Image.fromarray(self.images[index])  # uint8 (H, W): mode L
         if self.transform is not None:

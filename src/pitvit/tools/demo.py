@@ -44,7 +44,7 @@ def run_demo(cfg: Config) -> dict[str, Any]:
     The model is selected on ``data.holdout`` images held out of the training split (best validation top-1:
     ``best.pt``); the 10,000 test images are read only after training, for ``best.pt``, by
     :func:`pitvit.tools.evaluate.evaluate_model` with the settings ``pitvit eval`` uses by default, so the
-    printed figure is what ``pitvit eval --weights best.pt --kind fashion_mnist --split test`` reports.
+    printed figure is what ``pitvit eval --weights best.pt --data-format fashion_mnist --split test`` reports.
 
     Returns:
         ``{"top1", "val_top1", "best_epoch", "epochs", "seconds", "stopped", "run_dir", "checkpoint",

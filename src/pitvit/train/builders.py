@@ -66,14 +66,14 @@ def _read_datasets(cfg: Config, pre: dict[str, Any]) -> tuple[Any, Any]:
     """The training and validation datasets of ``data.path`` (``data.holdout``: both from the training split)."""
     from pitvit import data as D
 
-    if not cfg.data.path and cfg.data.kind != "fashion_mnist":
+    if not cfg.data.path and cfg.data.format != "fashion_mnist":
         raise ConfigError("no dataset: pass --data DIR (or set data.path)")
     common = {k: pre[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct", "in_chans")}
     staged = cfg.data.pipeline != "cpu"  # the GPU and memory stages apply the transforms themselves
     tf_train = None if staged else D.build_transform(True, **common, aug=_aug_dict(cfg))
     tf_val = None if staged else D.build_transform(False, **common)
     root = cfg.data.path or None
-    opts = dict(kind=cfg.data.kind, strict_images=not cfg.data.skip_corrupt, image_column=cfg.data.image_column,
+    opts = dict(kind=cfg.data.format, strict_images=not cfg.data.skip_corrupt, image_column=cfg.data.image_column,
                 label_column=cfg.data.label_column)
     train_set = D.build_dataset(root, cfg.data.train_split, transform=tf_train, **opts)
     if not cfg.data.holdout:

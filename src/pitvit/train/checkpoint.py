@@ -19,7 +19,7 @@ import torch
 from pitvit.utils.errors import CheckpointError, TrainingError, preview_list
 
 from .builders import Data, Training
-from .config import Config, config_to_dict
+from .config import Config, config_to_dict, renamed_keys
 
 __all__ = ["make_checkpoint", "read_run_checkpoint", "load_resume", "restore_training", "check_resume",
            "capture_rng", "restore_rng", "run_differences", "order_changes", "config_changes"]
@@ -256,7 +256,7 @@ def check_resume(ckpt: dict[str, Any], cfg: Config, run_dir: Path, t: Training, 
                             f"{elsewhere}")
     scale, old_global, new_global = _scale_changes(ckpt, cfg, data)
     split_keys = ("data.batch_size:", "optim.accum_steps:", "data.num_workers:")
-    changes = config_changes(ckpt.get("config", {}), config_to_dict(cfg))
+    changes = config_changes(renamed_keys(ckpt.get("config", {}), warn=False), config_to_dict(cfg))
     if old_global == new_global:  # a new split of the same global batch is no change of settings
         changes = [c for c in changes if not c.startswith(split_keys)]
     settings = [c for c in changes if not c.startswith("train.epochs:")]

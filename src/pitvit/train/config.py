@@ -26,7 +26,7 @@ from .sched import SCHEDULES, STEPPINGS
 
 __all__ = ["ModelCfg", "DataCfg", "AugCfg", "OptimCfg", "SchedCfg", "TrainCfg", "DistillCfg", "EmaCfg",
            "LogCfg", "Config", "config_from_dict", "config_to_dict", "BEST_METRICS", "resolve_best_metric",
-           "validate", "Check", "Range", "OneOf", "Each", "Side"]
+           "validate", "Check", "Range", "OneOf", "Each", "Side", "renamed_keys"]
 
 log = logging.getLogger("pitvit.train")
 
@@ -172,7 +172,8 @@ class DataCfg:
     """Where the images are and how they are batched (``batch_size`` is per process)."""
 
     path: str = ""
-    kind: str = _f("auto", OneOf(DATASET_KINDS))  # auto | imagefolder | list | fashion_mnist | imagenet | wds | parquet
+    # auto (detected) | imagefolder | list | fashion_mnist | imagenet | wds | parquet; called data.kind before
+    format: str = _f("auto", OneOf(DATASET_KINDS))
     image_column: str = ""  # parquet: the column of image bytes ("": found by name and type)
     label_column: str = ""  # parquet: the integer label column ("": found by name and type)
     # global: one random order of all samples; shards (wds, parquet, imagenet): shards in a random order, samples
@@ -417,10 +418,47 @@ def _update(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, key, _coerce(value, tp, full))
 
 
+# Keys that were renamed, old -> new, each within its section: a recipe, a run's config.yaml or a checkpoint's
+# config that still uses the old name is read as the new one, with a warning.
+_RENAMED = {"data.kind": "data.format"}
+
+
+def renamed_keys(data: Any, *, warn: bool = True, where: str = "") -> Any:
+    """``data`` (a nested config dict) with each old key of :data:`_RENAMED` moved to its new name; ``data``
+    itself is left as it is. ``warn``: log one warning line per old key found (naming ``where`` it was found).
+
+    Each layer of a config (a recipe, its base, the ``--set`` overrides) is renamed on its own before the layers
+    are merged, so that a later layer's new key overrides an earlier layer's old one.
+
+    Raises:
+        ConfigError: the old and the new key are both given, with different values.
+    """
+    if not isinstance(data, dict):
+        return data  # _update says what is wrong with it
+    for old, new in _RENAMED.items():
+        section, old_key = old.split(".")
+        new_key = new.split(".")[1]
+        values = data.get(section)
+        if not isinstance(values, dict) or old_key not in values:
+            continue
+        values = dict(values)
+        value = values.pop(old_key)
+        if new_key in values and values[new_key] != value:
+            raise ConfigError(f"{old}={value!r} and {new}={values[new_key]!r} disagree: {old} is the older name "
+                              f"of {new}; give {new} only")
+        values[new_key] = value
+        data = {**data, section: values}
+        if warn:
+            log.warning("%s%s is now called %s: read as %s=%r%s", f"{where}: " if where else "", old, new, new, value,
+                        " (rename it there)" if where else "")
+    return data
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
-    """A :class:`Config` from a (possibly partial) nested dict; unknown keys are errors."""
+    """A :class:`Config` from a (possibly partial) nested dict; unknown keys are errors, and keys that were
+    renamed (``data.kind``: ``data.format``) are read under their new names with a warning."""
     cfg = Config()
-    _update(cfg, data)
+    _update(cfg, renamed_keys(data))
     validate(cfg)
     return cfg
 

@@ -19,7 +19,7 @@ import yaml
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.io import open_regular, write_text
 
-from .config import Config, config_from_dict, config_to_dict
+from .config import Config, config_from_dict, config_to_dict, renamed_keys
 
 if TYPE_CHECKING:
     from importlib.abc import Traversable
@@ -218,6 +218,7 @@ def _read_recipe(source: Path | Traversable, seen: tuple[str, ...] = ()) -> dict
     if not isinstance(data, dict):
         raise ConfigError(f"{key}: a recipe must be a mapping of sections, got {type(data).__name__}")
     data.pop("provenance", None)  # a run's config.yaml says where it came from; that is no setting
+    data = renamed_keys(data, where=key)
     base = data.pop("base", None)
     if base:
         parent = _read_recipe(_base_recipe(str(base), source, key), seen + (key,))
@@ -252,9 +253,10 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any] | list[str]) -> Config:
     """A copy of ``cfg`` with overrides applied (a nested dict, or ``key=value`` strings)."""
+    where = "--set" if isinstance(overrides, list) else "overrides"
     if isinstance(overrides, list):
         overrides = parse_set(overrides)
-    return config_from_dict(_deep_merge(config_to_dict(cfg), overrides))
+    return config_from_dict(_deep_merge(config_to_dict(cfg), renamed_keys(overrides, where=where)))
 
 
 def load_config(recipe: str | os.PathLike | None = None,
@@ -274,7 +276,9 @@ def load_config(recipe: str | os.PathLike | None = None,
         data = _read_recipe(source)
         data.setdefault("name", Path(source.name).stem)
     if overrides:
-        data = _deep_merge(data, parse_set(overrides) if isinstance(overrides, list) else overrides)
+        where = "--set" if isinstance(overrides, list) else "overrides"
+        overrides = parse_set(overrides) if isinstance(overrides, list) else overrides
+        data = _deep_merge(data, renamed_keys(overrides, where=where))
     return config_from_dict(data)
 
 

@@ -32,7 +32,8 @@ DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime 
 PREDICT_FORMATS = ("table", "json", "csv")
 ZOO_FORMATS = ("table", "markdown", "json")
 DATA_FORMATS = ("imagenet", "wds", "parquet")  # datasets read in place from archives, shards, Parquet files
-DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS  # data.kind, eval --kind
+# what a dataset folder holds: data.format, --data-format of eval, predict and pack (auto: detected)
+DATASET_KINDS = ("auto", "imagefolder", "list", "fashion_mnist") + DATA_FORMATS
 DATA_PIPELINES = ("cpu", "gpu", "memory")  # data.pipeline: where images are decoded and augmented
 OPTIMIZERS = ("adamw", "adamp")  # optim.name
 DISTILL_MODES = ("none", "hard", "soft")  # distill.mode
