@@ -472,3 +472,17 @@ def test_fp32_peak_is_cores_lanes_fma_and_clock(monkeypatch):
     monkeypatch.setattr(cpus, "_max_ghz", lambda: (3.7, "cpufreq cpuinfo_max_freq"))
     peak = cpus.fp32_peak(1, {"avx512f"})
     assert peak.flops == pytest.approx(118.4e9) and "exceed" not in peak.how
+
+
+def test_int8_calibrates_on_the_data_a_run_checkpoint_names(tmp_path):
+    """A run checkpoint's own training data is int8's default calibration set, with its forced layout: the key is
+    data.format, data.kind in checkpoints written before the rename."""
+    import torch
+
+    from pitvit.tools.backends import default_calibration
+
+    for key in ("format", "kind"):
+        path = tmp_path / f"{key}.pt"
+        torch.save({"model": {}, "config": {"data": {"path": "/d", key: "wds", "train_split": "train"}}}, path)
+        assert default_calibration(path) == {"path": "/d", "kind": "wds", "split": "train"}
+    assert default_calibration(tmp_path / "missing.pt") is None

@@ -372,7 +372,7 @@ class Subset:
     attribute (``transform``...) are the dataset's.
     """
 
-    _PER_SAMPLE = ("read_bytes", "sample_name")  # methods taking a sample index
+    _PER_SAMPLE = ("read_bytes",)  # methods taking a sample index that only some datasets have
 
     def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
         self.dataset = dataset

@@ -282,7 +282,9 @@ def default_calibration(weights: Any) -> dict[str, Any] | None:
     data = (ckpt.get("config") or {}).get("data") if isinstance(ckpt, dict) else None
     if not isinstance(data, dict) or "train_split" not in data:
         return None
-    return {"path": data.get("path") or None, "kind": data.get("kind", "auto"), "split": data["train_split"]}
+    # "kind": the name data.format had in checkpoints written before it was renamed
+    return {"path": data.get("path") or None, "kind": data.get("format", data.get("kind", "auto")),
+            "split": data["train_split"]}
 
 
 def _calibration_source(calibration: Any, weights: Any) -> tuple[Any, str]:
