@@ -178,7 +178,7 @@ def test_onnxruntime_int8(tmp_path):
     Runtime's integer operations, the logits move (int8 ran) but stay close, and the top-1 agrees on most inputs.
 
     Tolerance: int8 weights (per tensor) and activations quantized per call to 256 levels of their range change
-    pit_test's logits (std 0.55 on random inputs) by 0.015-0.032 (measured: batches of 4 and 64, 3 seeds each); 0.1
+    pit_test's logits (std 0.55 on random inputs) by 0.017-0.036 (measured: batches of 4 and 64, 3 seeds each); 0.1
     leaves room for other CPUs' kernels and stays well below the 0.68 by which another seed's pit_test differs."""
     import onnx
 
@@ -187,7 +187,7 @@ def test_onnxruntime_int8(tmp_path):
     assert p.precision == "int8" and p.source == "converted" and "top1_agreement" not in p.info  # no images
     graph = onnx.load(str(next(tmp_path.glob("onnxruntime/*/model.onnx")))).graph  # what the session runs
     ops = {n.op_type for n in graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops, ops
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "ConvInteger" not in ops, ops  # linear layers only
     assert 1e-4 < _max_diff(p, model, batch=4) < 0.1
     again = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1, cache_dir=tmp_path)
     assert again.source.startswith("cache ") and 1e-4 < _max_diff(again, model, batch=4) < 0.1
@@ -201,7 +201,7 @@ def test_onnxruntime_int8(tmp_path):
     with torch.no_grad():
         ref = model(images).argmax(-1)
     same = p(images).argmax(-1) == ref
-    assert len(ref.unique()) >= 5 and same.float().mean() >= 0.75  # classes vary (9); measured 0.875, 56 of 64
+    assert len(ref.unique()) >= 5 and same.float().mean() >= 0.75  # classes vary (9); measured 0.92, 59 of 64
     assert p.info["agreement_images"] == 16
     assert p.info["top1_agreement"] == (p(images[:16]).argmax(-1) == ref[:16]).float().mean().item()
     info = json.loads(next((tmp_path / "c2" / "onnxruntime").glob("*/info.json")).read_text())
