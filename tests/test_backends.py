@@ -1,7 +1,7 @@
 """Inference backends against PyTorch: ONNX Runtime and OpenVINO run the same model as eager PyTorch fp32 and
 must give its logits within 1e-4 (two independent runtimes of the same graph); OpenVINO's precision hint is read
-back from its compiled model (OpenVINO's own report of what it runs); int8 is checked against OpenVINO's graph
-(quantize operations present) and fp32's top-1.
+back from its compiled model (OpenVINO's own report of what it runs); int8 is checked against the backend's own
+graph (quantize operations present), eager PyTorch fp32's logits and its top-1.
 
 A backend whose extra is not installed is skipped with the reason (``make test`` installs the dev extra).
 """
@@ -121,8 +121,9 @@ def test_bf16_refused_without_native_support(monkeypatch):
 def test_precision_vocabulary():
     assert bk.resolve_precision("none", "torch") == "fp32"
     assert bk.resolve_precision("auto", "onnxruntime") == "fp32"
-    with pytest.raises(ConfigError, match="int8 runs on --backend openvino"):
-        bk.resolve_precision("int8", "onnxruntime")
+    assert bk.resolve_precision("int8", "onnxruntime") == bk.resolve_precision("int8", "openvino") == "int8"
+    with pytest.raises(ConfigError, match=r"int8 runs on --backend openvino \(NNCF .*\) or onnxruntime .*not on torch"):
+        bk.resolve_precision("int8", "torch")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
         bk.resolve_precision("fp16", "openvino")
     with pytest.raises(ConfigError, match="unknown precision 'fp8'"):
@@ -154,8 +155,78 @@ def test_int8_tiny_model(tmp_path):
     info = json.loads(next((tmp_path / "cache" / "openvino").glob("*/info.json")).read_text())
     assert info["precision"] == "int8" and info["facts"]["top1_agreement"] == p.info["top1_agreement"]
     assert _max_diff(p, model) < 0.5  # int8 of the same model, not another one
-    with pytest.raises(ConfigError, match="needs calibration images"):
+    assert _max_diff(p, model, batch=1) < 0.5 and len(p.run.single) == 1  # its batch-1 copy, quantized too
+    with pytest.raises(ConfigError, match="int8 on openvino needs calibration images") as e:
         bk.load_predictor(model, backend="openvino", precision="int8", cache_dir="none")
+    assert "\n" not in str(e.value)
+
+
+def _decentred(model):
+    """``model`` with its head made blind to the direction its features share on random inputs (and no bias): a
+    random model otherwise puts nearly every input in one class, and agreeing on it would say nothing."""
+    x = torch.randn(64, *model.pretrained_cfg.input_size, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        mu = model.forward_head(model.forward_features(x), pre_logits=True).mean(0)
+        model.head.weight -= torch.outer(model.head.weight @ mu, mu) / mu.dot(mu)
+        model.head.bias.zero_()
+    return model
+
+
+@needs_ort
+def test_onnxruntime_int8(tmp_path):
+    """ONNX Runtime's dynamic quantization against eager PyTorch fp32 (the reference): the graph holds ONNX
+    Runtime's integer operations, the logits move (int8 ran) but stay close, and the top-1 agrees on most inputs.
+
+    Tolerance: int8 weights (per tensor) and activations quantized per call to 256 levels of their range change
+    pit_test's logits (std 0.55 on random inputs) by 0.017-0.036 (measured: batches of 4 and 64, 3 seeds each); 0.1
+    leaves room for other CPUs' kernels and stays well below the 0.68 by which another seed's pit_test differs."""
+    import onnx
+
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1, cache_dir=tmp_path)
+    assert p.precision == "int8" and p.source == "converted" and "top1_agreement" not in p.info  # no images
+    graph = onnx.load(str(next(tmp_path.glob("onnxruntime/*/model.onnx")))).graph  # what the session runs
+    ops = {n.op_type for n in graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops and "ConvInteger" not in ops, ops  # linear layers only
+    assert 1e-4 < _max_diff(p, model, batch=4) < 0.1
+    again = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1, cache_dir=tmp_path)
+    assert again.source.startswith("cache ") and 1e-4 < _max_diff(again, model, batch=4) < 0.1
+
+    # Top-1, with images given: the agreement is measured on all of them (none calibrate) and stored. 16 images:
+    # one batch of the 16 the agreement is measured in (the activations' ranges are those of each call's batch).
+    model = _decentred(_sized("pit_test", 32))
+    images = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    p = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1,
+                          calibration=images[:16].numpy(), cache_dir=tmp_path / "c2")
+    with torch.no_grad():
+        ref = model(images).argmax(-1)
+    same = p(images).argmax(-1) == ref
+    assert len(ref.unique()) >= 5 and same.float().mean() >= 0.75  # classes vary (9); measured 0.92, 59 of 64
+    assert p.info["agreement_images"] == 16
+    assert p.info["top1_agreement"] == (p(images[:16]).argmax(-1) == ref[:16]).float().mean().item()
+    info = json.loads(next((tmp_path / "c2" / "onnxruntime").glob("*/info.json")).read_text())
+    assert info["precision"] == "int8" and info["facts"] == p.info
+
+
+@needs_ov
+def test_openvino_batch_one_runs_a_static_copy():
+    """A model of any batch compiles a batch-1 copy on the first batch of one (same settings), and gives eager
+    PyTorch's logits at batch 1 and at other batches; a graph fixed to a batch makes no copy."""
+    import openvino as ov
+
+    model = _sized("pit_test", 32)
+    p = bk.load_predictor(model, backend="openvino", precision="fp32", threads=1, cache_dir="none")
+    assert p.run.single == [] and _max_diff(p, model, batch=3) < 1e-4 and p.run.single == []
+    assert _max_diff(p, model, batch=1) < 1e-4 and len(p.run.single) == 1
+    one = p.run.single[0][0]
+    assert str(one.input(0).get_partial_shape()) == "[1,3,32,32]"  # OpenVINO's report of the copy's shape
+    assert str(p.run.compiled.input(0).get_partial_shape()) == "[?,3,32,32]"
+    assert one.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32 and one.get_property(
+        "INFERENCE_NUM_THREADS") == 1
+    assert _max_diff(p, model, batch=1, seed=5) < 1e-4 and _max_diff(p, model, batch=2) < 1e-4
+    assert len(p.run.single) == 1  # compiled once
+    fixed = bk.load_predictor(model, backend="openvino", precision="fp32", threads=1, batch=2, cache_dir="none")
+    assert _max_diff(fixed, model, batch=1) < 1e-4 and fixed.run.single == []
 
 
 @needs_ov
@@ -218,17 +289,54 @@ def test_predict_openvino_same_top5_as_torch(tmp_path, imagenet_photos):
     assert [[i for i, _, _ in p.top] for p in ov_preds] == [[i for i, _, _ in p.top] for p in eager]
 
 
+def test_benchmark_engine_settings(monkeypatch):
+    """The engines the table times: every one of a backend, or those of one precision (and the base)."""
+    from pitvit.tools.bench_backends import backend_settings
+
+    monkeypatch.setattr("pitvit.tools.bench_backends.cpu_bf16_support", lambda: None)
+    monkeypatch.setattr(bk, "cpu_bf16_support", lambda: None)
+    base = ("torch", "fp32", False)
+    assert backend_settings("onnxruntime") == [base, ("onnxruntime", "fp32", False), ("onnxruntime", "int8", False)]
+    assert backend_settings("all", "int8") == [base, ("onnxruntime", "int8", False), ("openvino", "int8", False)]
+    assert backend_settings("onnxruntime", "fp32") == [base, ("onnxruntime", "fp32", False)]
+    assert backend_settings("openvino", "none") == [base, ("openvino", "fp32", False)]
+    assert backend_settings("all", "fp32") == [base, ("torch", "fp32", True), ("onnxruntime", "fp32", False),
+                                               ("openvino", "fp32", False)]
+    for backend, precision, words in [("onnxruntime", "bf16", "no bf16 kernels"), ("all", "bf16", "lacks AVX-512"),
+                                      ("all", "fp16", "needs a CUDA device"), ("openvino", "fp8", "unknown")]:
+        with pytest.raises(ConfigError, match=words) as e:
+            backend_settings(backend, precision)
+        assert "\n" not in str(e.value)
+    monkeypatch.setattr("pitvit.tools.bench_backends.cpu_bf16_support", lambda: "amx_bf16")
+    monkeypatch.setattr(bk, "cpu_bf16_support", lambda: "amx_bf16")
+    assert backend_settings("all", "bf16") == [base, ("torch", "bf16", False), ("openvino", "bf16", False)]
+
+
 @needs_ort
 def test_benchmark_engine_table():
     from pitvit.tools.bench_backends import compare_backends, format_backends
 
-    r = compare_backends("pit_test", backend="onnxruntime", batch=3, rounds=1, threads=1, cache_dir="none")
+    r = compare_backends("pit_test", backend="onnxruntime", precision="fp32", batch=3, rounds=1, threads=1,
+                         cache_dir="none")
     assert [(row["setting"], row["batch"]) for row in r["rows"]] == [
         ("torch fp32", 1), ("onnxruntime fp32", 1), ("torch fp32", 3), ("onnxruntime fp32", 3)]
     eager, ort = r["rows"][2], r["rows"][3]
     assert eager["vs_eager"] == 1.0 and eager["max_diff"] == 0.0
     assert ort["max_diff"] < 1e-4 and ort["top1_agree"] == 1.0
     assert "onnxruntime fp32" in format_backends(r)
+
+
+@needs_ort
+def test_cli_benchmark_precision_restricts_the_table(capsys):
+    from pitvit.cli import main as cli
+
+    assert cli(["benchmark", "--model", "pit_test", "--backend", "onnxruntime", "--precision", "int8", "--batch",
+                "2", "--steps", "1", "--threads", "1", "--cache-dir", "none", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["setting"], r["batch"]) for r in rows] == [
+        ("torch fp32", 1), ("onnxruntime int8", 1), ("torch fp32", 2), ("onnxruntime int8", 2)]
+    assert rows[3]["precision"] == "int8" and 1e-4 < rows[3]["max_diff"] < 0.1  # int8 ran (see test_onnxruntime_int8)
+    assert rows[3]["info"]["agreement_images"] == 64  # on the random inputs it is given when no images are
 
 
 @needs_ov

@@ -85,7 +85,8 @@ def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_wh
                         "numbers" + fp32_why + "; auto: bf16 where the device computes it natively (CPUs with AMX or "
                         "AVX-512 BF16, GPUs from Ampere on), else fp32; bf16 is refused where it would be "
                         "emulated; fp16: CUDA; int8: OpenVINO with NNCF post-training quantization (see "
-                        "--calibration). --amp is the older name")
+                        "--calibration), or ONNX Runtime with its dynamic quantization (no calibration). --amp is "
+                        "the older name")
     p.add_argument("--threads", type=int, default=None,
                    help="threads of the backend (default: the cores this process may use: its CPU affinity, "
                         "capped by a cgroup quota)%(default).0s")
@@ -94,7 +95,8 @@ def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_wh
                         "~/.cache/pitvit; 'none': convert every time)%(default).0s")
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help="int8: a folder of a few hundred images like the ones to classify (default: the "
-                        "training data a pitvit run checkpoint names)%(default).0s")
+                        "training data a pitvit run checkpoint names); OpenVINO calibrates on them, ONNX Runtime "
+                        "only measures its top-1 agreement with fp32 on them%(default).0s")
 
 
 def _epilog() -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pitvit.cli import model_name
-from pitvit.utils.names import AMP_CHOICES, BACKENDS, DEVICE_CHOICES
+from pitvit.utils.names import BACKEND_PRECISIONS, BACKENDS, DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -16,8 +16,9 @@ def add_parser(sub, formatter) -> None:
                     "GPUs from Ampere on) and fp32 elsewhere, and logs which.\n"
                     "--backend all|onnxruntime|openvino instead times inference engines against eager PyTorch fp32\n"
                     "in one run, at batch 1 and --batch: torch.compile, ONNX Runtime, OpenVINO (fp32, and bf16\n"
-                    "where the CPU computes it natively, int8), with the ratio to eager, the largest logit\n"
-                    "difference to eager fp32 and images/s as a share of the CPU's fp32 peak.")
+                    "where the CPU computes it natively, int8: OpenVINO with NNCF, ONNX Runtime with its dynamic\n"
+                    "quantization), with the ratio to eager, the largest logit difference to eager fp32 and\n"
+                    "images/s as a share of the CPU's fp32 peak; --precision P times eager fp32 and P only.")
     # "%(default).0s" prints nothing; it stops the formatter from appending a default that means nothing
     # ("None" for a required option, "True" for a switch that turns something off).
     p.add_argument("--model", required=True, type=model_name,
@@ -31,9 +32,11 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--backend", default="torch", choices=("all",) + BACKENDS,
                    help="torch: the training and inference figures above; all or another backend: the table of "
                         "inference engines (CPU)")
-    p.add_argument("--precision", "--amp", dest="precision", default="auto", choices=AMP_CHOICES,
-                   help="autocast dtype of --backend torch; auto: bf16 where the device computes it natively, "
-                        "else fp32 (none); the engine table times every precision the CPU runs natively")
+    p.add_argument("--precision", "--amp", dest="precision", default=None, choices=BACKEND_PRECISIONS,
+                   help="autocast dtype of --backend torch (default: auto, bf16 where the device computes it "
+                        "natively, else fp32 (none)); in the engine table: eager fp32 and this precision only "
+                        "(int8: OpenVINO and ONNX Runtime; default: every precision the CPU runs natively)"
+                        "%(default).0s")
     p.add_argument("--threads", type=int, default=None,
                    help="threads of every engine in the engine table (default: the cores this process may "
                         "use)%(default).0s")
@@ -41,8 +44,8 @@ def add_parser(sub, formatter) -> None:
                    help="where converted models are kept (default: $XDG_CACHE_HOME/pitvit, else ~/.cache/pitvit; "
                         "'none': convert every time)%(default).0s")
     p.add_argument("--calibration", default=None, metavar="DIR",
-                   help="int8's calibration images in the engine table (default: random inputs; speed only)"
-                        "%(default).0s")
+                   help="int8's images in the engine table: OpenVINO calibrates on them, both measure the top-1 "
+                        "agreement with fp32 on them (default: random inputs; speed only)%(default).0s")
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (inductor; the warm-up steps compile, at least 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
@@ -59,16 +62,20 @@ def run(args) -> int:
     if args.backend != "torch":
         from pitvit.tools.bench_backends import compare_backends, format_backends
 
-        r = compare_backends(args.model, backend=args.backend, batch=args.batch, img_size=args.img_size,
-                             threads=args.threads, rounds=args.steps, cache_dir=args.cache_dir,
-                             calibration=args.calibration)
+        r = compare_backends(args.model, backend=args.backend, precision=args.precision, batch=args.batch,
+                             img_size=args.img_size, threads=args.threads, rounds=args.steps,
+                             cache_dir=args.cache_dir, calibration=args.calibration)
         print(json.dumps(r, indent=1) if args.format == "json" else format_backends(r))
         return 0
 
     from pitvit.tools.benchmark import benchmark, format_table
+    from pitvit.utils.errors import ConfigError
 
+    if args.precision == "int8":
+        raise ConfigError("--precision int8 is timed in the engine table (--backend all, onnxruntime or openvino), "
+                          "not by --backend torch")
     rows = benchmark(args.model, batch=args.batch, img_size=args.img_size, compare=args.compare,
-                     device=args.device, amp=args.precision, compile=args.compile, steps=args.steps,
+                     device=args.device, amp=args.precision or "auto", compile=args.compile, steps=args.steps,
                      warmup=args.warmup, train=args.train)
     print(json.dumps(rows, indent=1) if args.format == "json" else format_table(rows))
     return 0

@@ -1,12 +1,14 @@
 """One table of inference engines: eager PyTorch (the base), ``torch.compile``, ONNX Runtime and OpenVINO, in fp32
-and, where the CPU computes them natively or the backend offers them, bf16 and int8, at batch 1 and at a chosen
-batch, all timed in turn in the same rounds (:func:`pitvit.tools.benchmark.time_alternating`).
+and, where the CPU computes them natively or the backend offers them, bf16 and int8 (OpenVINO: NNCF post-training
+quantization; ONNX Runtime: dynamic quantization), at batch 1 and at a chosen batch, all timed in turn in the same
+rounds (:func:`pitvit.tools.benchmark.time_alternating`); a precision given restricts the table to it (and the
+base).
 
 Each row gives the median time per batch, images/s, the ratio to eager PyTorch fp32 at the same batch, the largest
 logit difference to eager PyTorch fp32 on the same inputs, the top-1 agreement with it, and images/s as a share
 of the machine's fp32 peak (:func:`pitvit.utils.cpus.fp32_peak`; the model's FLOPs are twice its MACs) where that
-can be read. int8 calibrates on the images given (``calibration``), else on random inputs: its speed is then
-real and its agreement says little.
+can be read. OpenVINO int8 calibrates on the images given (``calibration``), else on random inputs: its speed is
+then real and its agreement says little.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pitvit.utils.device import cpu_bf16_support, cpu_flags
 from pitvit.utils.errors import ConfigError
 from pitvit.utils.names import BACKENDS
 
-from .backends import load_predictor
+from .backends import load_predictor, resolve_precision
 from .benchmark import time_alternating
 from .zoo import count_macs
 
@@ -33,16 +35,38 @@ __all__ = ["backend_settings", "compare_backends", "format_backends"]
 log = logging.getLogger(__name__)
 
 
-def backend_settings(backend: str) -> list[tuple[str, str, bool]]:
+def backend_settings(backend: str, precision: str | None = None) -> list[tuple[str, str, bool]]:
     """``(backend, precision, compiled)`` to time for ``--backend`` (``all`` or one of :data:`BACKENDS`), eager
-    PyTorch fp32 first; bf16 only where the CPU computes it natively."""
+    PyTorch fp32 first; bf16 only where the CPU computes it natively.
+
+    Args:
+        backend: ``all`` or one backend.
+        precision: only this precision (as :func:`pitvit.tools.backends.resolve_precision` resolves it for each
+            backend; ``auto`` may differ between them), besides the base; default: every precision.
+
+    Raises:
+        ConfigError: an unknown backend, or a precision that ``backend`` (with ``all``: every backend) refuses.
+    """
     if backend != "all" and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose all or one of {', '.join(BACKENDS)}")
+    backends = BACKENDS if backend == "all" else (backend,)
     bf16 = cpu_bf16_support() is not None
     table = [("torch", "fp32", False), ("torch", "fp32", True), ("torch", "bf16", False),
-             ("onnxruntime", "fp32", False), ("openvino", "fp32", False), ("openvino", "bf16", False),
-             ("openvino", "int8", False)]
-    keep = [s for s in table if (bf16 or s[1] != "bf16") and (backend == "all" or s[0] == backend)]
+             ("onnxruntime", "fp32", False), ("onnxruntime", "int8", False), ("openvino", "fp32", False),
+             ("openvino", "bf16", False), ("openvino", "int8", False)]
+    keep = [s for s in table if (bf16 or s[1] != "bf16") and s[0] in backends]
+    if precision is not None:
+        wanted: dict[str, str] = {}
+        refusals: list[ConfigError] = []
+        for b in backends:
+            try:
+                wanted[b] = resolve_precision(precision, b)
+            except ConfigError as e:  # with all: the backends that run it, else the first refusal
+                refusals.append(e)
+        keep = [s for s in keep if wanted.get(s[0]) == s[1]]
+        if not keep:
+            raise refusals[0] if refusals else ConfigError(f"--precision {precision}: no engine of --backend "
+                                                           f"{backend} runs it")
     return [("torch", "fp32", False)] + [s for s in keep if s != ("torch", "fp32", False)]
 
 
@@ -50,7 +74,8 @@ def _label(backend: str, precision: str, compiled: bool) -> str:
     return f"{backend}{' compile' if compiled else ''} {precision}"
 
 
-def compare_backends(model_name: str, *, backend: str = "all", batch: int = 32, img_size: int | None = None,
+def compare_backends(model_name: str, *, backend: str = "all", precision: str | None = None, batch: int = 32,
+                     img_size: int | None = None,
                      threads: int | None = None, rounds: int = 7, budget_s: float = 60.0,
                      cache_dir: str | os.PathLike | None = None, calibration: Any = None,
                      settings: Sequence[tuple[str, str, bool]] | None = None) -> dict[str, Any]:
@@ -59,13 +84,15 @@ def compare_backends(model_name: str, *, backend: str = "all", batch: int = 32, 
     Args:
         model_name: a registered variant.
         backend: ``all``, or one backend (then timed against eager PyTorch fp32).
+        precision: time only this precision (and the base), as for :func:`backend_settings`; default: every one.
         batch: the larger batch (batch 1 is always timed too).
         img_size: square input side (default: the variant's).
         threads: threads of every engine (default: the cores this process may use).
         rounds, budget_s: as for :func:`pitvit.tools.benchmark.time_alternating`, per batch size.
         cache_dir: where converted models are cached.
         calibration: int8's calibration images (default: random inputs).
-        settings: ``(backend, precision, compiled)`` to time instead of ``backend``'s (eager fp32 must be first).
+        settings: ``(backend, precision, compiled)`` to time instead of ``backend`` and ``precision``'s (eager fp32
+            must be first).
 
     Returns:
         ``model``, ``img_size``, ``threads``, ``peak`` (how the fp32 peak was found, or ``None``), ``gflops`` per
@@ -74,7 +101,7 @@ def compare_backends(model_name: str, *, backend: str = "all", batch: int = 32, 
     """
     if batch < 1 or rounds < 1:
         raise ConfigError(f"need --batch >= 1 and --steps >= 1, got {batch}, {rounds}")
-    settings = list(settings or backend_settings(backend))
+    settings = list(settings or backend_settings(backend, precision))
     threads = threads or usable_cpus()
     torch.manual_seed(0)
     model = create_model(model_name, **({"img_size": img_size} if img_size else {})).eval()
@@ -85,7 +112,8 @@ def compare_backends(model_name: str, *, backend: str = "all", batch: int = 32, 
         model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, input_size=(c, h, w))
     if calibration is None and any(p == "int8" for _, p, _ in settings):
         calibration = np.random.RandomState(2).randn(64, c, h, w).astype(np.float32)
-        log.info("int8 calibrates on random inputs: its speed is real, its agreement with fp32 means little")
+        log.info("int8 calibrates (OpenVINO) and measures its agreement on random inputs: its speed is real, its "
+                 "agreement with fp32 means little")
     predictors = {}
     for b, p, compiled in settings:
         log.info("preparing %s", _label(b, p, compiled))

@@ -60,12 +60,13 @@ def evaluate_model(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: the precision: ``fp32`` (the default: published figures are measured in it), ``auto``
             (bf16 where the device computes it natively, else fp32), ``bf16``, ``fp16`` (CUDA) or ``int8``
-            (OpenVINO).
+            (OpenVINO, ONNX Runtime).
         compile: evaluate through ``torch.compile`` (inductor).
         backend: ``torch``, ``onnxruntime`` or ``openvino`` (:mod:`pitvit.tools.backends`; those two on the CPU).
         threads: threads of the backend (default: the cores this process may use).
         cache_dir: where converted models are cached.
-        calibration: int8's calibration images (default: the training data a run checkpoint names).
+        calibration: int8's calibration images (default: the training data a run checkpoint names); ONNX Runtime
+            needs none and only measures its top-1 agreement with fp32 on them.
 
     Returns:
         ``{"top1", "top5", "loss", "n", ...}`` plus what was evaluated (model, weights, split, images

@@ -216,7 +216,7 @@ def predict_files(model: nn.Module | Predictor, files: Iterable[str | os.PathLik
         batch_size: images per forward pass.
         device: where the model runs with the torch backend (``auto``: CUDA when available).
         amp: the precision: ``auto`` (bf16 where the device computes it natively, else fp32; the choice is
-            logged), ``fp32`` (``none``), ``bf16``, ``fp16`` (CUDA) or ``int8`` (OpenVINO).
+            logged), ``fp32`` (``none``), ``bf16``, ``fp16`` (CUDA) or ``int8`` (OpenVINO, ONNX Runtime).
         compile: run the model through ``torch.compile`` (inductor); the first batch compiles.
         backend: ``torch``, ``onnxruntime`` or ``openvino`` (see :mod:`pitvit.tools.backends`).
         threads: threads of the backend (default: the cores this process may use).

@@ -26,7 +26,8 @@ SAVE_FORMATS = ("safetensors", "official", "timm", "timm_legacy", "paddle")  # w
 CONVERT_FORMATS = SAVE_FORMATS + ("pretrained",)  # and a save_pretrained folder
 EXPORT_FORMATS = ("onnx", "pt2", "openvino")
 BACKENDS = ("torch", "onnxruntime", "openvino")  # inference engines of predict, eval and benchmark
-# The inference precisions: the vocabulary above, and int8 (OpenVINO: NNCF post-training quantization).
+# The inference precisions: the vocabulary above, and int8 (OpenVINO: NNCF post-training quantization; ONNX
+# Runtime: dynamic quantization).
 BACKEND_PRECISIONS = AMP_CHOICES + ("int8",)
 DEFAULT_OPSET = 17  # the first ONNX opset with LayerNormalization; onnxruntime >= 1.14 runs it
 PREDICT_FORMATS = ("table", "json", "csv")
