@@ -352,6 +352,14 @@ def test_time_alternating_rotates_the_order_and_drops_slow_steps():
                          budget_s=0.01, min_rounds=3)
     assert t.rounds == 3 and len(calls) == 6
 
+    # settle_s: idle before every timing, outside the time measured (the clock of the calls is the reference)
+    stamps: list[float] = []
+    t = time_alternating({"a": lambda: stamps.append(time.perf_counter()),
+                          "b": lambda: stamps.append(time.perf_counter())}, device="cpu", rounds=3, warmup=0,
+                         settle_s=0.05)
+    assert len(stamps) == 6 and min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.05
+    assert max(max(v) for v in t.times.values()) < 0.05
+
 
 def test_compare_settings_same_weights_every_setting(monkeypatch):
     """pitvit and timm get the same weights (their logits agree: timm is the reference), every setting is timed

@@ -34,6 +34,8 @@ __all__ = ["backend_settings", "compare_backends", "format_backends"]
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 0.5  # idle before each timing: the engine timed before must not still spin on the cores
+
 
 def backend_settings(backend: str, precision: str | None = None) -> list[tuple[str, str, bool]]:
     """``(backend, precision, compiled)`` to time for ``--backend`` (``all`` or one of :data:`BACKENDS`), eager
@@ -129,7 +131,8 @@ def compare_backends(model_name: str, *, backend: str = "all", precision: str | 
         ref = predictors[settings[0]](x)
         steps = {s: (lambda pr=pr: pr(x)) for s, pr in predictors.items()}
         warm = {s: 3 if s[2] else 2 for s in steps}  # a compiled model compiles in its first call
-        t = time_alternating(steps, device="cpu", rounds=rounds, warmup=warm, budget_s=budget_s)
+        t = time_alternating(steps, device="cpu", rounds=rounds, warmup=warm, budget_s=budget_s,
+                             settle_s=SETTLE_S)
         base = statistics.median(t.times[settings[0]])
         for s, pr in predictors.items():
             sec = statistics.median(t.times[s])

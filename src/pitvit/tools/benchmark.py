@@ -309,7 +309,7 @@ class Timings:
 
 def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.device | str, rounds: int = 7,
                      iters: int = 1, warmup: int | dict[str, int] = 1, budget_s: float = 0.0, min_rounds: int = 3,
-                     max_step_s: float = 0.0) -> Timings:
+                     max_step_s: float = 0.0, settle_s: float = 0.0) -> Timings:
     """Time several steps in turn: after their warm-up calls, every round times each step once (``iters``
     calls, synchronized), in an order that rotates from round to round, so that load from other processes and
     drifting clocks hit all of them alike.
@@ -324,6 +324,9 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
             below ``min_rounds``.
         max_step_s: when > 0, a step whose last warm-up call (without warm-up: its first round) took longer is
             timed no further; its times hold that one value.
+        settle_s: seconds of idling before each timing, for steps that run on different thread pools: ONNX
+            Runtime's threads (and OpenMP's) spin for a while after a call, and would share the cores with the
+            step timed next (measured: eager PyTorch at batch 1 took 27 ms right after ONNX Runtime, 16 ms alone).
     """
     device = resolve_device(device)
     names = list(steps)
@@ -343,6 +346,8 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
         start = time.perf_counter()
         shift = r % len(active)
         for name in active[shift:] + active[:shift]:
+            if settle_s > 0:
+                time.sleep(settle_s)
             times[name].append(_time_once(steps[name], iters, device))
         if r == 0:
             if max_step_s > 0:
