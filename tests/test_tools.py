@@ -352,12 +352,13 @@ def test_time_alternating_rotates_the_order_and_drops_slow_steps():
                          budget_s=0.01, min_rounds=3)
     assert t.rounds == 3 and len(calls) == 6
 
-    # settle_s: idle before every timing, outside the time measured (the clock of the calls is the reference)
+    # settle_s: idle, then one untimed call, before every timing, all outside the time measured (the clock of
+    # the calls is the reference): calls come in pairs, the pairs 0.05 s apart
     stamps: list[float] = []
     t = time_alternating({"a": lambda: stamps.append(time.perf_counter()),
                           "b": lambda: stamps.append(time.perf_counter())}, device="cpu", rounds=3, warmup=0,
                          settle_s=0.05)
-    assert len(stamps) == 6 and min(b - a for a, b in zip(stamps, stamps[1:])) >= 0.05
+    assert len(stamps) == 12 and min(b - a for a, b in zip(stamps[1::2], stamps[2::2])) >= 0.05
     assert max(max(v) for v in t.times.values()) < 0.05
 
 
@@ -467,19 +468,29 @@ def test_resolve_preprocessing_agrees_with_timms_resolve_data_config():
     assert resolve_preprocessing(model, input_size=48)["input_size"] == (3, 48, 48)
 
 
-def test_fp32_peak_is_cores_lanes_fma_and_clock(monkeypatch):
-    """Hand-computed: 2 cores x 16 AVX-512 lanes x 2 FLOP (one FMA per cycle) x 2.6 GHz = 166.4 GFLOP/s; AVX2 has
-    8 lanes; a clock read from /proc/cpuinfo (the one the OS last saw) is said to be one boost can exceed."""
+def test_fp32_peak_is_cores_lanes_fma_and_clock(monkeypatch, tmp_path):
+    """Hand-computed from the vendors' published issue rates: Zen 4 (AMD family 25) issues one 512-bit FMA per
+    cycle, Zen 5 (family 26) two, Intel since Haswell two 256-bit ones; so 2 Zen 4 cores at 2.6 GHz give
+    2 x 16 lanes x 1 x 2 FLOP x 2.6e9 = 166.4 GFLOP/s and Zen 5 cores twice that. A clock read from /proc/cpuinfo
+    (the one the OS last saw) is said to be one that boost can exceed."""
     from pitvit.utils import cpus
 
     monkeypatch.setattr(cpus, "_max_ghz", lambda: (2.6, "/proc/cpuinfo cpu MHz"))
-    peak = cpus.fp32_peak(2, {"avx512f", "avx2", "fma"})
-    assert peak.flops == pytest.approx(166.4e9) and "exceed 100%" in peak.how
-    assert cpus.fp32_peak(2, {"avx2", "fma"}).flops == pytest.approx(83.2e9)
-    assert cpus.fp32_peak(2, {"sse2"}) is None
+    avx512 = {"avx512f", "avx2", "fma"}
+    peak = cpus.fp32_peak(2, avx512, ("AuthenticAMD", 25, 17))
+    assert peak.flops == pytest.approx(166.4e9) and "exceed 100%" in peak.how and "Zen 4" in peak.how
+    assert cpus.fp32_peak(2, avx512, ("AuthenticAMD", 26, 2)).flops == pytest.approx(332.8e9)
+    assert cpus.fp32_peak(2, {"avx2", "fma"}, ("GenuineIntel", 6, 85)).flops == pytest.approx(166.4e9)
+    assert cpus.fp32_peak(2, {"avx2", "fma"}, ("", 0, 0)).flops == pytest.approx(83.2e9)
+    assert cpus.fp32_peak(2, {"sse2"}, ("AuthenticAMD", 26, 2)) is None
     monkeypatch.setattr(cpus, "_max_ghz", lambda: (3.7, "cpufreq cpuinfo_max_freq"))
-    peak = cpus.fp32_peak(1, {"avx512f"})
+    peak = cpus.fp32_peak(1, {"avx512f"}, ("AuthenticAMD", 25, 17))
     assert peak.flops == pytest.approx(118.4e9) and "exceed" not in peak.how
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n\n"
+                    "processor\t: 1\nvendor_id\t: Other\n")
+    assert cpus.cpu_identity(info) == ("AuthenticAMD", 26, 2)
+    assert cpus.cpu_identity(tmp_path / "missing") == ("", 0, 0)
 
 
 def test_int8_calibrates_on_the_data_a_run_checkpoint_names(tmp_path):

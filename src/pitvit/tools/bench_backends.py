@@ -35,6 +35,7 @@ __all__ = ["backend_settings", "compare_backends", "format_backends"]
 log = logging.getLogger(__name__)
 
 SETTLE_S = 0.5  # idle before each timing: the engine timed before must not still spin on the cores
+ITERS_AT_BATCH_1 = 5  # calls per timing at batch 1 (a call takes milliseconds)
 
 
 def backend_settings(backend: str, precision: str | None = None) -> list[tuple[str, str, bool]]:
@@ -132,7 +133,7 @@ def compare_backends(model_name: str, *, backend: str = "all", precision: str | 
         steps = {s: (lambda pr=pr: pr(x)) for s, pr in predictors.items()}
         warm = {s: 3 if s[2] else 2 for s in steps}  # a compiled model compiles in its first call
         t = time_alternating(steps, device="cpu", rounds=rounds, warmup=warm, budget_s=budget_s,
-                             settle_s=SETTLE_S)
+                             settle_s=SETTLE_S, iters=ITERS_AT_BATCH_1 if n == 1 else 1)
         base = statistics.median(t.times[settings[0]])
         for s, pr in predictors.items():
             sec = statistics.median(t.times[s])

@@ -324,9 +324,11 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
             below ``min_rounds``.
         max_step_s: when > 0, a step whose last warm-up call (without warm-up: its first round) took longer is
             timed no further; its times hold that one value.
-        settle_s: seconds of idling before each timing, for steps that run on different thread pools: ONNX
-            Runtime's threads (and OpenMP's) spin for a while after a call, and would share the cores with the
-            step timed next (measured: eager PyTorch at batch 1 took 27 ms right after ONNX Runtime, 16 ms alone).
+        settle_s: for steps that run on different thread pools: seconds of idling, then one untimed call of the
+            step, before each timing. ONNX Runtime's threads (and OpenMP's) spin for a while after a call and
+            would share the cores with the step timed next (measured: eager PyTorch at batch 1 took 27 ms right
+            after ONNX Runtime, 16 ms alone); the untimed call wakes the step's own threads and brings its weights
+            back into the caches, so each timing is of calls in a loop, as an application makes them.
     """
     device = resolve_device(device)
     names = list(steps)
@@ -348,6 +350,7 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
         for name in active[shift:] + active[:shift]:
             if settle_s > 0:
                 time.sleep(settle_s)
+                _time_once(steps[name], 1, device)
             times[name].append(_time_once(steps[name], iters, device))
         if r == 0:
             if max_step_s > 0:
