@@ -87,6 +87,12 @@ def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_wh
                         "emulated; fp16: CUDA; int8: OpenVINO with NNCF post-training quantization (see "
                         "--calibration), or ONNX Runtime with its dynamic quantization (no calibration). --amp is "
                         "the older name")
+    add_engine_args(p)
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """--threads, --cache-dir, --calibration: how the inference engines run (every inference subcommand and the
+    engine table of `pitvit benchmark`)."""
     p.add_argument("--threads", type=int, default=None,
                    help="threads of the backend (default: the cores this process may use: its CPU affinity, "
                         "capped by a cgroup quota)%(default).0s")
@@ -95,8 +101,9 @@ def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_wh
                         "~/.cache/pitvit; 'none': convert every time)%(default).0s")
     p.add_argument("--calibration", default=None, metavar="DIR",
                    help="int8: a folder of a few hundred images like the ones to classify (default: the "
-                        "training data a pitvit run checkpoint names); OpenVINO calibrates on them, ONNX Runtime "
-                        "only measures its top-1 agreement with fp32 on them%(default).0s")
+                        "training data a pitvit run checkpoint names; the engine table: random inputs, speed "
+                        "only); OpenVINO calibrates on them, ONNX Runtime only measures its top-1 agreement with "
+                        "fp32 on them%(default).0s")
 
 
 def _epilog() -> str:

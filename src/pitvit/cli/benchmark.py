@@ -1,7 +1,7 @@
 """`pitvit benchmark`: parameters, GMACs, inference/training images/s and peak memory."""
 from __future__ import annotations
 
-from pitvit.cli import model_name
+from pitvit.cli import add_engine_args, model_name
 from pitvit.utils.names import BACKEND_PRECISIONS, BACKENDS, DEVICE_CHOICES
 
 
@@ -37,15 +37,7 @@ def add_parser(sub, formatter) -> None:
                         "natively, else fp32 (none)); in the engine table: eager fp32 and this precision only "
                         "(int8: OpenVINO and ONNX Runtime; default: every precision the CPU runs natively)"
                         "%(default).0s")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads of every engine in the engine table (default: the cores this process may "
-                        "use)%(default).0s")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where converted models are kept (default: $XDG_CACHE_HOME/pitvit, else ~/.cache/pitvit; "
-                        "'none': convert every time)%(default).0s")
-    p.add_argument("--calibration", default=None, metavar="DIR",
-                   help="int8's images in the engine table: OpenVINO calibrates on them, both measure the top-1 "
-                        "agreement with fp32 on them (default: random inputs; speed only)%(default).0s")
+    add_engine_args(p)  # --threads, --cache-dir, --calibration
     p.add_argument("--compile", action="store_true",
                    help="time torch.compile'd models (inductor; the warm-up steps compile, at least 2)")
     p.add_argument("--steps", type=int, default=10, help="timed steps per phase")
@@ -74,6 +66,12 @@ def run(args) -> int:
     if args.precision == "int8":
         raise ConfigError("--precision int8 is timed in the engine table (--backend all, onnxruntime or openvino), "
                           "not by --backend torch")
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     rows = benchmark(args.model, batch=args.batch, img_size=args.img_size, compare=args.compare,
                      device=args.device, amp=args.precision or "auto", compile=args.compile, steps=args.steps,
                      warmup=args.warmup, train=args.train)
