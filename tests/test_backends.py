@@ -208,6 +208,41 @@ def test_onnxruntime_int8(tmp_path):
     assert info["precision"] == "int8" and info["facts"] == p.info
 
 
+@needs_ort
+def test_int8_accuracy_on_a_labelled_folder(tmp_path):
+    """Calibration images in class folders named after the model's classes are labelled images: int8 then also
+    stores the top-1 accuracy of fp32 and of int8 on the images it checked. The folders are chosen so that eager
+    PyTorch fp32 (the reference) is right on 10 of the 16 images: fp32's accuracy must be exactly 0.625; int8's is
+    recomputed from the int8 model's own answers. Folders that are not class names give no accuracy."""
+    from PIL import Image
+
+    from pitvit.data import build_transform
+    from pitvit.models import resolve_preprocessing
+
+    model = _decentred(_sized("pit_test", 32))
+    model.class_names = [f"class{i}" for i in range(model.num_classes)]
+    rng = np.random.default_rng(4)
+    pixels = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(16)]
+    transform = build_transform(False, **resolve_preprocessing(model), in_chans=3)
+    x = torch.stack([transform(im) for im in pixels])
+    with torch.no_grad():
+        top = model(x).argmax(-1).tolist()
+    labels = [t if i < 10 else (t + 1) % model.num_classes for i, t in enumerate(top)]
+    for i, (im, label) in enumerate(zip(pixels, labels)):
+        folder = tmp_path / "cal" / model.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        im.save(folder / f"{i:02d}.png")
+    p = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1, calibration=tmp_path / "cal",
+                          cache_dir="none")
+    assert p.info["agreement_images"] == 16 and p.info["top1_fp32"] == 10 / 16
+    int8_top = p(x).argmax(-1).tolist()  # one batch of 16, as checked
+    assert p.info["top1_int8"] == sum(a == b for a, b in zip(int8_top, labels)) / 16
+    model.class_names = [f"other{i}" for i in range(model.num_classes)]
+    p = bk.load_predictor(model, backend="onnxruntime", precision="int8", threads=1, calibration=tmp_path / "cal",
+                          cache_dir="none")
+    assert p.info["agreement_images"] == 16 and "top1_fp32" not in p.info
+
+
 @needs_ov
 def test_openvino_batch_one_runs_a_static_copy():
     """A model of any batch compiles a batch-1 copy on the first batch of one (same settings), and gives eager

@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -341,54 +341,82 @@ def _calibration_source(calibration: Any, weights: Any, required: bool = True) -
                       "data), or --backend onnxruntime (dynamic quantization, no calibration)")
 
 
+Checks = list[tuple[np.ndarray, "np.ndarray | None"]]  # check batches of images, with their labels where known
+
+
+def _folder_labels(files: list[str], model: nn.Module) -> list[int] | None:
+    """The labels of image files kept in class folders named after the model's classes (``DIR/CLASS/IMAGE``, the
+    names a checkpoint stores), or ``None`` when any file's folder is not one of them."""
+    index = {name: i for i, name in enumerate(getattr(model, "class_names", None) or [])}
+    labels = [index.get(Path(f).parent.name) for f in files]
+    return None if not labels or None in labels else labels  # type: ignore[return-value]
+
+
 def _calibration_batches(source: Any, model: nn.Module,
-                         calibrate: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Calibration images (batches of one, as NNCF counts its samples) and held-out check batches, drawn with a
-    fixed seed from ``source``; ``calibrate=False`` (a quantization without calibration): only check batches."""
+                         calibrate: bool = True) -> tuple[list[np.ndarray], Checks]:
+    """Calibration images (batches of one, as NNCF counts its samples) and held-out check batches with their
+    labels where the source has them (a dataset; a folder of class folders named after the model's classes),
+    drawn with a fixed seed from ``source``; ``calibrate=False`` (a quantization without calibration): only
+    check batches."""
     from pitvit.data import build_dataset, build_transform
     from pitvit.data.images import SkippedSample, load_image
 
     transform = build_transform(False, **resolve_preprocessing(model), in_chans=model.cfg.in_chans)
+    Item = Optional[tuple[torch.Tensor, Optional[int]]]
     if isinstance(source, np.ndarray):
-        def get(i: int) -> torch.Tensor | None:
-            return torch.from_numpy(source[i])
+        def get(i: int) -> Item:
+            return torch.from_numpy(source[i]), None
         n = len(source)
     elif isinstance(source, list):
-        def get(i: int) -> torch.Tensor | None:
+        labels = _folder_labels(source, model)
+
+        def get(i: int) -> Item:
             img = load_image(source[i], strict=False)
-            return None if isinstance(img, SkippedSample) else transform(img)
+            return None if isinstance(img, SkippedSample) else (transform(img), labels[i] if labels else None)
         n = len(source)
     else:
         dataset = build_dataset(source["path"], source["split"], kind=source["kind"], transform=transform)
 
-        def get(i: int) -> torch.Tensor | None:
+        def get(i: int) -> Item:
             item = dataset[i]
-            return None if isinstance(item, SkippedSample) else item[0]
+            return None if isinstance(item, SkippedSample) else (item[0], int(item[1]))
         n = len(dataset)
     order = np.random.RandomState(0).permutation(n)[:(CALIBRATION_IMAGES if calibrate else 0) + CHECK_IMAGES]
-    images = [t for t in (get(int(i)) for i in order) if t is not None]
-    if not images:
+    items = [t for t in (get(int(i)) for i in order) if t is not None]
+    if not items:
         raise ConfigError("no readable calibration image")
     # Fewer images than both sets want: three fifths calibrate, the rest check.
-    n_cal = (CALIBRATION_IMAGES if len(images) >= CALIBRATION_IMAGES + CHECK_IMAGES
-             else max(1, len(images) * 3 // 5))
+    n_cal = 0 if not calibrate else (CALIBRATION_IMAGES if len(items) >= CALIBRATION_IMAGES + CHECK_IMAGES
+                                     else max(1, len(items) * 3 // 5))
+    cal = [torch.stack([items[i][0]]).numpy() for i in range(n_cal)]
+    check: Checks = []
+    for i in range(n_cal, len(items), 16):
+        part = items[i:i + 16]
+        labelled = all(label is not None for _, label in part)
+        check.append((torch.stack([t for t, _ in part]).numpy(),
+                      np.array([label for _, label in part]) if labelled else None))
+    return cal, check
 
-    def batches(ts: list[torch.Tensor], batch: int) -> list[np.ndarray]:
-        return [torch.stack(ts[i:i + batch]).numpy() for i in range(0, len(ts), batch)]
 
-    if not calibrate:
-        return [], batches(images, 16)
-    return batches(images[:n_cal], 1), batches(images[n_cal:], 16)
-
-
-def _agreement(fp32_run: Callable, int8_run: Callable, check: list[np.ndarray], what: str) -> dict[str, Any]:
-    """The share of ``check`` images on which ``int8_run`` and ``fp32_run`` give the same top-1 (logged)."""
-    same = total = 0
-    for b in check:
-        same += int((fp32_run(b).argmax(-1) == int8_run(b).argmax(-1)).sum())
+def _agreement(fp32_run: Callable, int8_run: Callable, check: Checks, what: str) -> dict[str, Any]:
+    """The share of ``check`` images on which ``int8_run`` and ``fp32_run`` give the same top-1, and, where every
+    image has its label, the top-1 accuracy of each (logged)."""
+    same = total = right_fp32 = right_int8 = 0
+    labelled = all(labels is not None for _, labels in check)
+    for b, labels in check:
+        top_fp32, top_int8 = fp32_run(b).argmax(-1), int8_run(b).argmax(-1)
+        same += int((top_fp32 == top_int8).sum())
         total += len(b)
+        if labelled:
+            right_fp32 += int((np.asarray(top_fp32) == labels).sum())
+            right_int8 += int((np.asarray(top_int8) == labels).sum())
+    info: dict[str, Any] = {"top1_agreement": same / total, "agreement_images": total}
     log.info("int8: top-1 agreement with fp32 %.2f%% on %d images %s", 100 * same / total, total, what)
-    return {"top1_agreement": same / total, "agreement_images": total}
+    if labelled:
+        info.update(top1_fp32=right_fp32 / total, top1_int8=right_int8 / total)
+        log.info("int8: top-1 accuracy on these labelled images: fp32 %.2f%%, int8 %.2f%%", 100 * right_fp32 / total,
+                 100 * right_int8 / total)
+    return info
 
 
 def _quantize(ov_model: Any, model: nn.Module, source: Any, threads: int, fp32_run: Callable) -> tuple[Any, dict]:
