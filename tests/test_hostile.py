@@ -261,6 +261,34 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     lock_folder(run).release()  # the kernel dropped the lock with the process
 
 
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    """A data loader's workers are forked from the run's main process; if the main process is killed and a worker
+    lingers, the folder must be free at once (a flock belongs to the open file, which a forked child shares).
+    Reference: the kernel, through a second lock attempt while the forked child is still alive."""
+    import multiprocessing
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = lock_folder(run)
+    ctx = multiprocessing.get_context("fork")
+    running = ctx.Event()
+
+    def work() -> None:
+        running.set()
+        time.sleep(60)
+
+    child = ctx.Process(target=work)
+    child.start()
+    try:
+        assert running.wait(30)  # the child runs (its at-fork hooks are done)
+        lock.release()
+        assert child.is_alive()
+        lock_folder(run).release()  # free although the child forked while the lock was held is still running
+    finally:
+        child.kill()
+        child.join()
+
+
 # ---------------------------------------------------------------------------------------- 5. bounded parsing
 def _billion_laughs() -> str:
     lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']

@@ -84,16 +84,36 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
 
 
 # ---------------------------------------------------------------------------------------------- locking
+_HELD_LOCKS: set[int] = set()  # descriptors of the FolderLocks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a child just forked (a data loader's worker...): close the descriptors of the parent's folder locks. A
+    ``flock`` belongs to the open file, which a forked child shares, so a child that outlived its killed parent
+    would otherwise keep the folder locked (a rerun then found it "in use" until the child died)."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class FolderLock:
     """An exclusive ``flock`` on a folder, held until :meth:`release` or the process ends: the kernel drops it when
-    the process dies, however it dies, so a killed holder never leaves a stale lock behind. The lock is on the
-    folder itself, so taking it writes nothing there (a refused run leaves its folder exactly as it was)."""
+    the process dies, however it dies, so a killed holder never leaves a stale lock behind; processes forked from
+    the holder do not hold it. The lock is on the folder itself, so taking it writes nothing there (a refused run
+    leaves its folder exactly as it was)."""
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path, self.fd = path, fd
+        _HELD_LOCKS.add(fd)
 
     def release(self) -> None:
         if self.fd >= 0:
+            _HELD_LOCKS.discard(self.fd)
             os.close(self.fd)  # closing the last descriptor drops the lock
             self.fd = -1
 
