@@ -2,7 +2,8 @@
 and, where the CPU computes them natively or the backend offers them, bf16 and int8 (OpenVINO: NNCF post-training
 quantization; ONNX Runtime: dynamic quantization), at batch 1 and at a chosen batch, all timed in turn in the same
 rounds (:func:`pitvit.tools.benchmark.time_alternating`); a precision given restricts the table to it (and the
-base).
+base). Each timing follows :data:`SETTLE_S` of idling and one untimed call, so that the engine timed before no
+longer spins on the cores, and times calls in a loop (:data:`ITERS_AT_BATCH_1` at batch 1).
 
 Each row gives the median time per batch, images/s, the ratio to eager PyTorch fp32 at the same batch, the largest
 logit difference to eager PyTorch fp32 on the same inputs, the top-1 agreement with it, and images/s as a share
