@@ -90,6 +90,16 @@ def add_backend_args(p: argparse.ArgumentParser, default_precision: str, fp32_wh
     add_engine_args(p)
 
 
+def add_data_format_arg(p: argparse.ArgumentParser, holder: str, default: str | None = "auto") -> None:
+    """--data-format (--kind, its older name): the layout ``holder`` holds, ``pitvit.data.build_dataset``'s
+    ``kind`` (``default`` ``None``: only with another option, which the command checks)."""
+    from pitvit.utils.names import DATASET_KINDS
+
+    p.add_argument("--data-format", "--kind", dest="data_format", default=default, choices=DATASET_KINDS,
+                   metavar="FORMAT", help=f"what {holder} holds: {', '.join(DATASET_KINDS)} (default: auto, "
+                   "detected; the layouts: `pitvit pack --help`). --kind is the older name%(default).0s")
+
+
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """--threads, --cache-dir, --calibration: how the inference engines run (every inference subcommand and the
     engine table of `pitvit benchmark`)."""

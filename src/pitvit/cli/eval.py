@@ -1,8 +1,8 @@
 """`pitvit eval`: top-1, top-5 and loss on a labelled dataset, on 1..N processes (torchrun)."""
 from __future__ import annotations
 
-from pitvit.cli import add_backend_args, add_model_args
-from pitvit.utils.names import DATASET_KINDS, DEVICE_CHOICES
+from pitvit.cli import add_backend_args, add_data_format_arg, add_model_args
+from pitvit.utils.names import DEVICE_CHOICES
 
 
 def add_parser(sub, formatter) -> None:
@@ -18,9 +18,7 @@ def add_parser(sub, formatter) -> None:
                         "(ROOT/SPLIT/*.parquet) or Fashion-MNIST IDX files "
                         "(default: the Fashion-MNIST package folder)%(default).0s")
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--data-format", "--kind", dest="data_format", default="auto", choices=DATASET_KINDS,
-                   metavar="FORMAT", help="what --data holds: " + ", ".join(DATASET_KINDS) + " (auto: detected; "
-                   "see `pitvit pack --help` for the layouts). --kind is the older name")
+    add_data_format_arg(p, "--data")
     p.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     p.add_argument("--workers", type=int, default=4, help="data-loading processes per process")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES,

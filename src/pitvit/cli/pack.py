@@ -1,7 +1,8 @@
 """`pitvit pack`: a dataset written as WebDataset shards or Parquet files, for reading in place."""
 from __future__ import annotations
 
-from pitvit.utils.names import DATASET_KINDS, PACK_FORMATS
+from pitvit.cli import add_data_format_arg
+from pitvit.utils.names import PACK_FORMATS
 
 DESCRIPTION = """\
 Write every split of a dataset (train, val, test: those SRC has) as WebDataset shards or Parquet files,
@@ -36,9 +37,7 @@ def add_parser(sub, formatter) -> None:
     p.add_argument("--shard-size", type=int, default=1000, metavar="N", help="samples per shard")
     p.add_argument("--row-group-size", type=int, default=1, metavar="N",
                    help="parquet: rows per row group (a random read reads a whole group)")
-    p.add_argument("--data-format", "--kind", dest="data_format", default="auto", choices=DATASET_KINDS,
-                   metavar="FORMAT", help="what SRC holds: " + ", ".join(DATASET_KINDS) + " (auto: detected). "
-                   "--kind is the older name")
+    add_data_format_arg(p, "SRC")
     p.set_defaults(func=run)
 
 

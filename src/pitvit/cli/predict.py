@@ -1,8 +1,8 @@
 """`pitvit predict`: top-k classes and probabilities for image files and folders, or a dataset's samples."""
 from __future__ import annotations
 
-from pitvit.cli import add_backend_args, add_model_args
-from pitvit.utils.names import DATASET_KINDS, DEVICE_CHOICES, PREDICT_FORMATS
+from pitvit.cli import add_backend_args, add_data_format_arg, add_model_args
+from pitvit.utils.names import DEVICE_CHOICES, PREDICT_FORMATS
 
 
 def add_parser(sub, formatter) -> None:
@@ -21,9 +21,7 @@ def add_parser(sub, formatter) -> None:
                         "files or Fashion-MNIST IDX files; samples are named by the dataset (FILE:MEMBER of a "
                         "shard, FILE:row N of a Parquet file)%(default).0s")
     p.add_argument("--split", default=None, help="with --data: the split to classify (default: val)%(default).0s")
-    p.add_argument("--data-format", default=None, choices=DATASET_KINDS, metavar="FORMAT",
-                   help="with --data: what it holds: " + ", ".join(DATASET_KINDS) + " (default: auto, detected)"
-                        "%(default).0s")
+    add_data_format_arg(p, "--data", default=None)
     add_model_args(p, "use")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image")
     p.add_argument("--format", choices=PREDICT_FORMATS, default="table",
