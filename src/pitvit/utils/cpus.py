@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .device import cpuinfo
+
 __all__ = ["usable_cpus", "cgroup_cpu_limit", "fp32_peak", "Fp32Peak", "cpu_identity", "fma_per_cycle"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -74,26 +76,15 @@ def _max_ghz() -> tuple[float | None, str]:
     except (OSError, ValueError):
         pass
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "cpu MHz":
-                return float(value) / 1e3, "/proc/cpuinfo cpu MHz"
-    except (OSError, ValueError):
-        pass
-    return None, ""
+        return float(cpuinfo()["cpu MHz"]) / 1e3, "/proc/cpuinfo cpu MHz"
+    except (KeyError, ValueError):
+        return None, ""
 
 
-def cpu_identity(path: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, int, int]:
-    """``(vendor_id, cpu family, model)`` of the first CPU in ``/proc/cpuinfo`` (``("", 0, 0)`` where unknown)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path(path).read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if not line.strip():
-                break
-            fields[key.strip()] = value.strip()
-    except OSError:
-        pass
+def cpu_identity(path: str | os.PathLike | None = None) -> tuple[str, int, int]:
+    """``(vendor_id, cpu family, model)`` of the first CPU in ``/proc/cpuinfo`` (or ``path``; ``("", 0, 0)`` where
+    unknown)."""
+    fields = cpuinfo(path)
     try:
         return fields.get("vendor_id", ""), int(fields.get("cpu family", "0")), int(fields.get("model", "0"))
     except ValueError:

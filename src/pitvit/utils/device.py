@@ -5,6 +5,7 @@ used at most.
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import sys
 
@@ -14,7 +15,7 @@ from .errors import ConfigError
 from .names import DEVICE_CHOICES
 
 __all__ = ["DEVICE_CHOICES", "resolve_device", "cpu_bf16_support", "cuda_bf16_support", "parse_cpu_flags",
-           "cpu_flags", "peak_memory_mb"]
+           "cpu_flags", "cpuinfo", "parse_cpuinfo", "peak_memory_mb"]
 
 
 CPUINFO = "/proc/cpuinfo"
@@ -48,22 +49,36 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """The ``key: value`` fields of the first processor in the text of ``/proc/cpuinfo``."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() and fields:
+            break
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpuinfo(path: str | os.PathLike | None = None) -> dict[str, str]:
+    """This machine's first processor in ``/proc/cpuinfo`` (or ``path``) as fields (``flags``, ``vendor_id``,
+    ``cpu family``, ``model name``, ``cpu MHz``...); empty where there is none."""
+    try:
+        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
+            return parse_cpuinfo(f.read())
+    except OSError:
+        return {}
+
+
 def parse_cpu_flags(text: str) -> set[str]:
     """The feature flags of the first processor in the text of ``/proc/cpuinfo`` (its ``flags`` line, x86)."""
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return set(value.split())
-    return set()
+    return set(parse_cpuinfo(text).get("flags", "").split())
 
 
 def cpu_flags(path: str | None = None) -> set[str]:
     """This machine's CPU feature flags from ``/proc/cpuinfo`` (or ``path``); empty where there is none."""
-    try:
-        with open(path or CPUINFO, encoding="utf-8", errors="replace") as f:
-            return parse_cpu_flags(f.read())
-    except OSError:
-        return set()
+    return set(cpuinfo(path).get("flags", "").split())
 
 
 def cpu_bf16_support() -> str | None:

@@ -52,15 +52,9 @@ def _version(package: str) -> str | None:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    from .device import cpuinfo
+
+    return cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _device_kind(device: Any) -> str:
