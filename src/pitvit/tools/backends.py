@@ -28,8 +28,8 @@ operation and raises; nothing falls back to another backend.
 
 Each backend runs ``threads`` threads (default :func:`pitvit.utils.cpus.usable_cpus`: the cores this process may
 use), so backends are compared fairly and none oversubscribes a shared machine. An OpenVINO model of any batch
-also compiles a copy fixed to batch 1 on the first batch of one and runs such batches on it (about 10% faster
-at batch 1 than the graph of any batch).
+also compiles a copy fixed to batch 1 on the first batch of one and runs such batches on it (faster at batch 1
+than the graph of any batch: about 10% on pit_ti, 2 threads, on one machine).
 """
 from __future__ import annotations
 
@@ -236,7 +236,7 @@ def _onnx_bytes(module: nn.Module, batch: int | None) -> bytes:
 def _ov_compile(ov_model: Any, precision: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     """A runner for an OpenVINO model on the CPU in ``precision``. A model of any batch also gets, on the first
     batch of one, a copy reshaped to batch 1 and compiled with the same settings, which runs batches of one
-    (about 10% faster than the graph of any batch at batch 1); other batches run on the graph of any batch."""
+    (on one 2-core machine about 10% faster than the graph of any batch at batch 1); other batches run on the graph of any batch."""
     ov = require("openvino")
     config = {"INFERENCE_PRECISION_HINT": OV_HINTS[precision], "INFERENCE_NUM_THREADS": threads,
               "PERFORMANCE_HINT": "LATENCY"}

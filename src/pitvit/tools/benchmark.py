@@ -326,8 +326,8 @@ def time_alternating(steps: dict[str, Callable[[], Any]], *, device: torch.devic
             timed no further; its times hold that one value.
         settle_s: for steps that run on different thread pools: seconds of idling, then one untimed call of the
             step, before each timing. ONNX Runtime's threads (and OpenMP's) spin for a while after a call and
-            would share the cores with the step timed next (measured: eager PyTorch at batch 1 took 27 ms right
-            after ONNX Runtime, 16 ms alone); the untimed call wakes the step's own threads and brings its weights
+            would share the cores with the step timed next (on one 2-core machine, eager PyTorch at batch 1 took 27
+            ms right after ONNX Runtime, 16 ms alone); the untimed call wakes the step's own threads and brings its weights
             back into the caches, so each timing is of calls in a loop, as an application makes them.
     """
     device = resolve_device(device)
